@@ -1,0 +1,25 @@
+# Everything goes through a virtualenv in .venv, created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test proto bench bench-quick clean
+
+$(STAMP): pyproject.toml clients/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ./clients -e '.[test]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/recallcore serve
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV)

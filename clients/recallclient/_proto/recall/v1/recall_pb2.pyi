@@ -1,0 +1,342 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TokenType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_TYPE_UNSPECIFIED: _ClassVar[TokenType]
+    ACCESS: _ClassVar[TokenType]
+    REFRESH: _ClassVar[TokenType]
+
+class TokenState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_STATE_UNSPECIFIED: _ClassVar[TokenState]
+    ACTIVE: _ClassVar[TokenState]
+    REVOKED: _ClassVar[TokenState]
+    EXPIRED: _ClassVar[TokenState]
+    UNKNOWN: _ClassVar[TokenState]
+TOKEN_TYPE_UNSPECIFIED: TokenType
+ACCESS: TokenType
+REFRESH: TokenType
+TOKEN_STATE_UNSPECIFIED: TokenState
+ACTIVE: TokenState
+REVOKED: TokenState
+EXPIRED: TokenState
+UNKNOWN: TokenState
+
+class TokenSpec(_message.Message):
+    __slots__ = ("jti", "issuer", "subject", "client_id", "scopes", "type", "issued_at", "expires_at", "origin", "family")
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    jti: str
+    issuer: str
+    subject: str
+    client_id: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    type: TokenType
+    issued_at: int
+    expires_at: int
+    origin: str
+    family: str
+    def __init__(self, jti: _Optional[str] = ..., issuer: _Optional[str] = ..., subject: _Optional[str] = ..., client_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., type: _Optional[_Union[TokenType, str]] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., origin: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("tokens", "actor")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenSpec]
+    actor: str
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenSpec, _Mapping]]] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class RegisteredToken(_message.Message):
+    __slots__ = ("serial", "jti", "canonical_jti", "existing")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    CANONICAL_JTI_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    jti: str
+    canonical_jti: str
+    existing: bool
+    def __init__(self, serial: _Optional[int] = ..., jti: _Optional[str] = ..., canonical_jti: _Optional[str] = ..., existing: _Optional[bool] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("tokens", "seq")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[RegisteredToken]
+    seq: int
+    def __init__(self, tokens: _Optional[_Iterable[_Union[RegisteredToken, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class JtiRef(_message.Message):
+    __slots__ = ("issuer", "jti", "expires_at")
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    issuer: str
+    jti: str
+    expires_at: int
+    def __init__(self, issuer: _Optional[str] = ..., jti: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class Selector(_message.Message):
+    __slots__ = ("serials", "tokens", "subject", "client_id", "family")
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    serials: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[JtiRef]
+    subject: str
+    client_id: str
+    family: str
+    def __init__(self, serials: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[_Union[JtiRef, _Mapping]]] = ..., subject: _Optional[str] = ..., client_id: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("selector", "reason", "actor")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    selector: Selector
+    reason: str
+    actor: str
+    def __init__(self, selector: _Optional[_Union[Selector, _Mapping]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("count", "seq")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    seq: int
+    def __init__(self, count: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class CheckRequest(_message.Message):
+    __slots__ = ("serial", "issuer", "jti", "min_seq")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    issuer: str
+    jti: str
+    min_seq: int
+    def __init__(self, serial: _Optional[int] = ..., issuer: _Optional[str] = ..., jti: _Optional[str] = ..., min_seq: _Optional[int] = ...) -> None: ...
+
+class CheckResponse(_message.Message):
+    __slots__ = ("state", "serial", "revoked_at", "reason", "seq")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    state: TokenState
+    serial: int
+    revoked_at: int
+    reason: str
+    seq: int
+    def __init__(self, state: _Optional[_Union[TokenState, str]] = ..., serial: _Optional[int] = ..., revoked_at: _Optional[int] = ..., reason: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class CheckBatchRequest(_message.Message):
+    __slots__ = ("serials", "tokens", "min_seq")
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    serials: bytes
+    tokens: _containers.RepeatedCompositeFieldContainer[JtiRef]
+    min_seq: int
+    def __init__(self, serials: _Optional[bytes] = ..., tokens: _Optional[_Iterable[_Union[JtiRef, _Mapping]]] = ..., min_seq: _Optional[int] = ...) -> None: ...
+
+class CheckBatchResponse(_message.Message):
+    __slots__ = ("states", "token_states", "seq")
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    states: bytes
+    token_states: _containers.RepeatedScalarFieldContainer[TokenState]
+    seq: int
+    def __init__(self, states: _Optional[bytes] = ..., token_states: _Optional[_Iterable[_Union[TokenState, str]]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class IntrospectRequest(_message.Message):
+    __slots__ = ("serial", "issuer", "jti")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    issuer: str
+    jti: str
+    def __init__(self, serial: _Optional[int] = ..., issuer: _Optional[str] = ..., jti: _Optional[str] = ...) -> None: ...
+
+class IntrospectResponse(_message.Message):
+    __slots__ = ("active", "scope", "client_id", "username", "token_type", "exp", "iat", "sub", "iss", "jti", "state", "serial", "origin", "family", "revoked_at", "reason", "actor")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXP_FIELD_NUMBER: _ClassVar[int]
+    IAT_FIELD_NUMBER: _ClassVar[int]
+    SUB_FIELD_NUMBER: _ClassVar[int]
+    ISS_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    scope: str
+    client_id: str
+    username: str
+    token_type: str
+    exp: int
+    iat: int
+    sub: str
+    iss: str
+    jti: str
+    state: TokenState
+    serial: int
+    origin: str
+    family: str
+    revoked_at: int
+    reason: str
+    actor: str
+    def __init__(self, active: _Optional[bool] = ..., scope: _Optional[str] = ..., client_id: _Optional[str] = ..., username: _Optional[str] = ..., token_type: _Optional[str] = ..., exp: _Optional[int] = ..., iat: _Optional[int] = ..., sub: _Optional[str] = ..., iss: _Optional[str] = ..., jti: _Optional[str] = ..., state: _Optional[_Union[TokenState, str]] = ..., serial: _Optional[int] = ..., origin: _Optional[str] = ..., family: _Optional[str] = ..., revoked_at: _Optional[int] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("registered", "revoked", "active", "expired", "foreign_revoked", "seq", "store_id", "data_bytes", "map_bytes")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    registered: int
+    revoked: int
+    active: int
+    expired: int
+    foreign_revoked: int
+    seq: int
+    store_id: str
+    data_bytes: int
+    map_bytes: int
+    def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("store_id", "after_seq")
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    store_id: str
+    after_seq: int
+    def __init__(self, store_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class Delta(_message.Message):
+    __slots__ = ("prev_seq", "seq", "added", "removed", "foreign_added", "foreign_removed", "registered_through", "expiring", "time")
+    PREV_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_ADDED_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    prev_seq: int
+    seq: int
+    added: bytes
+    removed: bytes
+    foreign_added: _containers.RepeatedScalarFieldContainer[int]
+    foreign_removed: _containers.RepeatedScalarFieldContainer[int]
+    registered_through: int
+    expiring: _containers.RepeatedCompositeFieldContainer[ExpiryBucket]
+    time: int
+    def __init__(self, prev_seq: _Optional[int] = ..., seq: _Optional[int] = ..., added: _Optional[bytes] = ..., removed: _Optional[bytes] = ..., foreign_added: _Optional[_Iterable[int]] = ..., foreign_removed: _Optional[_Iterable[int]] = ..., registered_through: _Optional[int] = ..., expiring: _Optional[_Iterable[_Union[ExpiryBucket, _Mapping]]] = ..., time: _Optional[int] = ...) -> None: ...
+
+class ExpiryBucket(_message.Message):
+    __slots__ = ("expires_at", "serials")
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    expires_at: int
+    serials: bytes
+    def __init__(self, expires_at: _Optional[int] = ..., serials: _Optional[bytes] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_FIELD_NUMBER: _ClassVar[int]
+    CARDINALITY_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_CARDINALITY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    index: int
+    count: int
+    revoked: bytes
+    foreign: _containers.RepeatedScalarFieldContainer[int]
+    cardinality: int
+    foreign_cardinality: int
+    digest: bytes
+    registered_through: int
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("seq", "cardinality", "foreign_cardinality", "digest", "time")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CARDINALITY_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_CARDINALITY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    cardinality: int
+    foreign_cardinality: int
+    digest: bytes
+    time: int
+    def __init__(self, seq: _Optional[int] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., time: _Optional[int] = ...) -> None: ...
+
+class Reset(_message.Message):
+    __slots__ = ("reason", "oldest_seq", "current_seq")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    oldest_seq: int
+    current_seq: int
+    def __init__(self, reason: _Optional[str] = ..., oldest_seq: _Optional[int] = ..., current_seq: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("store_id", "snapshot", "delta", "heartbeat", "reset")
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    store_id: str
+    snapshot: SnapshotChunk
+    delta: Delta
+    heartbeat: Heartbeat
+    reset: Reset
+    def __init__(self, store_id: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...

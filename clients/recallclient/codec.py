@@ -1,0 +1,49 @@
+"""Conversions between recall.v1 messages and the library's values."""
+
+from pyroaring import BitMap64
+
+from ._proto.recall.v1 import recall_pb2 as pb
+from .revoked_set import Delta
+
+
+def bitmap_bytes(bitmap: BitMap64) -> bytes:
+    """Portable serialization of `bitmap`, empty bytes for an empty bitmap."""
+    return bitmap.serialize() if bitmap else b""
+
+
+def bitmap_from(data: bytes) -> BitMap64:
+    """The BitMap64 in `data` (empty bytes for an empty bitmap)."""
+    return BitMap64.deserialize(data) if data else BitMap64()
+
+
+def delta_to_proto(delta: Delta) -> pb.Delta:
+    """The wire form of `delta`."""
+    return pb.Delta(
+        prev_seq=delta.prev_seq,
+        seq=delta.seq,
+        added=bitmap_bytes(delta.added),
+        removed=bitmap_bytes(delta.removed),
+        foreign_added=sorted(delta.foreign_added),
+        foreign_removed=sorted(delta.foreign_removed),
+        registered_through=delta.registered_through,
+        expiring=[
+            pb.ExpiryBucket(expires_at=exp, serials=bitmap_bytes(serials))
+            for exp, serials in delta.expiring
+        ],
+        time=delta.time,
+    )
+
+
+def delta_from_proto(msg: pb.Delta) -> Delta:
+    """The Delta a wire message carries; raises ValueError when malformed."""
+    return Delta(
+        prev_seq=msg.prev_seq,
+        seq=msg.seq,
+        added=bitmap_from(msg.added),
+        removed=bitmap_from(msg.removed),
+        foreign_added=frozenset(msg.foreign_added),
+        foreign_removed=frozenset(msg.foreign_removed),
+        registered_through=msg.registered_through,
+        expiring=tuple((b.expires_at, bitmap_from(b.serials)) for b in msg.expiring),
+        time=msg.time,
+    )

@@ -1,0 +1,217 @@
+"""The revoked set as a replica holds it, and the deltas that change it.
+
+Theory of operation. A store's revocation state is a sequence of committed
+changes numbered 1, 2, 3, ... Each change is a `Delta`: the serials it
+revoked (`added`) and no longer tracks (`removed`, e.g. swept after expiry),
+the same for foreign token keys (tokens revoked by issuer + jti that the store
+never registered), and, for registrations, the new highest serial and the
+expiry of each new serial. A `RevokedSet` starts empty at sequence 0 (or from
+a snapshot) and applies deltas strictly in order: a delta whose `prev_seq` is
+not the set's `seq` raises `SequenceGap`, and one already applied is skipped,
+so applying is idempotent. The server's in-memory mirror, client replicas and
+follower nodes are all this one class fed by the same deltas.
+
+The `digest` is cheap to maintain and exact: cardinalities and sums (mod
+2**64) of the revoked serials and of the foreign keys, updated per delta.
+Equal sets always have equal digests; a replica that applies a wrong or
+partial delta ends up with a different digest with overwhelming likelihood.
+
+Pure: no I/O, no clock (callers pass `now`), no threads.
+"""
+
+import dataclasses
+import heapq
+import struct
+from collections.abc import Iterable
+
+from pyroaring import BitMap64
+
+from .types import TokenState
+
+_MASK = 2**64 - 1
+_DIGEST = struct.Struct("<QQQQ")
+
+
+class SequenceGap(Exception):
+    """A delta does not follow the sequence the set is at."""
+
+    def __init__(self, have: int, prev_seq: int, seq: int) -> None:
+        super().__init__(f"at seq {have}, got a delta from {prev_seq} to {seq}")
+        self.have = have
+        self.prev_seq = prev_seq
+        self.seq = seq
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """One committed change (or several merged); bitmaps are not to be mutated."""
+
+    prev_seq: int
+    seq: int
+    added: BitMap64 = dataclasses.field(default_factory=BitMap64)
+    removed: BitMap64 = dataclasses.field(default_factory=BitMap64)
+    foreign_added: frozenset[int] = frozenset()
+    foreign_removed: frozenset[int] = frozenset()
+    registered_through: int = 0
+    expiring: tuple[tuple[int, BitMap64], ...] = ()
+    time: int = 0
+
+    def merge(self, later: "Delta") -> "Delta":
+        """Return one delta equal to applying `self` then `later`."""
+        if later.prev_seq != self.seq:
+            raise SequenceGap(self.seq, later.prev_seq, later.seq)
+        added = (self.added - later.removed) | later.added
+        removed = (self.removed - later.added) | later.removed
+        f_added = (self.foreign_added - later.foreign_removed) | later.foreign_added
+        f_removed = (self.foreign_removed - later.foreign_added) | later.foreign_removed
+        return Delta(
+            prev_seq=self.prev_seq,
+            seq=later.seq,
+            added=added,
+            removed=removed,
+            foreign_added=f_added,
+            foreign_removed=f_removed,
+            registered_through=max(self.registered_through, later.registered_through),
+            expiring=self.expiring + later.expiring,
+            time=later.time,
+        )
+
+    @property
+    def empty(self) -> bool:
+        """True when applying the delta changes nothing but the sequence."""
+        return not (
+            self.added
+            or self.removed
+            or self.foreign_added
+            or self.foreign_removed
+            or self.registered_through
+            or self.expiring
+        )
+
+
+def _sum(bitmap: BitMap64) -> int:
+    return sum(bitmap.to_array()) & _MASK if bitmap else 0
+
+
+class RevokedSet:
+    """What is revoked, what is registered and what has expired, at `seq`."""
+
+    def __init__(self, store_id: str = "", seq: int = 0) -> None:
+        self.store_id = store_id
+        self.seq = seq
+        self.revoked = BitMap64()
+        self.foreign: set[int] = set()
+        self.registered_through = 0
+        self.expired = BitMap64()
+        self._pending: dict[int, BitMap64] = {}
+        self._pending_heap: list[int] = []
+        self._now = 0
+        self._sum = 0
+        self._foreign_sum = 0
+
+    # ------------------------------------------------------------- loading
+
+    def load(
+        self,
+        *,
+        seq: int,
+        revoked: BitMap64,
+        foreign: Iterable[int] = (),
+        registered_through: int = 0,
+        expired: BitMap64 | None = None,
+        expiring: Iterable[tuple[int, BitMap64]] = (),
+    ) -> None:
+        """Replace the whole state (a snapshot or the store's contents)."""
+        self.seq = seq
+        self.revoked = BitMap64(revoked)
+        self.foreign = set(foreign)
+        self.registered_through = registered_through
+        self.expired = BitMap64(expired) if expired is not None else BitMap64()
+        self._pending = {}
+        self._pending_heap = []
+        self._add_expiring(expiring)
+        self._sum = _sum(self.revoked)
+        self._foreign_sum = sum(self.foreign) & _MASK
+
+    # ------------------------------------------------------------ changing
+
+    def apply(self, delta: Delta) -> bool:
+        """Apply `delta`; False when it was applied before. Raises SequenceGap."""
+        if delta.seq <= self.seq:
+            return False
+        if delta.prev_seq != self.seq:
+            raise SequenceGap(self.seq, delta.prev_seq, delta.seq)
+        if delta.added:
+            new = delta.added - self.revoked
+            self.revoked |= new
+            self._sum = (self._sum + _sum(new)) & _MASK
+        if delta.removed:
+            gone = delta.removed & self.revoked
+            self.revoked -= gone
+            self._sum = (self._sum - _sum(gone)) & _MASK
+        for key in delta.foreign_added:
+            if key not in self.foreign:
+                self.foreign.add(key)
+                self._foreign_sum = (self._foreign_sum + key) & _MASK
+        for key in delta.foreign_removed:
+            if key in self.foreign:
+                self.foreign.discard(key)
+                self._foreign_sum = (self._foreign_sum - key) & _MASK
+        if delta.registered_through > self.registered_through:
+            self.registered_through = delta.registered_through
+        self._add_expiring(delta.expiring)
+        self.seq = delta.seq
+        return True
+
+    def _add_expiring(self, buckets: Iterable[tuple[int, BitMap64]]) -> None:
+        for expires_at, serials in buckets:
+            if expires_at <= self._now:
+                self.expired |= serials
+            elif expires_at in self._pending:
+                self._pending[expires_at] |= serials
+            else:
+                self._pending[expires_at] = BitMap64(serials)
+                heapq.heappush(self._pending_heap, expires_at)
+
+    def advance(self, now: int) -> None:
+        """Move serials whose expiry is at or before `now` into `expired`."""
+        if now <= self._now:
+            return
+        self._now = now
+        heap = self._pending_heap
+        while heap and heap[0] <= now:
+            self.expired |= self._pending.pop(heapq.heappop(heap))
+
+    # ------------------------------------------------------------- reading
+
+    def is_revoked(self, serial: int) -> bool:
+        """True when `serial` is in the revoked set."""
+        return serial in self.revoked
+
+    def is_foreign_revoked(self, key: int) -> bool:
+        """True when the foreign token key is revoked."""
+        return key in self.foreign
+
+    def state(self, serial: int, now: int) -> TokenState:
+        """The state of a registered-or-not serial at time `now`."""
+        self.advance(now)
+        if not 0 < serial <= self.registered_through:
+            return TokenState.REVOKED if serial in self.revoked else TokenState.UNKNOWN
+        if serial in self.expired:
+            return TokenState.EXPIRED
+        if serial in self.revoked:
+            return TokenState.REVOKED
+        return TokenState.ACTIVE
+
+    def expiring(self) -> list[tuple[int, BitMap64]]:
+        """The expiry buckets not yet due, in expiry order."""
+        return sorted(self._pending.items())
+
+    @property
+    def cardinality(self) -> int:
+        """Serials in the revoked set."""
+        return len(self.revoked)
+
+    def digest(self) -> bytes:
+        """A 32-byte fingerprint of the revoked serials and foreign keys."""
+        return _DIGEST.pack(len(self.revoked), self._sum, len(self.foreign), self._foreign_sum)

@@ -1,0 +1,60 @@
+"""Domain values of the server: selectors and the write operations.
+
+Token specs, references and results are the client library's frozen
+dataclasses (recallclient.types), so both sides speak the same values.
+"""
+
+import dataclasses
+
+from recallclient.types import JtiRef, TokenSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Selector:
+    """What a revocation covers; the parts combine (union)."""
+
+    serials: tuple[int, ...] = ()
+    tokens: tuple[JtiRef, ...] = ()
+    subject: str = ""
+    client_id: str = ""
+    family: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.serials or self.tokens or self.subject or self.client_id or self.family)
+
+    def describe(self) -> dict:
+        """A JSON-able summary for the audit record (ids only, never secrets)."""
+        out: dict = {}
+        if self.serials:
+            out["serials"] = len(self.serials)
+            out["serial_sample"] = list(self.serials[:16])
+        if self.tokens:
+            out["tokens"] = len(self.tokens)
+        for name in ("subject", "client_id", "family"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Register:
+    """Register validated tokens (issuer, issued_at and expires_at filled in)."""
+
+    tokens: tuple[TokenSpec, ...]
+    actor: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Revoke:
+    selector: Selector
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """Drop expired tokens from the revoked set; purge records past retention."""
+
+
+Operation = Register | Revoke | Sweep

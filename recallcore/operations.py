@@ -1,0 +1,218 @@
+"""What each write operation does, inside one write transaction.
+
+Each function reads what it needs through `Txn`, raises a RecallError before
+writing anything when the operation cannot proceed, writes its records, and,
+when the operation changes the revocation state, logs a `Delta` and an audit
+record under the next sequence number and applies the delta to `state` (the
+writer's own mirror) so that later operations in the same transaction see it.
+It returns (result, delta or None).
+"""
+
+import time as _time
+from collections import defaultdict
+
+from pyroaring import BitMap64
+
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient.codec import delta_to_proto
+from recallclient.jti import canonical_jti, foreign_key, looks_canonical
+from recallclient.revoked_set import Delta, RevokedSet
+from recallclient.types import Registered, TokenSpec, RegisterResult, RevokeResult
+
+from .errors import InvalidArgument
+from .model import Register, Revoke, Selector, Sweep
+from .settings import Settings
+from .store import Txn, name_hash
+
+INDEX_KINDS = {"subject": b"s", "client_id": b"c", "family": b"f"}
+
+
+def index_prefix(kind: str, name: str) -> bytes:
+    """Key prefix of the per-subject / per-client / per-family bitmap of `name`."""
+    return INDEX_KINDS[kind] + name_hash(name)
+
+
+def _commit_change(txn: Txn, state: RevokedSet, delta: Delta, audit: dict) -> None:
+    txn.put_meta_int(b"seq", delta.seq)
+    txn.put_change(delta.seq, delta_to_proto(delta), {"seq": delta.seq, "time": delta.time, **audit})
+    state.apply(delta)
+
+
+def register(txn: Txn, state: RevokedSet, op: Register, now: int) -> tuple[RegisterResult, Delta | None]:
+    """Assign serials to new tokens; known (issuer, jti) pairs keep theirs."""
+    results: list[Registered] = []
+    fresh: list[tuple[int, str, TokenSpec]] = []
+    seen: dict[tuple[str, str], int] = {}
+    serial = state.registered_through
+    for i, spec in enumerate(op.tokens):
+        if spec.jti:
+            pair = (spec.issuer, spec.jti)
+            known = seen.get(pair) or txn.serial_for(*pair)
+            if known:
+                results.append(Registered(known, spec.jti, canonical_jti(known), True))
+                continue
+            if looks_canonical(spec.jti):
+                raise InvalidArgument(
+                    f"tokens[{i}].jti: {spec.jti!r} has the canonical form this store "
+                    "assigns (rc1.<serial>.<check>); leave jti empty to be given one"
+                )
+        serial += 1
+        canonical = canonical_jti(serial)
+        jti = spec.jti or canonical
+        seen[(spec.issuer, jti)] = serial
+        results.append(Registered(serial, jti, canonical, False))
+        fresh.append((serial, jti, spec))
+    if not fresh:
+        return RegisterResult(tuple(results), state.seq), None
+
+    expired_through = txn.meta_int(b"expired_through")
+    indexes: dict[bytes, BitMap64] = defaultdict(BitMap64)
+    expiring: dict[int, BitMap64] = defaultdict(BitMap64)
+    already_expired = BitMap64()
+    for serial, jti, spec in fresh:
+        txn.put_record(serial, pb.TokenSpec(
+            jti=jti, issuer=spec.issuer, subject=spec.subject, client_id=spec.client_id,
+            scopes=spec.scopes, type=int(spec.type), issued_at=spec.issued_at,
+            expires_at=spec.expires_at, origin=spec.origin, family=spec.family,
+        ))
+        txn.put_jti(spec.issuer, jti, serial)
+        for kind in INDEX_KINDS:
+            name = getattr(spec, kind)
+            if name:
+                indexes[index_prefix(kind, name)].add(serial)
+        if spec.expires_at <= expired_through:
+            already_expired.add(serial)
+        expiring[spec.expires_at].add(serial)
+    for prefix, serials in indexes.items():
+        txn.update_bitmap("index", prefix, serials)
+    for expires_at, serials in expiring.items():
+        txn.add_expiring(expires_at, serials)
+    if already_expired:
+        txn.update_bitmap("expired", b"", already_expired)
+    txn.put_meta_int(b"serial", serial)
+
+    first = fresh[0][0]
+    delta = Delta(
+        prev_seq=state.seq, seq=state.seq + 1, registered_through=serial,
+        expiring=tuple(sorted(expiring.items())), time=now,
+    )
+    _commit_change(txn, state, delta, {
+        "kind": "register", "actor": op.actor, "count": len(fresh),
+        "first_serial": first, "last_serial": serial,
+    })
+    return RegisterResult(tuple(results), delta.seq), delta
+
+
+def _covered(txn: Txn, state: RevokedSet, sel: Selector, now: int, settings: Settings) -> tuple[BitMap64, dict[int, int]]:
+    """Registered serials and foreign keys (with expiry) the selector names."""
+    serials = BitMap64(s for s in sel.serials if s <= state.registered_through)
+    foreign: dict[int, int] = {}
+    for ref in sel.tokens:
+        serial = txn.serial_for(ref.issuer, ref.jti)
+        if serial:
+            serials.add(serial)
+            continue
+        expires_at = ref.expires_at or now + settings.max_token_lifetime
+        if expires_at > now:
+            foreign[foreign_key(ref.issuer, ref.jti)] = expires_at
+    for kind in INDEX_KINDS:
+        name = getattr(sel, kind)
+        if name:
+            serials |= txn.bitmap("index", index_prefix(kind, name))
+    return serials, foreign
+
+
+def revoke(txn: Txn, state: RevokedSet, op: Revoke, now: int, settings: Settings) -> tuple[RevokeResult, Delta | None]:
+    """Revoke every registered, unexpired token and every foreign token selected."""
+    serials, foreign = _covered(txn, state, op.selector, now, settings)
+    state.advance(now)
+    added = serials - state.revoked - state.expired
+    new_foreign = {k: exp for k, exp in foreign.items() if k not in state.foreign}
+    if not added and not new_foreign:
+        return RevokeResult(0, state.seq), None
+    seq = state.seq + 1
+    txn.update_bitmap("revoked", b"", added)
+    txn.put_revocations(added, seq)
+    for key, expires_at in new_foreign.items():
+        txn.put_foreign(key, expires_at, seq)
+    delta = Delta(
+        prev_seq=state.seq, seq=seq, added=added,
+        foreign_added=frozenset(new_foreign), time=now,
+    )
+    count = len(added) + len(new_foreign)
+    _commit_change(txn, state, delta, {
+        "kind": "revoke", "actor": op.actor, "reason": op.reason,
+        "selector": op.selector.describe(), "count": count,
+    })
+    return RevokeResult(count, seq), delta
+
+
+def sweep(txn: Txn, state: RevokedSet, op: Sweep, now: int, settings: Settings) -> tuple[int, Delta | None]:
+    """Forget revocations of expired tokens; purge records past retention.
+
+    Returns (seq of the change or 0, delta or None). Work per call is bounded
+    by settings.purge_batch; the next sweep continues.
+    """
+    state.advance(now)
+    expired_through = txn.meta_int(b"expired_through")
+    newly_expired = BitMap64()
+    for _, serials in txn.expiring(after=expired_through, upto=now):
+        newly_expired |= serials
+    if newly_expired:
+        txn.update_bitmap("expired", b"", newly_expired)
+    if now > expired_through:
+        txn.put_meta_int(b"expired_through", now)
+
+    removed = state.revoked & state.expired
+    if removed:
+        txn.update_bitmap("revoked", b"", BitMap64(), removed)
+    foreign_due = txn.foreign_due(now, settings.purge_batch)
+    for expires_at, key in foreign_due:
+        txn.delete_foreign(key, expires_at)
+    purged = _purge(txn, now - settings.audit_retention, settings.purge_batch)
+    if not (removed or foreign_due or purged):
+        return 0, None
+    delta = Delta(
+        prev_seq=state.seq, seq=state.seq + 1, removed=removed,
+        foreign_removed=frozenset(key for _, key in foreign_due), time=now,
+    )
+    _commit_change(txn, state, delta, {
+        "kind": "sweep", "actor": "sweeper", "reason": "expired",
+        "count": len(removed) + len(foreign_due), "expired": len(removed),
+        "foreign_expired": len(foreign_due), "purged": purged,
+    })
+    return delta.seq, delta
+
+
+def _purge(txn: Txn, upto: int, limit: int) -> int:
+    """Delete up to `limit` token records that expired at or before `upto`."""
+    purged = 0
+    indexes: dict[bytes, BitMap64] = defaultdict(BitMap64)
+    for expires_at, serials in list(txn.expiring(upto=upto)):
+        batch = BitMap64(serials.to_array()[: limit - purged]) if len(serials) > limit - purged else serials
+        for serial in batch.to_array():
+            record = txn.record(serial)
+            if record is None:
+                continue
+            txn.delete_jti(record.issuer, record.jti)
+            for kind in INDEX_KINDS:
+                name = getattr(record, kind)
+                if name:
+                    indexes[index_prefix(kind, name)].add(serial)
+            txn.delete_record(serial)
+            txn.delete_revocation(serial)
+        purged += len(batch)
+        rest = serials - batch
+        txn.delete_expiring(expires_at)
+        if rest:
+            txn.add_expiring(expires_at, rest)
+        if purged >= limit:
+            break
+    for prefix, serials in indexes.items():
+        txn.update_bitmap("index", prefix, BitMap64(), serials)
+    return purged
+
+
+def now_seconds() -> int:
+    """Wall-clock Unix seconds (the default clock)."""
+    return int(_time.time())

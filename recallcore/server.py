@@ -1,0 +1,87 @@
+"""Build and run the gRPC server around an Engine."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recallclient._proto.recall.v1 import recall_pb2, recall_pb2_grpc
+
+from .engine import Engine
+from .service import RecallService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
+MAX_MESSAGE = 64 << 20
+SHUTDOWN_GRACE = 10.0
+
+
+class Server:
+    """An Engine served over gRPC on settings.listen."""
+
+    def __init__(self, settings: Settings, **engine_args) -> None:
+        self.settings = settings
+        self.engine = Engine(settings, **engine_args)
+        self.health = health.aio.HealthServicer()
+        self.grpc = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ])
+        recall_pb2_grpc.add_RecallServicer_to_server(RecallService(self.engine), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc,
+        )
+        self.address = ""
+
+    async def start(self) -> str:
+        """Start serving; return the HOST:PORT actually bound."""
+        host, _, port = self.settings.listen.rpartition(":")
+        bound = self.grpc.add_insecure_port(self.settings.listen)
+        if bound == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await self.engine.start()
+        await self.grpc.start()
+        for name in ("", SERVICE_NAME):
+            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def _set_health(self, name: str, status) -> None:
+        await self.health.set(name, status)
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting calls, let in-flight calls finish, close the store."""
+        for name in ("", SERVICE_NAME):
+            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.stop(grace)
+        await self.engine.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT; print the listening line once ready."""
+    server = Server(settings)
+    try:
+        address = await server.start()
+    except BaseException:
+        await server.engine.close()
+        raise
+    print(f"recallcore listening on {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    print("recallcore stopped", file=sys.stderr, flush=True)

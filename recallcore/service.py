@@ -1,0 +1,121 @@
+"""The gRPC adapter: decode a request, call the engine, encode the answer.
+
+Expected errors (RecallError) become their status with the error's message;
+anything else is logged and answers INTERNAL. This is the one place where
+errors meet gRPC status codes.
+"""
+
+import functools
+import logging
+
+import grpc
+
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient._proto.recall.v1 import recall_pb2_grpc
+from recallclient.types import JtiRef, TokenSpec, TokenType
+
+from . import validate
+from .engine import Engine
+from .errors import RecallError
+from .model import Selector
+
+log = logging.getLogger(__name__)
+
+
+def _rpc(method):
+    """Map RecallError to its status and bugs to INTERNAL."""
+
+    @functools.wraps(method)
+    async def handler(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except RecallError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error")
+
+    return handler
+
+
+def _spec(msg: pb.TokenSpec) -> TokenSpec:
+    return TokenSpec(
+        subject=msg.subject, client_id=msg.client_id, issuer=msg.issuer, jti=msg.jti,
+        scopes=tuple(msg.scopes), type=msg.type, issued_at=msg.issued_at,
+        expires_at=msg.expires_at, origin=msg.origin, family=msg.family,
+    )
+
+
+def _selector(msg: pb.Selector) -> Selector:
+    return Selector(
+        serials=tuple(msg.serials),
+        tokens=tuple(JtiRef(t.issuer, t.jti, t.expires_at) for t in msg.tokens),
+        subject=msg.subject, client_id=msg.client_id, family=msg.family,
+    )
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e9 else None
+
+
+class RecallService(recall_pb2_grpc.RecallServicer):
+    """recall.v1.Recall over an Engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @_rpc
+    async def Register(self, request, context):
+        result = await self.engine.register([_spec(t) for t in request.tokens], request.actor)
+        return pb.RegisterResponse(
+            tokens=[
+                pb.RegisteredToken(serial=t.serial, jti=t.jti, canonical_jti=t.canonical_jti, existing=t.existing)
+                for t in result.tokens
+            ],
+            seq=result.seq,
+        )
+
+    @_rpc
+    async def Revoke(self, request, context):
+        result = await self.engine.revoke(_selector(request.selector), request.reason, request.actor)
+        return pb.RevokeResponse(count=result.count, seq=result.seq)
+
+    @_rpc
+    async def Check(self, request, context):
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
+        if request.min_seq:
+            await self.engine.wait_for_seq(request.min_seq, _timeout(context))
+        result = await self.engine.check(ref)
+        return pb.CheckResponse(
+            state=result.state, serial=result.serial, revoked_at=result.revoked_at,
+            reason=result.reason, seq=result.seq,
+        )
+
+    @_rpc
+    async def CheckBatch(self, request, context):
+        settings = self.engine.settings
+        validate.count(len(request.serials) // 8 + len(request.tokens), "serials+tokens", settings)
+        refs = [validate.jti_ref(JtiRef(t.issuer, t.jti), f"tokens[{i}]", settings)
+                for i, t in enumerate(request.tokens)]
+        if request.min_seq:
+            await self.engine.wait_for_seq(request.min_seq, _timeout(context))
+        states = self.engine.check_packed(request.serials)
+        seq = self.engine.state.seq
+        token_states = await self.engine.check_refs(refs)
+        return pb.CheckBatchResponse(states=states, token_states=token_states, seq=seq)
+
+    @_rpc
+    async def Introspect(self, request, context):
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
+        return pb.IntrospectResponse(**await self.engine.introspect(ref))
+
+    @_rpc
+    async def Stats(self, request, context):
+        stats = await self.engine.stats()
+        return pb.StatsResponse(**{f: getattr(stats, f) for f in pb.StatsResponse.DESCRIPTOR.fields_by_name})
+
+    async def Watch(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch: not served by this node yet")

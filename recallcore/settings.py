@@ -1,0 +1,73 @@
+"""Server settings: one frozen, validated value. Only cli.py reads the environment."""
+
+import dataclasses
+import pathlib
+
+DEFAULT_DATA_DIR = pathlib.Path("var/recall")
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_ISSUER = "recallcore"
+DEFAULT_TOKEN_TTL = 3600  # seconds, when a registration gives no expires_at
+DEFAULT_MAX_TOKEN_LIFETIME = 30 * 86400  # longest registered lifetime; expiry of foreign revocations
+DEFAULT_AUDIT_RETENTION = 30 * 86400  # token records and audit kept this long past expiry
+DEFAULT_SWEEP_INTERVAL = 10.0  # seconds between expiry sweeps
+DEFAULT_MAX_BATCH = 100_000  # tokens, serials or references in one call
+DEFAULT_MAX_STRING = 1024  # bytes of UTF-8 in any string field
+DEFAULT_MAX_SCOPES = 256
+DEFAULT_MAP_SIZE = 64 << 20  # initial LMDB map size
+DEFAULT_MAX_MAP_SIZE = 64 << 30  # the map grows up to this, then writes fail
+DEFAULT_GROUP_COMMIT = 512  # operations committed in one transaction at most
+DEFAULT_PURGE_BATCH = 10_000  # token records purged per sweep at most
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How a server runs. Every field is validated on construction.
+
+    data_dir: the LMDB environment and its lock live here.
+    listen: HOST:PORT to serve on; port 0 picks a free port.
+    issuer: issuer recorded for registrations that give none.
+    token_ttl: lifetime of a registration that gives no expires_at.
+    max_token_lifetime: longest accepted lifetime, and how long a revoked
+        foreign token (never registered) stays revoked when no expiry is given.
+    audit_retention: token records are kept this long after expiry.
+    sweep_interval: seconds between sweeps of expired tokens.
+    max_batch: most tokens / serials / references per call.
+    max_string: most bytes in any string field.
+    map_size / max_map_size: LMDB map size at start and the most it grows to.
+    group_commit: most operations committed in one transaction.
+    """
+
+    data_dir: pathlib.Path = DEFAULT_DATA_DIR
+    listen: str = DEFAULT_LISTEN
+    issuer: str = DEFAULT_ISSUER
+    token_ttl: int = DEFAULT_TOKEN_TTL
+    max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
+    audit_retention: int = DEFAULT_AUDIT_RETENTION
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_string: int = DEFAULT_MAX_STRING
+    max_scopes: int = DEFAULT_MAX_SCOPES
+    map_size: int = DEFAULT_MAP_SIZE
+    max_map_size: int = DEFAULT_MAX_MAP_SIZE
+    group_commit: int = DEFAULT_GROUP_COMMIT
+    purge_batch: int = DEFAULT_PURGE_BATCH
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen: {self.listen!r} is not HOST:PORT")
+        if not self.issuer:
+            raise ValueError("issuer: must not be empty")
+        for name in ("token_ttl", "max_token_lifetime", "max_batch", "max_string",
+                     "max_scopes", "group_commit", "purge_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.audit_retention < 0:
+            raise ValueError("audit_retention: must not be negative")
+        if self.token_ttl > self.max_token_lifetime:
+            raise ValueError("token_ttl: must not exceed max_token_lifetime")
+        if self.sweep_interval <= 0:
+            raise ValueError("sweep_interval: must be positive")
+        if not 1 << 20 <= self.map_size <= self.max_map_size:
+            raise ValueError("map_size: must be at least 1 MiB and at most max_map_size")

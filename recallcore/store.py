@@ -1,0 +1,370 @@
+"""The LMDB environment: opening, locking, identity, and typed access to tables.
+
+Theory of operation. One LMDB environment in the data directory holds every
+table below; one write transaction is one group of operations (see
+writer.py), synced before anyone hears of it. A lock file held with flock
+keeps a second server off the same directory. Keys are big-endian so that
+LMDB's byte order is numeric order.
+
+Tables (named databases):
+  meta          b"format", b"store_id", b"seq", b"serial", b"expired_through"
+  tokens        serial -> TokenSpec (protobuf) of a registered token
+  jtis          hash16(issuer, jti) -> serial
+  revoked       chunk -> BitMap64 of revoked serials in that chunk
+  expired       chunk -> BitMap64 of serials whose expiry has been swept
+  expiring      expires_at -> BitMap64 of serials expiring then
+  index         kind + hash16(name) + chunk -> BitMap64 (kind: s subject, c client, f family)
+  foreign       key -> expires_at, seq   (revoked tokens never registered)
+  foreign_exp   expires_at + key -> b""
+  revocations   serial -> seq of the change that revoked it
+  log           seq -> recall.v1.Delta
+  audit         seq -> JSON audit record of the change
+A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
+only the chunks it touches.
+"""
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+
+import lmdb
+from pyroaring import BitMap64
+
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient.codec import bitmap_bytes, bitmap_from
+from recallclient.revoked_set import RevokedSet
+
+from .errors import StoreError
+
+FORMAT = b"recallcore/1"
+CHUNK_BITS = 16
+_U64 = struct.Struct(">Q")
+_U64X2 = struct.Struct(">QQ")
+_TABLES = (
+    "meta", "tokens", "jtis", "revoked", "expired", "expiring", "index",
+    "foreign", "foreign_exp", "revocations", "log", "audit",
+)
+_OURS = {"data.mdb", "lock.mdb", "LOCK"}
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def from_u64(data: bytes) -> int:
+    return _U64.unpack(data)[0]
+
+
+def name_hash(*parts: str) -> bytes:
+    """16 bytes identifying a tuple of strings (LMDB keys are at most 511 bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        raw = part.encode()
+        h.update(_U64.pack(len(raw)))
+        h.update(raw)
+    return h.digest()
+
+
+def split_chunks(bitmap: BitMap64) -> Iterator[tuple[int, BitMap64]]:
+    """Yield (chunk, part of `bitmap` in that chunk) in chunk order."""
+    if not bitmap:
+        return
+    chunk = bitmap.min() >> CHUNK_BITS
+    last = bitmap.max() >> CHUNK_BITS
+    while chunk <= last:
+        span = BitMap64()
+        span.add_range(chunk << CHUNK_BITS, (chunk + 1) << CHUNK_BITS)
+        part = bitmap & span
+        if part:
+            yield chunk, part
+        following = next(bitmap.iter_equal_or_larger((chunk + 1) << CHUNK_BITS), None)
+        if following is None:
+            return
+        chunk = following >> CHUNK_BITS
+
+
+class Txn:
+    """Typed access to the tables inside one LMDB transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self.raw = txn
+        self.db = dbs
+
+    # meta
+    def meta_int(self, name: bytes) -> int:
+        value = self.raw.get(name, db=self.db["meta"])
+        return from_u64(value) if value is not None else 0
+
+    def put_meta_int(self, name: bytes, value: int) -> None:
+        self.raw.put(name, u64(value), db=self.db["meta"])
+
+    # token records and the (issuer, jti) index
+    def record(self, serial: int) -> pb.TokenSpec | None:
+        data = self.raw.get(u64(serial), db=self.db["tokens"])
+        return pb.TokenSpec.FromString(data) if data is not None else None
+
+    def put_record(self, serial: int, spec: pb.TokenSpec) -> None:
+        self.raw.put(u64(serial), spec.SerializeToString(), db=self.db["tokens"], append=True)
+
+    def delete_record(self, serial: int) -> None:
+        self.raw.delete(u64(serial), db=self.db["tokens"])
+
+    def serial_for(self, issuer: str, jti: str) -> int:
+        """The serial registered under (issuer, jti), or 0."""
+        data = self.raw.get(name_hash(issuer, jti), db=self.db["jtis"])
+        return from_u64(data) if data is not None else 0
+
+    def put_jti(self, issuer: str, jti: str, serial: int) -> None:
+        self.raw.put(name_hash(issuer, jti), u64(serial), db=self.db["jtis"])
+
+    def delete_jti(self, issuer: str, jti: str) -> None:
+        self.raw.delete(name_hash(issuer, jti), db=self.db["jtis"])
+
+    # chunked bitmaps
+    def bitmap(self, table: str, prefix: bytes = b"") -> BitMap64:
+        """The union of every chunk stored under `prefix` in `table`."""
+        out = BitMap64()
+        with self.raw.cursor(db=self.db[table]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                out |= BitMap64.deserialize(value)
+        return out
+
+    def update_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64 = BitMap64()) -> None:
+        """Add and remove serials in the chunks under `prefix`; drop empty chunks."""
+        db = self.db[table]
+        touched = {c for c, _ in split_chunks(add)} | {c for c, _ in split_chunks(remove)}
+        for chunk in sorted(touched):
+            key = prefix + u64(chunk)
+            data = self.raw.get(key, db=db)
+            bitmap = BitMap64.deserialize(data) if data is not None else BitMap64()
+            span = BitMap64()
+            span.add_range(chunk << CHUNK_BITS, (chunk + 1) << CHUNK_BITS)
+            bitmap |= add & span
+            bitmap -= remove & span
+            if bitmap:
+                bitmap.run_optimize()
+                self.raw.put(key, bitmap.serialize(), db=db)
+            elif data is not None:
+                self.raw.delete(key, db=db)
+
+    # expiry buckets
+    def add_expiring(self, expires_at: int, serials: BitMap64) -> None:
+        key = u64(expires_at)
+        data = self.raw.get(key, db=self.db["expiring"])
+        bucket = bitmap_from(data) if data is not None else BitMap64()
+        bucket |= serials
+        self.raw.put(key, bitmap_bytes(bucket), db=self.db["expiring"])
+
+    def expiring(self, after: int = -1, upto: int = 2**63 - 1) -> Iterator[tuple[int, BitMap64]]:
+        """Yield (expires_at, serials) for after < expires_at <= upto, in order."""
+        with self.raw.cursor(db=self.db["expiring"]) as cur:
+            if not cur.set_range(u64(after + 1)):
+                return
+            for key, value in cur:
+                expires_at = from_u64(key)
+                if expires_at > upto:
+                    return
+                yield expires_at, bitmap_from(value)
+
+    def delete_expiring(self, expires_at: int) -> None:
+        self.raw.delete(u64(expires_at), db=self.db["expiring"])
+
+    # revocation records
+    def revoked_by(self, serial: int) -> int:
+        """The seq that revoked `serial`, or 0."""
+        data = self.raw.get(u64(serial), db=self.db["revocations"])
+        return from_u64(data) if data is not None else 0
+
+    def put_revocations(self, serials: BitMap64, seq: int) -> None:
+        value = u64(seq)
+        db = self.db["revocations"]
+        self.raw.cursor(db=db).putmulti(((u64(s), value) for s in serials.to_array()), overwrite=True)
+
+    def delete_revocation(self, serial: int) -> None:
+        self.raw.delete(u64(serial), db=self.db["revocations"])
+
+    # foreign tokens
+    def foreign(self, key: int) -> tuple[int, int] | None:
+        """(expires_at, seq) of a revoked foreign token key, or None."""
+        data = self.raw.get(u64(key), db=self.db["foreign"])
+        return _U64X2.unpack(data) if data is not None else None
+
+    def put_foreign(self, key: int, expires_at: int, seq: int) -> None:
+        self.raw.put(u64(key), _U64X2.pack(expires_at, seq), db=self.db["foreign"])
+        self.raw.put(_U64X2.pack(expires_at, key), b"", db=self.db["foreign_exp"])
+
+    def foreign_due(self, upto: int, limit: int) -> list[tuple[int, int]]:
+        """Up to `limit` (expires_at, key) with expires_at <= upto, oldest first."""
+        out = []
+        with self.raw.cursor(db=self.db["foreign_exp"]) as cur:
+            for key in cur.iternext(values=False):
+                expires_at, fkey = _U64X2.unpack(key)
+                if expires_at > upto or len(out) >= limit:
+                    break
+                out.append((expires_at, fkey))
+        return out
+
+    def delete_foreign(self, key: int, expires_at: int) -> None:
+        self.raw.delete(u64(key), db=self.db["foreign"])
+        self.raw.delete(_U64X2.pack(expires_at, key), db=self.db["foreign_exp"])
+
+    def foreign_keys(self) -> Iterator[int]:
+        with self.raw.cursor(db=self.db["foreign"]) as cur:
+            for key in cur.iternext(values=False):
+                yield from_u64(key)
+
+    # change log and audit
+    def put_change(self, seq: int, delta: pb.Delta, audit: dict) -> None:
+        self.raw.put(u64(seq), delta.SerializeToString(), db=self.db["log"], append=True)
+        self.raw.put(u64(seq), json.dumps(audit, separators=(",", ":")).encode(),
+                     db=self.db["audit"], append=True)
+
+    def delta(self, seq: int) -> pb.Delta | None:
+        data = self.raw.get(u64(seq), db=self.db["log"])
+        return pb.Delta.FromString(data) if data is not None else None
+
+    def audit(self, seq: int) -> dict | None:
+        data = self.raw.get(u64(seq), db=self.db["audit"])
+        return json.loads(data) if data is not None else None
+
+
+class Store:
+    """An open data directory. Close it to release the lock."""
+
+    def __init__(self, data_dir: pathlib.Path, *, map_size: int, max_map_size: int) -> None:
+        self.path = pathlib.Path(data_dir)
+        self.max_map_size = max_map_size
+        self._lock_file = self._lock()
+        try:
+            self._check_foreign()
+            existed = (self.path / "data.mdb").exists()
+            try:
+                self.env = lmdb.open(
+                    str(self.path), map_size=map_size, max_dbs=len(_TABLES) + 1,
+                    sync=True, metasync=True, subdir=True, readahead=False,
+                )
+                self.dbs = {name: self.env.open_db(name.encode()) for name in _TABLES}
+            except lmdb.Error as exc:
+                raise StoreError(
+                    f"{self.path} does not hold a readable recallcore store: {exc}"
+                ) from exc
+            self.store_id = self._identity(existed)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        # Readers take this lock around a transaction; resizing the map takes
+        # it too (LMDB forbids set_mapsize while this process has one open).
+        self.resize_lock = threading.Lock()
+
+    def _lock(self):
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {self.path}: {exc}") from exc
+        lock_file = open(self.path / "LOCK", "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreError(
+                    f"data directory {self.path} is in use by another recallcore server "
+                    f"(pid {holder}); stop it or choose another --data-dir"
+                ) from exc
+            raise
+        lock_file.truncate(0)
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        return lock_file
+
+    def _check_foreign(self) -> None:
+        others = sorted(p.name for p in self.path.iterdir() if p.name not in _OURS)
+        if others and not (self.path / "data.mdb").exists():
+            raise StoreError(
+                f"{self.path} is not a recallcore data directory (it holds {', '.join(others[:5])}); "
+                "choose an empty or new directory"
+            )
+
+    def _identity(self, existed: bool) -> str:
+        with self.env.begin(write=True) as txn:
+            fmt = txn.get(b"format", db=self.dbs["meta"])
+            if fmt is None:
+                if existed and (self._has_unnamed_data(txn) or any(
+                    txn.stat(self.dbs[name])["entries"] for name in _TABLES
+                )):
+                    raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
+                store_id = uuid.uuid4().hex
+                txn.put(b"format", FORMAT, db=self.dbs["meta"])
+                txn.put(b"store_id", store_id.encode(), db=self.dbs["meta"])
+                return store_id
+            if fmt != FORMAT:
+                raise StoreError(
+                    f"{self.path} holds store format {fmt!r}; this server reads {FORMAT!r}"
+                )
+            return txn.get(b"store_id", db=self.dbs["meta"]).decode()
+
+    def _has_unnamed_data(self, txn: lmdb.Transaction) -> bool:
+        ours = {name.encode() for name in _TABLES}
+        with txn.cursor() as cur:
+            return any(key not in ours for key in cur.iternext(values=False))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A read transaction (any thread but the event loop's)."""
+        with self.resize_lock, self.env.begin(buffers=False) as txn:
+            yield Txn(txn, self.dbs)
+
+    def write(self) -> lmdb.Transaction:
+        """Begin a write transaction; only the writer thread calls this."""
+        return self.env.begin(write=True)
+
+    def grow(self) -> bool:
+        """Double the map size up to the limit; False when already at the limit."""
+        current = self.env.info()["map_size"]
+        if current >= self.max_map_size:
+            return False
+        with self.resize_lock:
+            self.env.set_mapsize(min(current * 2, self.max_map_size))
+        return True
+
+    def sizes(self) -> tuple[int, int]:
+        """(bytes in use, map size)."""
+        info = self.env.info()
+        return (info["last_pgno"] + 1) * self.env.stat()["psize"], info["map_size"]
+
+    def load(self) -> RevokedSet:
+        """The revocation state as stored: the server's in-memory mirror."""
+        with self.read() as txn:
+            state = RevokedSet(self.store_id)
+            expired_through = txn.meta_int(b"expired_through")
+            expired = txn.bitmap("expired")
+            expiring = []
+            for expires_at, serials in txn.expiring(after=expired_through):
+                expiring.append((expires_at, serials))
+            state.load(
+                seq=txn.meta_int(b"seq"),
+                revoked=txn.bitmap("revoked"),
+                foreign=txn.foreign_keys(),
+                registered_through=txn.meta_int(b"serial"),
+                expired=expired,
+                expiring=expiring,
+            )
+            return state
+
+    def close(self) -> None:
+        self.env.close()
+        self._lock_file.close()
