@@ -29,24 +29,34 @@ class Server:
     def __init__(self, settings: Settings, **engine_args) -> None:
         self.settings = settings
         self.engine = Engine(settings, **engine_args)
+        self.health: health.aio.HealthServicer | None = None
+        self.grpc: grpc.aio.Server | None = None
+        self.address = ""
+
+    def _build(self) -> grpc.aio.Server:
+        # grpc.aio objects bind to the running loop: build them inside it.
         self.health = health.aio.HealthServicer()
-        self.grpc = grpc.aio.server(options=[
+        server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
         ])
-        recall_pb2_grpc.add_RecallServicer_to_server(RecallService(self.engine), self.grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        recall_pb2_grpc.add_RecallServicer_to_server(RecallService(self.engine), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.grpc,
+            server,
         )
-        self.address = ""
+        return server
 
     async def start(self) -> str:
         """Start serving; return the HOST:PORT actually bound."""
-        host, _, port = self.settings.listen.rpartition(":")
-        bound = self.grpc.add_insecure_port(self.settings.listen)
+        self.grpc = self._build()
+        host, _, _ = self.settings.listen.rpartition(":")
+        try:
+            bound = self.grpc.add_insecure_port(self.settings.listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from exc
         if bound == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.engine.start()
@@ -61,9 +71,10 @@ class Server:
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting calls, let in-flight calls finish, close the store."""
-        for name in ("", SERVICE_NAME):
-            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.grpc.stop(grace)
+        if self.grpc is not None:
+            for name in ("", SERVICE_NAME):
+                await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.grpc.stop(grace)
         await self.engine.close()
 
 
