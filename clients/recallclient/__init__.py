@@ -1,0 +1,42 @@
+"""Client library of recallcore: register, revoke and check OAuth 2.0 tokens.
+
+`RecallClient` (blocking) and `AsyncRecallClient` (asyncio) call a
+recall.v1 server; failed calls raise `RecallError`. Results are the frozen
+dataclasses of `recallclient.types`.
+"""
+
+from .aio import AsyncRecallClient
+from .client import RecallClient
+from .errors import RecallError
+from .jti import canonical_jti, foreign_key, serial_from_jti
+from .types import (
+    BatchResult,
+    CheckResult,
+    JtiRef,
+    Registered,
+    RegisterResult,
+    RevokeResult,
+    Stats,
+    TokenSpec,
+    TokenState,
+    TokenType,
+)
+
+__all__ = [
+    "AsyncRecallClient",
+    "BatchResult",
+    "CheckResult",
+    "JtiRef",
+    "RecallClient",
+    "RecallError",
+    "RegisterResult",
+    "Registered",
+    "RevokeResult",
+    "Stats",
+    "TokenSpec",
+    "TokenState",
+    "TokenType",
+    "canonical_jti",
+    "foreign_key",
+    "serial_from_jti",
+]

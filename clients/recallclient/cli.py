@@ -1,0 +1,253 @@
+"""recallctl: register, revoke, check and introspect tokens from the shell.
+
+Usage: recallctl [--target HOST:PORT] [--json] COMMAND [options]
+
+The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051. --target
+and --json may come before or after the command name. With --json each
+result is one JSON object on its own line; otherwise a short human line.
+
+Exit codes:
+  0  success
+  1  the call failed (the server's status, or UNAVAILABLE when it cannot be
+     reached); stderr holds "recallctl: CODE_NAME: message"
+  2  usage error (bad or missing arguments); no call was made
+"""
+
+import argparse
+import dataclasses
+import datetime
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .client import RecallClient
+from .errors import RecallError
+from .jti import MAX_SERIAL
+from .types import CheckResult, TokenState, TokenType
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+TARGET_ENV = "RECALL_TARGET"
+
+_EPILOG = """exit codes:
+  0  success
+  1  the call failed; stderr holds "recallctl: CODE_NAME: message"
+  2  usage error; no call was made
+
+The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051."""
+
+_TIME_KEYS = ("exp", "iat", "revoked_at")
+
+
+def _int_in(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
+    if not low <= value <= MAX_SERIAL:
+        raise argparse.ArgumentTypeError(f"must be in {low}..{MAX_SERIAL}: {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_in(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_in(text, 0)
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "recallctl"
+
+
+def _add_jti_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--issuer", default="", help="token issuer (default: the server's)")
+    parser.add_argument("--jti", default="", help="token jti")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the recallctl argument parser."""
+    # SUPPRESS defaults: an option given after the command is not overwritten
+    # by the main parser's default, nor the reverse; `main` fills them in.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                        help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON object per result")
+
+    parser = argparse.ArgumentParser(
+        prog="recallctl", description="Register, revoke and check OAuth 2.0 tokens.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=summary, epilog=_EPILOG, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    reg = command("register", "register an issued token")
+    reg.add_argument("--subject", required=True)
+    reg.add_argument("--client", required=True, help="client_id")
+    _add_jti_options(reg)
+    reg.add_argument("--scope", action="append", default=[],
+                     help="space-separated scopes (repeatable)")
+    reg.add_argument("--type", choices=["access", "refresh"], default="access")
+    reg.add_argument("--ttl", type=_nonnegative_int, metavar="SECONDS",
+                     help="lifetime from now (default: the server's)")
+    reg.add_argument("--family", default="")
+    reg.add_argument("--origin", default="")
+    reg.add_argument("--actor", default="")
+
+    rev = command("revoke", "revoke tokens (the selectors combine as a union)")
+    rev.add_argument("--serial", type=_positive_int, action="append", default=[],
+                     help="token serial (repeatable)")
+    _add_jti_options(rev)
+    rev.add_argument("--exp", type=_nonnegative_int, default=0, metavar="UNIX",
+                     help="expiry of a --jti token this store never registered")
+    rev.add_argument("--subject", default="")
+    rev.add_argument("--client", default="", help="client_id")
+    rev.add_argument("--family", default="")
+    rev.add_argument("--reason", default="")
+    rev.add_argument("--actor", default=None, help="who revokes (default: your user name)")
+
+    for name, summary in (("check", "print the state of tokens"),
+                       ("introspect", "print RFC 7662 introspection of tokens")):
+        sub = command(name, summary)
+        sub.add_argument("serials", nargs="*", type=_positive_int, metavar="SERIAL")
+        _add_jti_options(sub)
+        if name == "check":
+            sub.add_argument("--min-seq", type=_nonnegative_int, default=0, metavar="N",
+                             help="wait until the server has applied seq N")
+
+    command("stats", "print counts and identity of the store")
+    return parser
+
+
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (via parser.error) for argument combinations argparse cannot check."""
+    if args.command in ("revoke", "check", "introspect") and args.issuer and not args.jti:
+        parser.error(f"{args.command}: --issuer needs --jti")
+    if args.command == "revoke":
+        if args.exp and not args.jti:
+            parser.error("revoke: --exp needs --jti")
+        if not (args.serial or args.jti or args.subject or args.client or args.family):
+            parser.error("revoke: give --serial, --jti, --subject, --client or --family")
+    elif args.command in ("check", "introspect"):
+        if bool(args.serials) == bool(args.jti):
+            parser.error(f"{args.command}: give SERIAL ... or --jti (not both)")
+
+
+def _iso(seconds: int) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
+    print(json.dumps(obj) if args.json else human)
+
+
+def _aligned(obj: dict[str, Any]) -> str:
+    width = max(len(key) for key in obj) + 1
+    lines = []
+    for key, value in obj.items():
+        if key in _TIME_KEYS and isinstance(value, int) and value:
+            value = f"{value} ({_iso(value)})"
+        lines.append(f"{key + ':':<{width}} {value}")
+    return "\n".join(lines)
+
+
+def _run_register(client: RecallClient, args: argparse.Namespace) -> None:
+    token = client.register_one(
+        args.subject, args.client, issuer=args.issuer, jti=args.jti,
+        scopes=[scope for text in args.scope for scope in text.split()],
+        type=TokenType.REFRESH if args.type == "refresh" else TokenType.ACCESS,
+        ttl=args.ttl, origin=args.origin, family=args.family, actor=args.actor,
+    )
+    human = f"registered serial {token.serial} jti {token.jti}"
+    _emit(args, dataclasses.asdict(token), human + (" (existing)" if token.existing else ""))
+
+
+def _run_revoke(client: RecallClient, args: argparse.Namespace) -> None:
+    result = client.revoke(
+        serials=args.serial, tokens=[(args.issuer, args.jti, args.exp)] if args.jti else (),
+        subject=args.subject, client_id=args.client, family=args.family, reason=args.reason,
+        actor=_default_actor() if args.actor is None else args.actor,
+    )
+    noun = "token" if result.count == 1 else "tokens"
+    _emit(args, {"seq": result.seq, "count": result.count},
+          f"revoked {result.count} {noun} (seq {result.seq})")
+
+
+def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
+    obj: dict[str, Any] = {"serial": result.serial, "state": result.state.name}
+    human = f"{name} {result.state.name}"
+    if result.state is TokenState.REVOKED:
+        obj.update(revoked_at=result.revoked_at, reason=result.reason)
+        detail = f"at {_iso(result.revoked_at)}" if result.revoked_at else ""
+        if result.reason:
+            detail = f"reason: {result.reason}" + (f", {detail}" if detail else "")
+        human += f" ({detail})" if detail else ""
+    obj["seq"] = result.seq
+    return obj, human
+
+
+def _run_check(client: RecallClient, args: argparse.Namespace) -> None:
+    if args.jti:
+        result = client.check(issuer=args.issuer, jti=args.jti, min_seq=args.min_seq)
+        _emit(args, *_check_line(result, str(result.serial or args.jti)))
+        return
+    for serial in args.serials:
+        _emit(args, *_check_line(client.check(serial, min_seq=args.min_seq), str(serial)))
+
+
+def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
+    if args.jti:
+        found = [client.introspect(issuer=args.issuer, jti=args.jti)]
+    else:
+        found = [client.introspect(serial) for serial in args.serials]
+    for index, obj in enumerate(found):
+        if index and not args.json:
+            print()
+        _emit(args, obj, _aligned(obj))
+
+
+def _run_stats(client: RecallClient, args: argparse.Namespace) -> None:
+    obj = dataclasses.asdict(client.stats())
+    _emit(args, obj, _aligned(obj))
+
+
+_COMMANDS = {
+    "register": _run_register,
+    "revoke": _run_revoke,
+    "check": _run_check,
+    "introspect": _run_introspect,
+    "stats": _run_stats,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run recallctl with `argv` (default: sys.argv[1:]).
+
+    Returns the exit code: 0 on success, 1 when a call fails (message on
+    stderr). Usage errors raise SystemExit(2) from argparse.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    args.json = getattr(args, "json", False)
+    target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    try:
+        with RecallClient(target) as client:
+            _COMMANDS[args.command](client, args)
+    except RecallError as err:
+        print(f"recallctl: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,100 @@
+"""Test support: a real server in a thread or in a subprocess, on 127.0.0.1:0."""
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+from recallcore.server import Server
+from recallcore.settings import Settings
+
+STARTUP_TIMEOUT = 30.0
+
+
+class ServerThread:
+    """A Server on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings, **engine_args) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(settings, **engine_args)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+        self._thread.start()
+        self.address = self.call(self.server.start())
+
+    @property
+    def engine(self):
+        return self.server.engine
+
+    def call(self, coro, timeout: float = STARTUP_TIMEOUT):
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run(self, fn: Callable):
+        """Run a plain function on the server's loop and return its result."""
+
+        async def wrapper():
+            return fn()
+
+        return self.call(wrapper())
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.stop(grace=1.0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(STARTUP_TIMEOUT)
+            self.loop.close()
+
+
+class ServerProcess:
+    """`python -m recallcore serve` as a real child process."""
+
+    def __init__(self, data_dir: pathlib.Path, *extra: str, listen: str = "127.0.0.1:0") -> None:
+        self.data_dir = data_dir
+        self.args = [sys.executable, "-m", "recallcore", "serve", "--data-dir", str(data_dir),
+                     "--listen", listen, "--log-level", "WARNING", *extra]
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.address = self._await_listening()
+
+    def _await_listening(self) -> str:
+        timer = threading.Timer(STARTUP_TIMEOUT, self.proc.kill)
+        timer.start()
+        try:
+            line = self.proc.stdout.readline()
+        finally:
+            timer.cancel()
+        prefix = "recallcore listening on "
+        if not line.startswith(prefix):
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=STARTUP_TIMEOUT)
+            raise RuntimeError(f"server did not start: {line!r} {err}")
+        return line[len(prefix):].strip()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(STARTUP_TIMEOUT)
+
+    def terminate(self) -> int:
+        """SIGTERM and wait; return the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(STARTUP_TIMEOUT)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command to completion, capturing text output."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -1,0 +1,122 @@
+"""Every RPC rejects bad input with the fitting status, names the field, and changes nothing."""
+
+import grpc
+import pytest
+
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient._proto.recall.v1 import recall_pb2_grpc
+from recallcore.settings import Settings
+
+from .support import ServerThread
+
+LONG = "x" * 1025
+BIG = 2**63
+MAX_BATCH = 50
+
+TOKEN = dict(subject="alice", client_id="web")
+
+
+def tok(**fields) -> pb.TokenSpec:
+    return pb.TokenSpec(**{**TOKEN, **fields})
+
+
+def sel(**fields) -> pb.RevokeRequest:
+    return pb.RevokeRequest(selector=pb.Selector(**fields), reason="test")
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+CASES = [
+    # Register
+    ("Register", pb.RegisterRequest(), INVALID, "tokens"),
+    ("Register", pb.RegisterRequest(tokens=[tok(subject="")]), INVALID, "tokens[0].subject"),
+    ("Register", pb.RegisterRequest(tokens=[tok(client_id="")]), INVALID, "tokens[0].client_id"),
+    ("Register", pb.RegisterRequest(tokens=[tok(), tok(subject=LONG)]), INVALID, "tokens[1].subject"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issuer=LONG)]), INVALID, "tokens[0].issuer"),
+    ("Register", pb.RegisterRequest(tokens=[tok(jti=LONG)]), INVALID, "tokens[0].jti"),
+    ("Register", pb.RegisterRequest(tokens=[tok(origin=LONG)]), INVALID, "tokens[0].origin"),
+    ("Register", pb.RegisterRequest(tokens=[tok(family=LONG)]), INVALID, "tokens[0].family"),
+    ("Register", pb.RegisterRequest(tokens=[tok(scopes=["read", ""])]), INVALID, "tokens[0].scopes[1]"),
+    ("Register", pb.RegisterRequest(tokens=[tok(scopes=["a b"])]), INVALID, "tokens[0].scopes[0]"),
+    ("Register", pb.RegisterRequest(tokens=[tok(scopes=[LONG])]), INVALID, "tokens[0].scopes[0]"),
+    ("Register", pb.RegisterRequest(tokens=[tok(subject="a\x00b")]), INVALID, "tokens[0].subject"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issued_at=2000, expires_at=2000)]), INVALID, "tokens[0].expires_at"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issued_at=2000, expires_at=1000)]), INVALID, "tokens[0].expires_at"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issued_at=-5)]), INVALID, "tokens[0].issued_at"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issued_at=1000, expires_at=1000 + 10**9)]), INVALID, "tokens[0].expires_at"),
+    ("Register", pb.RegisterRequest(tokens=[tok(type=7)]), INVALID, "tokens[0].type"),
+    ("Register", pb.RegisterRequest(tokens=[tok(jti="rc1.999.abcd")]), INVALID, "tokens[0].jti"),
+    ("Register", pb.RegisterRequest(tokens=[tok()], actor=LONG), INVALID, "actor"),
+    ("Register", pb.RegisterRequest(tokens=[tok()] * (MAX_BATCH + 1)), EXHAUSTED, "tokens"),
+    # Revoke
+    ("Revoke", pb.RevokeRequest(), INVALID, "selector"),
+    ("Revoke", sel(serials=[0]), INVALID, "selector.serials[0]"),
+    ("Revoke", sel(serials=[1, BIG]), INVALID, "selector.serials[1]"),
+    ("Revoke", sel(tokens=[pb.JtiRef(issuer="", jti="a")]), INVALID, "selector.tokens[0].issuer"),
+    ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti="")]), INVALID, "selector.tokens[0].jti"),
+    ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti=LONG)]), INVALID, "selector.tokens[0].jti"),
+    ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti="j", expires_at=-1)]), INVALID, "selector.tokens[0].expires_at"),
+    ("Revoke", sel(subject=LONG), INVALID, "selector.subject"),
+    ("Revoke", sel(client_id=LONG), INVALID, "selector.client_id"),
+    ("Revoke", sel(family=LONG), INVALID, "selector.family"),
+    ("Revoke", pb.RevokeRequest(selector=pb.Selector(subject="a"), reason=LONG), INVALID, "reason"),
+    ("Revoke", pb.RevokeRequest(selector=pb.Selector(subject="a"), actor=LONG), INVALID, "actor"),
+    ("Revoke", sel(serials=list(range(1, MAX_BATCH + 2))), EXHAUSTED, "selector.serials"),
+    # Check
+    ("Check", pb.CheckRequest(), INVALID, "serial"),
+    ("Check", pb.CheckRequest(serial=BIG), INVALID, "serial"),
+    ("Check", pb.CheckRequest(serial=1, issuer="i", jti="j"), INVALID, "serial"),
+    ("Check", pb.CheckRequest(issuer="i"), INVALID, "jti"),
+    ("Check", pb.CheckRequest(jti="j"), INVALID, "issuer"),
+    ("Check", pb.CheckRequest(issuer=LONG, jti="j"), INVALID, "issuer"),
+    # CheckBatch
+    ("CheckBatch", pb.CheckBatchRequest(serials=b"\x01\x00\x00"), INVALID, "serials"),
+    ("CheckBatch", pb.CheckBatchRequest(serials=(1).to_bytes(8, "little") + (0).to_bytes(8, "little")), INVALID, "serials[1]"),
+    ("CheckBatch", pb.CheckBatchRequest(serials=BIG.to_bytes(8, "little")), INVALID, "serials[0]"),
+    ("CheckBatch", pb.CheckBatchRequest(serials=b"\x01" + b"\x00" * 7 * 1 + b"\x00" * 8 * MAX_BATCH), EXHAUSTED, "serials"),
+    ("CheckBatch", pb.CheckBatchRequest(tokens=[pb.JtiRef(issuer="i", jti="")]), INVALID, "tokens[0].jti"),
+    # Introspect
+    ("Introspect", pb.IntrospectRequest(), INVALID, "serial"),
+    ("Introspect", pb.IntrospectRequest(serial=BIG), INVALID, "serial"),
+    ("Introspect", pb.IntrospectRequest(serial=1, jti="j"), INVALID, "serial"),
+    ("Introspect", pb.IntrospectRequest(issuer="i", jti=LONG), INVALID, "jti"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_server(tmp_path_factory):
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("bad") / "data", listen="127.0.0.1:0",
+        sweep_interval=3600, max_batch=MAX_BATCH,
+    )
+    srv = ServerThread(settings)
+    with grpc.insecure_channel(srv.address) as channel:
+        stub = recall_pb2_grpc.RecallStub(channel)
+        stub.Register(pb.RegisterRequest(tokens=[tok(), tok(subject="bob")]))
+        stub.Revoke(sel(serials=[2]))
+        yield stub
+    srv.stop()
+
+
+def _case_id(case) -> str:
+    return f"{case[0]}-{case[3]}-{case[2].name}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_is_rejected_and_changes_nothing(bad_server, case):
+    method, request, code, field = case
+    before = bad_server.Stats(pb.StatsRequest())
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(bad_server, method)(request)
+    assert err.value.code() == code
+    assert err.value.details().startswith(field), err.value.details()
+    after = bad_server.Stats(pb.StatsRequest())
+    assert after == before
+
+
+def test_every_rpc_with_input_has_cases():
+    service = pb.DESCRIPTOR.services_by_name["Recall"]
+    covered = {case[0] for case in CASES}
+    without_input = {"Stats", "Watch"}
+    assert {m.name for m in service.methods} - without_input <= covered
