@@ -20,16 +20,16 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from pyroaring import BitMap64
 
 from recallclient.jti import foreign_key
-from recallclient.revoked_set import Delta, RevokedSet
+from recallclient.revoked_set import Delta
 from recallclient.types import (
     CheckResult, JtiRef, RegisterResult, RevokeResult, Stats, TokenSpec, TokenState,
 )
 
 from . import validate
 from .errors import DeadlineExceeded, RecallError, Unavailable
+from .mirror import Mirror
 from .model import Selector, Sweep
 from .operations import now_seconds
 from .settings import Settings
@@ -49,7 +49,7 @@ class Engine:
         self.clock = clock
         self.store = Store(settings.data_dir, map_size=settings.map_size, max_map_size=settings.max_map_size)
         try:
-            self.state: RevokedSet = self.store.load()
+            self.state: Mirror = self.store.load()
             self._writer = Writer(self.store, settings, clock, self._on_commit)
         except BaseException:
             self.store.close()
@@ -178,7 +178,7 @@ class Engine:
             revoked_at, reason = await self._read(lambda txn: _why_revoked(txn, serial))
             return CheckResult(state, serial, revoked_at, reason, seq)
         key = foreign_key(ref.issuer, ref.jti)
-        if not self.state.is_foreign_revoked(key):
+        if not self.state.revocations.is_foreign_revoked(key):
             return CheckResult(TokenState.UNKNOWN, 0, 0, "", self.state.seq)
         revoked_at, reason = await self._read(lambda txn: _why_foreign(txn, key))
         return CheckResult(TokenState.REVOKED, 0, revoked_at, reason, self.state.seq)
@@ -186,37 +186,14 @@ class Engine:
     def check_packed(self, packed: bytes) -> bytes:
         """One TokenState byte per little-endian uint64 serial in `packed`.
 
-        Computed with bitmap operations and numpy masks, not a loop per id.
         Raises InvalidArgument naming the first serial that is 0 or too large.
         """
-        ids = validate.packed_serials(packed, self.settings)
-        if not ids:
-            return b""
-        state = self.state
-        state.advance(int(self.clock()))
-        query = BitMap64(ids)
-        if query.min() == 0 or query.max() > validate.MAX_SERIAL:
-            arr = np.frombuffer(ids, dtype=np.uint64)
-            bad = int(np.argmax((arr == 0) | (arr > validate.MAX_SERIAL)))
-            validate.serial(int(arr[bad]), f"serials[{bad}]")
-        revoked = query & state.revoked
-        expired = query & state.expired
-        unregistered = query.max() > state.registered_through
-        if not (revoked or expired or unregistered):
-            return bytes((TokenState.ACTIVE,)) * len(ids)
-        arr = np.frombuffer(ids, dtype=np.uint64)
-        out = np.full(len(arr), TokenState.ACTIVE, dtype=np.uint8)
-        is_revoked = np.isin(arr, np.frombuffer(revoked.to_array(), dtype=np.uint64)) if revoked else None
-        if is_revoked is not None:
-            out[is_revoked] = TokenState.REVOKED
-        if expired:
-            out[np.isin(arr, np.frombuffer(expired.to_array(), dtype=np.uint64))] = TokenState.EXPIRED
-        if unregistered:
-            mask = arr > state.registered_through
-            if is_revoked is not None:
-                mask &= ~is_revoked
-            out[mask] = TokenState.UNKNOWN
-        return out.tobytes()
+        ids = np.frombuffer(validate.packed_serials(packed, self.settings), dtype=np.uint64)
+        bad = (ids == 0) | (ids > validate.MAX_SERIAL)
+        if bad.any():
+            first = int(np.argmax(bad))
+            validate.serial(int(ids[first]), f"serials[{first}]")
+        return self.state.states(ids, int(self.clock()))
 
     async def check_refs(self, refs: list[JtiRef]) -> list[TokenState]:
         """States of tokens by (issuer, jti), in order."""
@@ -226,7 +203,7 @@ class Engine:
         now = int(self.clock())
         return [
             self.state.state(serial, now) if serial
-            else TokenState.REVOKED if self.state.is_foreign_revoked(foreign_key(r.issuer, r.jti))
+            else TokenState.REVOKED if self.state.revocations.is_foreign_revoked(foreign_key(r.issuer, r.jti))
             else TokenState.UNKNOWN
             for serial, r in zip(serials, refs)
         ]
@@ -263,7 +240,7 @@ class Engine:
         serial = out.get("serial", 0)
         if serial:
             state = self.state.state(serial, now)
-        elif self.state.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
+        elif self.state.revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
             state = TokenState.REVOKED
         else:
             state = TokenState.UNKNOWN
@@ -274,18 +251,15 @@ class Engine:
     async def stats(self) -> Stats:
         """Counts of the mirror and sizes of the store."""
         data_bytes, map_bytes = await asyncio.get_running_loop().run_in_executor(self._reader, self.store.sizes)
-        state = self.state
-        state.advance(int(self.clock()))
-        registered = state.registered_through
-        dead = state.revoked.union_cardinality(state.expired)
-        expired = len(state.expired)
+        revocations = self.state.revocations
+        revoked, expired, active = self.state.counts(int(self.clock()))
         return Stats(
-            registered=registered,
-            revoked=dead - expired,
-            active=registered - dead,
+            registered=revocations.registered_through,
+            revoked=revoked,
+            active=active,
             expired=expired,
-            foreign_revoked=len(state.foreign),
-            seq=state.seq,
+            foreign_revoked=len(revocations.foreign),
+            seq=revocations.seq,
             store_id=self.store_id,
             data_bytes=data_bytes,
             map_bytes=map_bytes,

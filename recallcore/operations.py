@@ -11,15 +11,17 @@ It returns (result, delta or None).
 import time as _time
 from collections import defaultdict
 
+import numpy as np
 from pyroaring import BitMap64
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import delta_to_proto
 from recallclient.jti import canonical_jti, foreign_key, looks_canonical
-from recallclient.revoked_set import Delta, RevokedSet
+from recallclient.revoked_set import Delta
 from recallclient.types import Registered, TokenSpec, RegisterResult, RevokeResult
 
 from .errors import InvalidArgument
+from .mirror import PURGED, Mirror
 from .model import Register, Revoke, Selector, Sweep
 from .settings import Settings
 from .store import Txn, name_hash
@@ -32,18 +34,18 @@ def index_prefix(kind: str, name: str) -> bytes:
     return INDEX_KINDS[kind] + name_hash(name)
 
 
-def _commit_change(txn: Txn, state: RevokedSet, delta: Delta, audit: dict) -> None:
+def _commit_change(txn: Txn, state: Mirror, delta: Delta, audit: dict) -> None:
     txn.put_meta_int(b"seq", delta.seq)
     txn.put_change(delta.seq, delta_to_proto(delta), {"seq": delta.seq, "time": delta.time, **audit})
     state.apply(delta)
 
 
-def register(txn: Txn, state: RevokedSet, op: Register, now: int) -> tuple[RegisterResult, Delta | None]:
+def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterResult, Delta | None]:
     """Assign serials to new tokens; known (issuer, jti) pairs keep theirs."""
     results: list[Registered] = []
     fresh: list[tuple[int, str, TokenSpec]] = []
     seen: dict[tuple[str, str], int] = {}
-    serial = state.registered_through
+    serial = state.revocations.registered_through
     for i, spec in enumerate(op.tokens):
         if spec.jti:
             pair = (spec.issuer, spec.jti)
@@ -65,10 +67,8 @@ def register(txn: Txn, state: RevokedSet, op: Register, now: int) -> tuple[Regis
     if not fresh:
         return RegisterResult(tuple(results), state.seq), None
 
-    expired_through = txn.meta_int(b"expired_through")
     indexes: dict[bytes, BitMap64] = defaultdict(BitMap64)
     expiring: dict[int, BitMap64] = defaultdict(BitMap64)
-    already_expired = BitMap64()
     for serial, jti, spec in fresh:
         txn.put_record(serial, pb.TokenSpec(
             jti=jti, issuer=spec.issuer, subject=spec.subject, client_id=spec.client_id,
@@ -80,15 +80,13 @@ def register(txn: Txn, state: RevokedSet, op: Register, now: int) -> tuple[Regis
             name = getattr(spec, kind)
             if name:
                 indexes[index_prefix(kind, name)].add(serial)
-        if spec.expires_at <= expired_through:
-            already_expired.add(serial)
         expiring[spec.expires_at].add(serial)
     for prefix, serials in indexes.items():
         txn.update_bitmap("index", prefix, serials)
-    for expires_at, serials in expiring.items():
-        txn.add_expiring(expires_at, serials)
-    if already_expired:
-        txn.update_bitmap("expired", b"", already_expired)
+    txn.set_expiries(
+        np.array([s for s, _, _ in fresh], dtype=np.uint64),
+        np.array([spec.expires_at for _, _, spec in fresh], dtype=np.uint32),
+    )
     txn.put_meta_int(b"serial", serial)
 
     first = fresh[0][0]
@@ -103,9 +101,9 @@ def register(txn: Txn, state: RevokedSet, op: Register, now: int) -> tuple[Regis
     return RegisterResult(tuple(results), delta.seq), delta
 
 
-def _covered(txn: Txn, state: RevokedSet, sel: Selector, now: int, settings: Settings) -> tuple[BitMap64, dict[int, int]]:
+def _covered(txn: Txn, state: Mirror, sel: Selector, now: int, settings: Settings) -> tuple[BitMap64, dict[int, int]]:
     """Registered serials and foreign keys (with expiry) the selector names."""
-    serials = BitMap64(s for s in sel.serials if s <= state.registered_through)
+    serials = BitMap64(s for s in sel.serials if s <= state.revocations.registered_through)
     foreign: dict[int, int] = {}
     for ref in sel.tokens:
         serial = txn.serial_for(ref.issuer, ref.jti)
@@ -122,12 +120,12 @@ def _covered(txn: Txn, state: RevokedSet, sel: Selector, now: int, settings: Set
     return serials, foreign
 
 
-def revoke(txn: Txn, state: RevokedSet, op: Revoke, now: int, settings: Settings) -> tuple[RevokeResult, Delta | None]:
+def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) -> tuple[RevokeResult, Delta | None]:
     """Revoke every registered, unexpired token and every foreign token selected."""
     serials, foreign = _covered(txn, state, op.selector, now, settings)
-    state.advance(now)
-    added = serials - state.revoked - state.expired
-    new_foreign = {k: exp for k, exp in foreign.items() if k not in state.foreign}
+    serials -= state.revocations.revoked
+    added = serials - state.expiry.expired_among(serials, now)
+    new_foreign = {k: exp for k, exp in foreign.items() if not state.revocations.is_foreign_revoked(k)}
     if not added and not new_foreign:
         return RevokeResult(0, state.seq), None
     seq = state.seq + 1
@@ -147,70 +145,55 @@ def revoke(txn: Txn, state: RevokedSet, op: Revoke, now: int, settings: Settings
     return RevokeResult(count, seq), delta
 
 
-def sweep(txn: Txn, state: RevokedSet, op: Sweep, now: int, settings: Settings) -> tuple[int, Delta | None]:
+def sweep(txn: Txn, state: Mirror, op: Sweep, now: int, settings: Settings) -> tuple[int, Delta | None]:
     """Forget revocations of expired tokens; purge records past retention.
 
     Returns (seq of the change or 0, delta or None). Work per call is bounded
     by settings.purge_batch; the next sweep continues.
     """
-    state.advance(now)
-    expired_through = txn.meta_int(b"expired_through")
-    newly_expired = BitMap64()
-    for _, serials in txn.expiring(after=expired_through, upto=now):
-        newly_expired |= serials
-    if newly_expired:
-        txn.update_bitmap("expired", b"", newly_expired)
-    if now > expired_through:
-        txn.put_meta_int(b"expired_through", now)
-
-    removed = state.revoked & state.expired
+    removed = state.expiry.expired_among(state.revocations.revoked, now)
     if removed:
         txn.update_bitmap("revoked", b"", BitMap64(), removed)
     foreign_due = txn.foreign_due(now, settings.purge_batch)
     for expires_at, key in foreign_due:
         txn.delete_foreign(key, expires_at)
-    purged = _purge(txn, now - settings.audit_retention, settings.purge_batch)
-    if not (removed or foreign_due or purged):
+    purged = state.expiry.purgeable(
+        state.revocations.registered_through, now - settings.audit_retention, settings.purge_batch
+    )
+    if len(purged):
+        _purge(txn, purged)
+    if not (removed or foreign_due or len(purged)):
         return 0, None
     delta = Delta(
         prev_seq=state.seq, seq=state.seq + 1, removed=removed,
-        foreign_removed=frozenset(key for _, key in foreign_due), time=now,
+        foreign_removed=frozenset(key for _, key in foreign_due),
+        expiring=((PURGED, BitMap64(purged)),) if len(purged) else (),
+        time=now,
     )
     _commit_change(txn, state, delta, {
         "kind": "sweep", "actor": "sweeper", "reason": "expired",
         "count": len(removed) + len(foreign_due), "expired": len(removed),
-        "foreign_expired": len(foreign_due), "purged": purged,
+        "foreign_expired": len(foreign_due), "purged": len(purged),
     })
     return delta.seq, delta
 
 
-def _purge(txn: Txn, upto: int, limit: int) -> int:
-    """Delete up to `limit` token records that expired at or before `upto`."""
-    purged = 0
+def _purge(txn: Txn, serials: np.ndarray) -> None:
+    """Delete the records, indexes and revocation records of `serials`."""
     indexes: dict[bytes, BitMap64] = defaultdict(BitMap64)
-    for expires_at, serials in list(txn.expiring(upto=upto)):
-        batch = BitMap64(serials.to_array()[: limit - purged]) if len(serials) > limit - purged else serials
-        for serial in batch.to_array():
-            record = txn.record(serial)
-            if record is None:
-                continue
+    for serial in serials.tolist():
+        record = txn.record(serial)
+        if record is not None:
             txn.delete_jti(record.issuer, record.jti)
             for kind in INDEX_KINDS:
                 name = getattr(record, kind)
                 if name:
                     indexes[index_prefix(kind, name)].add(serial)
             txn.delete_record(serial)
-            txn.delete_revocation(serial)
-        purged += len(batch)
-        rest = serials - batch
-        txn.delete_expiring(expires_at)
-        if rest:
-            txn.add_expiring(expires_at, rest)
-        if purged >= limit:
-            break
-    for prefix, serials in indexes.items():
-        txn.update_bitmap("index", prefix, BitMap64(), serials)
-    return purged
+        txn.delete_revocation(serial)
+    for prefix, members in indexes.items():
+        txn.update_bitmap("index", prefix, BitMap64(), members)
+    txn.set_expiries(serials, np.full(len(serials), PURGED, dtype=np.uint32))
 
 
 def now_seconds() -> int:

@@ -7,12 +7,11 @@ keeps a second server off the same directory. Keys are big-endian so that
 LMDB's byte order is numeric order.
 
 Tables (named databases):
-  meta          b"format", b"store_id", b"seq", b"serial", b"expired_through"
+  meta          b"format", b"store_id", b"seq", b"serial"
   tokens        serial -> TokenSpec (protobuf) of a registered token
   jtis          hash16(issuer, jti) -> serial
   revoked       chunk -> BitMap64 of revoked serials in that chunk
-  expired       chunk -> BitMap64 of serials whose expiry has been swept
-  expiring      expires_at -> BitMap64 of serials expiring then
+  exp           serial >> 12 -> 4096 little-endian uint32 expiries (0 = none)
   index         kind + hash16(name) + chunk -> BitMap64 (kind: s subject, c client, f family)
   foreign       key -> expires_at, seq   (revoked tokens never registered)
   foreign_exp   expires_at + key -> b""
@@ -36,20 +35,22 @@ import uuid
 from collections.abc import Iterator
 
 import lmdb
+import numpy as np
 from pyroaring import BitMap64
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
-from recallclient.codec import bitmap_bytes, bitmap_from
 from recallclient.revoked_set import RevokedSet
 
 from .errors import StoreError
+from .mirror import ExpiryIndex, Mirror, as_array
 
 FORMAT = b"recallcore/1"
 CHUNK_BITS = 16
+EXP_BITS = 12
 _U64 = struct.Struct(">Q")
 _U64X2 = struct.Struct(">QQ")
 _TABLES = (
-    "meta", "tokens", "jtis", "revoked", "expired", "expiring", "index",
+    "meta", "tokens", "jtis", "revoked", "exp", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
 )
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
@@ -159,27 +160,28 @@ class Txn:
             elif data is not None:
                 self.raw.delete(key, db=db)
 
-    # expiry buckets
-    def add_expiring(self, expires_at: int, serials: BitMap64) -> None:
-        key = u64(expires_at)
-        data = self.raw.get(key, db=self.db["expiring"])
-        bucket = bitmap_from(data) if data is not None else BitMap64()
-        bucket |= serials
-        self.raw.put(key, bitmap_bytes(bucket), db=self.db["expiring"])
+    # expiries
+    def set_expiries(self, ids: np.ndarray, expires: np.ndarray) -> None:
+        """Record expiry `expires[i]` of serial `ids[i]` (rewrites the 16 KB blocks touched)."""
+        db = self.db["exp"]
+        blocks = ids >> EXP_BITS
+        for block in np.unique(blocks):
+            key = u64(int(block))
+            data = self.raw.get(key, db=db)
+            values = np.frombuffer(data, dtype="<u4").copy() if data is not None else np.zeros(1 << EXP_BITS, "<u4")
+            mine = blocks == block
+            values[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)] = expires[mine]
+            self.raw.put(key, values.tobytes(), db=db)
 
-    def expiring(self, after: int = -1, upto: int = 2**63 - 1) -> Iterator[tuple[int, BitMap64]]:
-        """Yield (expires_at, serials) for after < expires_at <= upto, in order."""
-        with self.raw.cursor(db=self.db["expiring"]) as cur:
-            if not cur.set_range(u64(after + 1)):
-                return
-            for key, value in cur:
-                expires_at = from_u64(key)
-                if expires_at > upto:
-                    return
-                yield expires_at, bitmap_from(value)
-
-    def delete_expiring(self, expires_at: int) -> None:
-        self.raw.delete(u64(expires_at), db=self.db["expiring"])
+    def expiries(self) -> np.ndarray:
+        """Every stored expiry as one uint32 array indexed by serial."""
+        with self.raw.cursor(db=self.db["exp"]) as cur:
+            blocks = [(from_u64(k), v) for k, v in cur.iternext()]
+        size = (blocks[-1][0] + 1) << EXP_BITS if blocks else 1 << EXP_BITS
+        out = np.zeros(size, dtype=np.uint32)
+        for block, data in blocks:
+            out[block << EXP_BITS : (block + 1) << EXP_BITS] = np.frombuffer(data, dtype="<u4")
+        return out
 
     # revocation records
     def revoked_by(self, serial: int) -> int:
@@ -346,24 +348,17 @@ class Store:
         info = self.env.info()
         return (info["last_pgno"] + 1) * self.env.stat()["psize"], info["map_size"]
 
-    def load(self) -> RevokedSet:
-        """The revocation state as stored: the server's in-memory mirror."""
+    def load(self) -> Mirror:
+        """The revocation state and expiries as stored: an in-memory mirror."""
         with self.read() as txn:
             state = RevokedSet(self.store_id)
-            expired_through = txn.meta_int(b"expired_through")
-            expired = txn.bitmap("expired")
-            expiring = []
-            for expires_at, serials in txn.expiring(after=expired_through):
-                expiring.append((expires_at, serials))
             state.load(
                 seq=txn.meta_int(b"seq"),
                 revoked=txn.bitmap("revoked"),
                 foreign=txn.foreign_keys(),
                 registered_through=txn.meta_int(b"serial"),
-                expired=expired,
-                expiring=expiring,
             )
-            return state
+            return Mirror(state, ExpiryIndex(txn.expiries()))
 
     def close(self) -> None:
         self.env.close()

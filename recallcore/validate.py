@@ -17,6 +17,8 @@ from .errors import InvalidArgument, ResourceExhausted
 from .model import Register, Revoke, Selector
 from .settings import Settings
 
+MAX_TIME = 2**32 - 1  # expiries are kept as uint32 Unix seconds (until 2106)
+
 
 def string(value: str, field: str, settings: Settings, *, required: bool = False) -> str:
     """Return `value` if it fits; raise when empty (and required) or too long."""
@@ -61,6 +63,9 @@ def token_spec(spec: TokenSpec, field: str, settings: Settings, now: int) -> Tok
         raise InvalidArgument(f"{field}.type: {spec.type} is not ACCESS or REFRESH")
     if spec.issued_at < 0:
         raise InvalidArgument(f"{field}.issued_at: must not be negative")
+    for name in ("issued_at", "expires_at"):
+        if getattr(spec, name) > MAX_TIME:
+            raise InvalidArgument(f"{field}.{name}: {getattr(spec, name)} is after {MAX_TIME} (year 2106)")
     if spec.expires_at < 0:
         raise InvalidArgument(f"{field}.expires_at: must not be negative")
     issued_at = spec.issued_at or now
@@ -100,8 +105,8 @@ def jti_ref(ref: JtiRef, field: str, settings: Settings) -> JtiRef:
     """Return `ref` if issuer and jti are present and fit."""
     string(ref.issuer, f"{field}.issuer", settings, required=True)
     string(ref.jti, f"{field}.jti", settings, required=True)
-    if ref.expires_at < 0:
-        raise InvalidArgument(f"{field}.expires_at: must not be negative")
+    if not 0 <= ref.expires_at <= MAX_TIME:
+        raise InvalidArgument(f"{field}.expires_at: {ref.expires_at} is not a time in 0..{MAX_TIME}")
     return ref
 
 

@@ -5,7 +5,7 @@ changes numbered 1, 2, 3, ... Each change is a `Delta`: the serials it
 revoked (`added`) and no longer tracks (`removed`, e.g. swept after expiry),
 the same for foreign token keys (tokens revoked by issuer + jti that the store
 never registered), and, for registrations, the new highest serial and the
-expiry of each new serial. A `RevokedSet` starts empty at sequence 0 (or from
+expiry of each new serial (kept by servers and followers, not here). A `RevokedSet` starts empty at sequence 0 (or from
 a snapshot) and applies deltas strictly in order: a delta whose `prev_seq` is
 not the set's `seq` raises `SequenceGap`, and one already applied is skipped,
 so applying is idempotent. The server's in-memory mirror, client replicas and
@@ -20,13 +20,10 @@ Pure: no I/O, no clock (callers pass `now`), no threads.
 """
 
 import dataclasses
-import heapq
 import struct
 from collections.abc import Iterable
 
 from pyroaring import BitMap64
-
-from .types import TokenState
 
 _MASK = 2**64 - 1
 _DIGEST = struct.Struct("<QQQQ")
@@ -94,7 +91,7 @@ def _sum(bitmap: BitMap64) -> int:
 
 
 class RevokedSet:
-    """What is revoked, what is registered and what has expired, at `seq`."""
+    """What is revoked, and how far serials have been issued, at `seq`."""
 
     def __init__(self, store_id: str = "", seq: int = 0) -> None:
         self.store_id = store_id
@@ -102,10 +99,6 @@ class RevokedSet:
         self.revoked = BitMap64()
         self.foreign: set[int] = set()
         self.registered_through = 0
-        self.expired = BitMap64()
-        self._pending: dict[int, BitMap64] = {}
-        self._pending_heap: list[int] = []
-        self._now = 0
         self._sum = 0
         self._foreign_sum = 0
 
@@ -118,18 +111,12 @@ class RevokedSet:
         revoked: BitMap64,
         foreign: Iterable[int] = (),
         registered_through: int = 0,
-        expired: BitMap64 | None = None,
-        expiring: Iterable[tuple[int, BitMap64]] = (),
     ) -> None:
         """Replace the whole state (a snapshot or the store's contents)."""
         self.seq = seq
         self.revoked = BitMap64(revoked)
         self.foreign = set(foreign)
         self.registered_through = registered_through
-        self.expired = BitMap64(expired) if expired is not None else BitMap64()
-        self._pending = {}
-        self._pending_heap = []
-        self._add_expiring(expiring)
         self._sum = _sum(self.revoked)
         self._foreign_sum = sum(self.foreign) & _MASK
 
@@ -159,28 +146,8 @@ class RevokedSet:
                 self._foreign_sum = (self._foreign_sum - key) & _MASK
         if delta.registered_through > self.registered_through:
             self.registered_through = delta.registered_through
-        self._add_expiring(delta.expiring)
         self.seq = delta.seq
         return True
-
-    def _add_expiring(self, buckets: Iterable[tuple[int, BitMap64]]) -> None:
-        for expires_at, serials in buckets:
-            if expires_at <= self._now:
-                self.expired |= serials
-            elif expires_at in self._pending:
-                self._pending[expires_at] |= serials
-            else:
-                self._pending[expires_at] = BitMap64(serials)
-                heapq.heappush(self._pending_heap, expires_at)
-
-    def advance(self, now: int) -> None:
-        """Move serials whose expiry is at or before `now` into `expired`."""
-        if now <= self._now:
-            return
-        self._now = now
-        heap = self._pending_heap
-        while heap and heap[0] <= now:
-            self.expired |= self._pending.pop(heapq.heappop(heap))
 
     # ------------------------------------------------------------- reading
 
@@ -191,21 +158,6 @@ class RevokedSet:
     def is_foreign_revoked(self, key: int) -> bool:
         """True when the foreign token key is revoked."""
         return key in self.foreign
-
-    def state(self, serial: int, now: int) -> TokenState:
-        """The state of a registered-or-not serial at time `now`."""
-        self.advance(now)
-        if not 0 < serial <= self.registered_through:
-            return TokenState.REVOKED if serial in self.revoked else TokenState.UNKNOWN
-        if serial in self.expired:
-            return TokenState.EXPIRED
-        if serial in self.revoked:
-            return TokenState.REVOKED
-        return TokenState.ACTIVE
-
-    def expiring(self) -> list[tuple[int, BitMap64]]:
-        """The expiry buckets not yet due, in expiry order."""
-        return sorted(self._pending.items())
 
     @property
     def cardinality(self) -> int:
