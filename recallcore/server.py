@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recallclient._proto.recall.v1 import recall_pb2, recall_pb2_grpc
+from recallclient._proto.recall.v1 import recall_pb2
 
 from .engine import Engine
 from .service import RecallService
@@ -21,6 +21,27 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 MAX_MESSAGE = 64 << 20
 SHUTDOWN_GRACE = 10.0
+
+
+# Methods whose handlers return encoded bytes (encoded once, sent to many).
+PRE_ENCODED = {"Watch"}
+
+
+def _add_recall_service(servicer: RecallService, server: grpc.aio.Server) -> None:
+    """Register recall.v1.Recall like the generated code, minus re-encoding of PRE_ENCODED."""
+    service = recall_pb2.DESCRIPTOR.services_by_name["Recall"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(recall_pb2, method.input_type.name)
+        response_type = getattr(recall_pb2, method.output_type.name)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=None if method.name in PRE_ENCODED else response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 class Server:
@@ -41,7 +62,7 @@ class Server:
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
         ])
-        recall_pb2_grpc.add_RecallServicer_to_server(RecallService(self.engine), server)
+        _add_recall_service(RecallService(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -14,7 +14,7 @@ from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec, TokenType
 
-from . import validate
+from . import validate, watch
 from .engine import Engine
 from .errors import RecallError
 from .model import Selector
@@ -118,4 +118,11 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         return pb.StatsResponse(**{f: getattr(stats, f) for f in pb.StatsResponse.DESCRIPTOR.fields_by_name})
 
     async def Watch(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch: not served by this node yet")
+        """Stream encoded WatchEvents (registered without a response serializer)."""
+        if request.store_id:
+            validate.string(request.store_id, "store_id", self.engine.settings)
+        try:
+            async for payload in watch.stream(self.engine, request):
+                yield payload
+        except RecallError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))

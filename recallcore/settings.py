@@ -17,6 +17,10 @@ DEFAULT_MAP_SIZE = 64 << 20  # initial LMDB map size
 DEFAULT_MAX_MAP_SIZE = 64 << 30  # the map grows up to this, then writes fail
 DEFAULT_GROUP_COMMIT = 512  # operations committed in one transaction at most
 DEFAULT_PURGE_BATCH = 10_000  # token records purged per sweep at most
+DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds of silence before a Watch heartbeat
+DEFAULT_WATCH_RING = 4096  # recent deltas kept in memory for Watch streams
+DEFAULT_LOG_KEEP = 1_000_000  # changes kept in the log for resuming Watch streams...
+DEFAULT_LOG_KEEP_SECONDS = 7 * 86400  # ...and for at least this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,12 @@ class Settings:
     max_string: most bytes in any string field.
     map_size / max_map_size: LMDB map size at start and the most it grows to.
     group_commit: most operations committed in one transaction.
+    heartbeat_interval: seconds a Watch stream may be silent before a heartbeat.
+    watch_ring: recent deltas kept in memory (a follower's whole history).
+    log_keep / log_keep_seconds: the change log keeps at least the newest
+        log_keep changes, and every change younger than log_keep_seconds;
+        older ones are compacted and a subscriber behind them gets a snapshot.
+    follow: HOST:PORT of a primary to follow (a read-only node); empty for a primary.
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -51,6 +61,11 @@ class Settings:
     max_map_size: int = DEFAULT_MAX_MAP_SIZE
     group_commit: int = DEFAULT_GROUP_COMMIT
     purge_batch: int = DEFAULT_PURGE_BATCH
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    watch_ring: int = DEFAULT_WATCH_RING
+    log_keep: int = DEFAULT_LOG_KEEP
+    log_keep_seconds: int = DEFAULT_LOG_KEEP_SECONDS
+    follow: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
@@ -60,14 +75,21 @@ class Settings:
         if not self.issuer:
             raise ValueError("issuer: must not be empty")
         for name in ("token_ttl", "max_token_lifetime", "max_batch", "max_string",
-                     "max_scopes", "group_commit", "purge_batch"):
+                     "max_scopes", "group_commit", "purge_batch", "watch_ring", "log_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         if self.audit_retention < 0:
             raise ValueError("audit_retention: must not be negative")
         if self.token_ttl > self.max_token_lifetime:
             raise ValueError("token_ttl: must not exceed max_token_lifetime")
-        if self.sweep_interval <= 0:
-            raise ValueError("sweep_interval: must be positive")
+        for name in ("sweep_interval", "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+        if self.log_keep_seconds < 0:
+            raise ValueError("log_keep_seconds: must not be negative")
+        if self.follow:
+            host, sep, port = self.follow.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"follow: {self.follow!r} is not HOST:PORT")
         if not 1 << 20 <= self.map_size <= self.max_map_size:
             raise ValueError("map_size: must be at least 1 MiB and at most max_map_size")

@@ -42,7 +42,7 @@ from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.revoked_set import RevokedSet
 
 from .errors import StoreError
-from .mirror import ExpiryIndex, Mirror, as_array
+from .mirror import ExpiryIndex, Mirror, as_array, split
 
 FORMAT = b"recallcore/1"
 CHUNK_BITS = 16
@@ -74,22 +74,9 @@ def name_hash(*parts: str) -> bytes:
     return h.digest()
 
 
-def split_chunks(bitmap: BitMap64) -> Iterator[tuple[int, BitMap64]]:
+def split_chunks(bitmap: BitMap64):
     """Yield (chunk, part of `bitmap` in that chunk) in chunk order."""
-    if not bitmap:
-        return
-    chunk = bitmap.min() >> CHUNK_BITS
-    last = bitmap.max() >> CHUNK_BITS
-    while chunk <= last:
-        span = BitMap64()
-        span.add_range(chunk << CHUNK_BITS, (chunk + 1) << CHUNK_BITS)
-        part = bitmap & span
-        if part:
-            yield chunk, part
-        following = next(bitmap.iter_equal_or_larger((chunk + 1) << CHUNK_BITS), None)
-        if following is None:
-            return
-        chunk = following >> CHUNK_BITS
+    return split(bitmap, CHUNK_BITS)
 
 
 class Txn:

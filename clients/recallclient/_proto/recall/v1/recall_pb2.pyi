@@ -244,12 +244,14 @@ class StatsResponse(_message.Message):
     def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("store_id", "after_seq")
+    __slots__ = ("store_id", "after_seq", "with_expiries")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    WITH_EXPIRIES_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     after_seq: int
-    def __init__(self, store_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    with_expiries: bool
+    def __init__(self, store_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., with_expiries: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("prev_seq", "seq", "added", "removed", "foreign_added", "foreign_removed", "registered_through", "expiring", "time")
@@ -282,7 +284,7 @@ class ExpiryBucket(_message.Message):
     def __init__(self, expires_at: _Optional[int] = ..., serials: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through")
+    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through", "expiries_from", "expiries")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +294,8 @@ class SnapshotChunk(_message.Message):
     FOREIGN_CARDINALITY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    EXPIRIES_FROM_FIELD_NUMBER: _ClassVar[int]
+    EXPIRIES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     index: int
     count: int
@@ -301,21 +305,25 @@ class SnapshotChunk(_message.Message):
     foreign_cardinality: int
     digest: bytes
     registered_through: int
-    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ...) -> None: ...
+    expiries_from: int
+    expiries: bytes
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ..., expiries_from: _Optional[int] = ..., expiries: _Optional[bytes] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("seq", "cardinality", "foreign_cardinality", "digest", "time")
+    __slots__ = ("seq", "cardinality", "foreign_cardinality", "digest", "time", "interval_ms")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CARDINALITY_FIELD_NUMBER: _ClassVar[int]
     FOREIGN_CARDINALITY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     cardinality: int
     foreign_cardinality: int
     digest: bytes
     time: int
-    def __init__(self, seq: _Optional[int] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., time: _Optional[int] = ...) -> None: ...
+    interval_ms: int
+    def __init__(self, seq: _Optional[int] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., time: _Optional[int] = ..., interval_ms: _Optional[int] = ...) -> None: ...
 
 class Reset(_message.Message):
     __slots__ = ("reason", "oldest_seq", "current_seq")
@@ -328,15 +336,17 @@ class Reset(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., oldest_seq: _Optional[int] = ..., current_seq: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("store_id", "snapshot", "delta", "heartbeat", "reset")
+    __slots__ = ("store_id", "snapshot", "delta", "heartbeat", "reset", "head_seq")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     snapshot: SnapshotChunk
     delta: Delta
     heartbeat: Heartbeat
     reset: Reset
-    def __init__(self, store_id: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
+    head_seq: int
+    def __init__(self, store_id: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., head_seq: _Optional[int] = ...) -> None: ...

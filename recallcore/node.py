@@ -1,0 +1,168 @@
+"""The read side every node shares: the mirror, its waiters and its fan-out.
+
+Theory of operation. A node (the primary `Engine`, or a `Follower`) holds a
+`Mirror` on the asyncio event loop and changes it only through `_applied`
+(deltas that are already durable on the primary) or `_installed` (a whole
+snapshot, on followers). Each change is published to the Watch hub and
+wakes callers waiting for a sequence (read-your-writes with `min_seq`).
+Check and CheckBatch are answered from the mirror; what needs more than the
+mirror (a custom jti's serial, a revocation's reason, a token record) goes
+through hooks that the primary answers from LMDB and a follower from what it
+has.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from recallclient.jti import foreign_key
+from recallclient.revoked_set import Delta
+from recallclient.types import CheckResult, JtiRef, Stats, TokenState
+
+from . import validate
+from .errors import DeadlineExceeded, FailedPrecondition
+from .hub import Hub
+from .mirror import Mirror
+from .settings import Settings
+
+
+class Node:
+    """Reads, waits and fan-out over a Mirror; subclasses add a source of changes."""
+
+    def __init__(self, settings: Settings, state: Mirror, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.state = state
+        self.hub = Hub(settings.watch_ring)
+        self._seq_waiters: dict[int, list[asyncio.Future]] = {}
+        self.vouched_at = time.monotonic()  # when this node last knew it was current
+
+    @property
+    def store_id(self) -> str:
+        return self.state.revocations.store_id
+
+    @property
+    def ready(self) -> bool:
+        """True when the node can answer reads."""
+        return True
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise FailedPrecondition("this node has not synced with its primary yet; retry shortly")
+
+    # --------------------------------------------------------------- changes
+
+    def _applied(self, deltas: list[Delta]) -> None:
+        """Apply durable deltas, publish them, wake sequence waiters."""
+        for delta in deltas:
+            if self.state.apply(delta):
+                self.hub.publish(delta)
+        self._wake_seq_waiters()
+
+    def _installed(self, state: Mirror) -> None:
+        """Replace the whole mirror (a follower's snapshot)."""
+        self.state = state
+        self.hub.replace_history()
+        self._wake_seq_waiters()
+
+    async def wait_for_seq(self, seq: int, timeout: float | None) -> None:
+        """Return once the mirror has applied `seq`; DeadlineExceeded after `timeout`."""
+        if seq <= self.state.seq:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._seq_waiters.setdefault(seq, []).append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"min_seq: this node is at seq {self.state.seq} and did not reach {seq} in time"
+            ) from None
+
+    def _wake_seq_waiters(self) -> None:
+        for seq in [s for s in self._seq_waiters if s <= self.state.seq]:
+            for future in self._seq_waiters.pop(seq):
+                if not future.done():
+                    future.set_result(None)
+
+    # ----------------------------------------------------------------- hooks
+
+    async def _serials_of(self, refs: list[JtiRef]) -> list[int]:
+        """The serial each (issuer, jti) is registered under here, or 0."""
+        raise NotImplementedError
+
+    async def _why_revoked(self, serial: int, key: int) -> tuple[int, str]:
+        """(revoked_at, reason) of a revoked serial (or foreign key when serial is 0)."""
+        raise NotImplementedError
+
+    async def history(self, after: int, limit: int) -> list[Delta] | None:
+        """Up to `limit` deltas after `after`, or None when they are no longer held."""
+        return self.hub.since(after, limit)
+
+    async def sizes(self) -> tuple[int, int]:
+        """(bytes of data in use, bytes reserved)."""
+        return 0, 0
+
+    # ----------------------------------------------------------------- reads
+
+    async def check(self, ref: int | JtiRef) -> CheckResult:
+        """The state of one token by serial or (issuer, jti)."""
+        self._require_ready()
+        serial = ref if isinstance(ref, int) else (await self._serials_of([ref]))[0]
+        if serial:
+            state = self.state.state(serial, int(self.clock()))
+        else:
+            key = foreign_key(ref.issuer, ref.jti)
+            revoked = self.state.revocations.is_foreign_revoked(key)
+            state = TokenState.REVOKED if revoked else TokenState.UNKNOWN
+        seq = self.state.seq
+        if state != TokenState.REVOKED:
+            return CheckResult(state, serial, 0, "", seq)
+        revoked_at, reason = await self._why_revoked(serial, 0 if serial else key)
+        return CheckResult(state, serial, revoked_at, reason, seq)
+
+    def check_packed(self, packed: bytes) -> bytes:
+        """One TokenState byte per little-endian uint64 serial in `packed`.
+
+        Raises InvalidArgument naming the first serial that is 0 or too large.
+        """
+        self._require_ready()
+        ids = np.frombuffer(validate.packed_serials(packed, self.settings), dtype=np.uint64)
+        bad = (ids == 0) | (ids > validate.MAX_SERIAL)
+        if bad.any():
+            first = int(np.argmax(bad))
+            validate.serial(int(ids[first]), f"serials[{first}]")
+        return self.state.states(ids, int(self.clock()))
+
+    async def check_refs(self, refs: list[JtiRef]) -> list[TokenState]:
+        """States of tokens by (issuer, jti), in order."""
+        if not refs:
+            return []
+        self._require_ready()
+        serials = await self._serials_of(refs)
+        now = int(self.clock())
+        revocations = self.state.revocations
+        return [
+            self.state.state(serial, now) if serial
+            else TokenState.REVOKED if revocations.is_foreign_revoked(foreign_key(r.issuer, r.jti))
+            else TokenState.UNKNOWN
+            for serial, r in zip(serials, refs)
+        ]
+
+    async def stats(self) -> Stats:
+        """Counts of the mirror and sizes of the store."""
+        data_bytes, map_bytes = await self.sizes()
+        revocations = self.state.revocations
+        revoked, expired, active = self.state.counts(int(self.clock()))
+        return Stats(
+            registered=revocations.registered_through,
+            revoked=revoked,
+            active=active,
+            expired=expired,
+            foreign_revoked=len(revocations.foreign),
+            seq=revocations.seq,
+            store_id=self.store_id,
+            data_bytes=data_bytes,
+            map_bytes=map_bytes,
+        )

@@ -1,0 +1,150 @@
+"""One Watch stream: snapshot or resume, then ordered deltas and heartbeats.
+
+Theory of operation. `stream` decides how the subscriber starts: a snapshot
+when it has nothing; a Reset with its reason and then a snapshot when it
+followed another store, is ahead of this node, or asks for changes this node
+no longer holds; otherwise the deltas after its sequence. From then on it
+owns one cursor (the last sequence sent) and loops: anything between the
+cursor and the node's head goes out as one event (shared bytes from the hub
+when the hub holds it, else a page read from the stored history); when
+there is nothing to send for `heartbeat_interval` it sends a heartbeat
+vouching for the cursor with the set's digest. Every event is encoded
+bytes, so the gRPC method is registered with no response serializer.
+"""
+
+import time
+from collections.abc import AsyncIterator
+
+from pyroaring import BitMap64
+
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient.codec import bitmap_bytes
+
+from .hub import delta_event, merge_all
+from .mirror import split
+from .node import Node
+
+SNAPSHOT_BITS = 18
+SNAPSHOT_SPAN = 1 << SNAPSHOT_BITS  # serials per snapshot chunk (1 MiB of expiries)
+FOREIGN_PER_CHUNK = 1 << 16
+HISTORY_PAGE = 1024  # stored deltas merged into one catch-up event
+
+
+def _span(start: int) -> BitMap64:
+    span = BitMap64()
+    span.add_range(start, start + SNAPSHOT_SPAN)
+    return span
+
+
+def reset_event(store_id: str, reason: str, oldest: int, head: int) -> bytes:
+    return pb.WatchEvent(
+        store_id=store_id, head_seq=head,
+        reset=pb.Reset(reason=reason, oldest_seq=oldest, current_seq=head),
+    ).SerializeToString()
+
+
+def snapshot_events(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
+    """(seq, encoded chunks) of the node's whole state, taken at one instant."""
+    mirror = node.state
+    revocations = mirror.revocations
+    seq, through = revocations.seq, revocations.registered_through
+    revoked = BitMap64(revocations.revoked)
+    foreign = sorted(revocations.foreign)
+    expiries = mirror.expiry.array[: through + 1].copy() if with_expiries else None
+    if with_expiries:
+        parts = [(start, revoked & _span(start)) for start in range(0, through + 1, SNAPSHOT_SPAN)]
+    else:
+        parts = [(n * SNAPSHOT_SPAN, part) for n, part in split(revoked, SNAPSHOT_BITS)]
+    parts = parts or [(0, BitMap64())]
+    foreign_parts = [foreign[i : i + FOREIGN_PER_CHUNK] for i in range(0, len(foreign), FOREIGN_PER_CHUNK)]
+    count = len(parts) + len(foreign_parts)
+    common = dict(
+        seq=seq, count=count, cardinality=len(revoked), foreign_cardinality=len(foreign),
+        digest=revocations.digest(), registered_through=through,
+    )
+    events = []
+    for index, (start, part) in enumerate(parts):
+        chunk = pb.SnapshotChunk(index=index, revoked=bitmap_bytes(part), **common)
+        if expiries is not None:
+            chunk.expiries_from = start
+            chunk.expiries = expiries[start : start + SNAPSHOT_SPAN].astype("<u4").tobytes()
+        events.append(chunk)
+    for offset, part in enumerate(foreign_parts):
+        events.append(pb.SnapshotChunk(index=len(parts) + offset, foreign=part, **common))
+    store_id = node.store_id
+    return seq, [
+        pb.WatchEvent(store_id=store_id, snapshot=c, head_seq=seq).SerializeToString() for c in events
+    ]
+
+
+def heartbeat_event(node: Node, seq: int) -> bytes:
+    revocations = node.state.revocations
+    return pb.WatchEvent(
+        store_id=node.store_id, head_seq=node.state.seq,
+        heartbeat=pb.Heartbeat(
+            seq=seq, cardinality=len(revocations.revoked),
+            foreign_cardinality=len(revocations.foreign), digest=revocations.digest(),
+            time=int(time.time()), interval_ms=int(node.settings.heartbeat_interval * 1000),
+        ),
+    ).SerializeToString()
+
+
+async def _start(node: Node, request: pb.WatchRequest) -> tuple[str, int]:
+    """(reason to reset or "", the cursor to resume from or -1 for a snapshot)."""
+    head = node.state.seq
+    if request.store_id and request.store_id != node.store_id:
+        return f"store changed: subscriber followed {request.store_id}, this is {node.store_id}", -1
+    if request.after_seq > head:
+        return f"ahead: subscriber at seq {request.after_seq}, this node at {head}", -1
+    if request.after_seq == 0:
+        return "", -1
+    if request.after_seq < head and await node.history(request.after_seq, 1) is None:
+        return f"compacted: changes after seq {request.after_seq} are no longer held", -1
+    return "", request.after_seq
+
+
+async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
+    """The encoded events of one Watch stream, until the caller stops iterating."""
+    node.hub.streams += 1
+    try:
+        reason, cursor = await _start(node, request)
+        interval = node.settings.heartbeat_interval
+        while True:
+            epoch = node.hub.epoch
+            if reason:
+                yield reset_event(node.store_id, reason, 0, node.state.seq)
+            if cursor < 0:
+                cursor, chunks = snapshot_events(node, request.with_expiries)
+                for chunk in chunks:
+                    yield chunk
+            reason = ""
+            last_sent = time.monotonic()
+            while epoch == node.hub.epoch:
+                head = node.state.seq
+                if cursor < head:
+                    shared = node.hub.event_since(node.store_id, cursor)
+                    if shared is not None:
+                        payload, cursor = shared
+                    else:
+                        page = await node.history(cursor, HISTORY_PAGE)
+                        if epoch != node.hub.epoch:
+                            break
+                        if not page:
+                            reason = f"compacted: changes after seq {cursor} are no longer held"
+                            break
+                        merged = merge_all(page)
+                        payload, cursor = delta_event(node.store_id, merged, node.state.seq), merged.seq
+                    yield payload
+                    last_sent = time.monotonic()
+                    continue
+                idle = time.monotonic() - last_sent
+                if idle >= interval:
+                    yield heartbeat_event(node, cursor)
+                    last_sent = time.monotonic()
+                    continue
+                await node.hub.wait(interval - idle)
+            else:
+                reason = "upstream reset: this node installed a new snapshot"
+            cursor = -1
+    finally:
+        node.hub.streams -= 1
