@@ -28,6 +28,10 @@ _OPTIONS = (
     ("--max-batch", "max_batch", int, "most tokens, serials or references per call"),
     ("--map-size", "map_size", int, "initial LMDB map size in bytes"),
     ("--max-map-size", "max_map_size", int, "largest LMDB map size in bytes; writes fail past it"),
+    ("--heartbeat-interval", "heartbeat_interval", float, "seconds of Watch silence before a heartbeat"),
+    ("--log-keep", "log_keep", int, "changes the log keeps at least, for resuming Watch streams"),
+    ("--log-keep-seconds", "log_keep_seconds", int, "the log also keeps every change younger than this"),
+    ("--follow", "follow", str, "HOST:PORT of a primary: run as a read-only follower (no data dir)"),
 )
 
 

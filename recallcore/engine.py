@@ -58,6 +58,7 @@ class Engine(Node):
         """Start the writer thread and the expiry sweeper."""
         self._loop = asyncio.get_running_loop()
         self._writer.start()
+        self.synced.set()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="recallcore-sweeper")
 
     async def close(self) -> None:

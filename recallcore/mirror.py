@@ -25,23 +25,6 @@ _ACTIVE, _REVOKED, _EXPIRED, _UNKNOWN = (
 )
 
 
-def split(bitmap: BitMap64, bits: int):
-    """Yield (n, part of `bitmap` in [n << bits, (n + 1) << bits)) for each nonempty part, in order."""
-    if not bitmap:
-        return
-    n, last = bitmap.min() >> bits, bitmap.max() >> bits
-    while n <= last:
-        span = BitMap64()
-        span.add_range(n << bits, (n + 1) << bits)
-        part = bitmap & span
-        if part:
-            yield n, part
-        following = next(bitmap.iter_equal_or_larger((n + 1) << bits), None)
-        if following is None:
-            return
-        n = following >> bits
-
-
 def as_array(bitmap: BitMap64) -> np.ndarray:
     """The serials of `bitmap` as a uint64 numpy array (sorted)."""
     return np.frombuffer(bitmap.to_array(), dtype=np.uint64) if bitmap else np.empty(0, np.uint64)

@@ -37,6 +37,7 @@ class Node:
         self.state = state
         self.hub = Hub(settings.watch_ring)
         self._seq_waiters: dict[int, list[asyncio.Future]] = {}
+        self.synced = asyncio.Event()  # set once the node can answer reads
         self.vouched_at = time.monotonic()  # when this node last knew it was current
 
     @property
@@ -54,18 +55,24 @@ class Node:
 
     # --------------------------------------------------------------- changes
 
-    def _applied(self, deltas: list[Delta]) -> None:
-        """Apply durable deltas, publish them, wake sequence waiters."""
-        for delta in deltas:
-            if self.state.apply(delta):
-                self.hub.publish(delta)
+    def _apply_one(self, delta: Delta) -> bool:
+        """Apply a durable delta, publish it, wake sequence waiters; False if old."""
+        if not self.state.apply(delta):
+            return False
+        self.hub.publish(delta)
         self._wake_seq_waiters()
+        return True
+
+    def _applied(self, deltas: list[Delta]) -> None:
+        for delta in deltas:
+            self._apply_one(delta)
 
     def _installed(self, state: Mirror) -> None:
         """Replace the whole mirror (a follower's snapshot)."""
         self.state = state
         self.hub.replace_history()
         self._wake_seq_waiters()
+        self.synced.set()
 
     async def wait_for_seq(self, seq: int, timeout: float | None) -> None:
         """Return once the mirror has applied `seq`; DeadlineExceeded after `timeout`."""

@@ -27,6 +27,10 @@ from .settings import Settings
 from .store import Txn, name_hash
 
 INDEX_KINDS = {"subject": b"s", "client_id": b"c", "family": b"f"}
+# Serials registered under a caller-chosen (not canonical) jti. When such a
+# token is revoked, its (issuer, jti) key joins the foreign set too, so that
+# replicas, which cannot look jtis up, still see it revoked by issuer + jti.
+CUSTOM_JTI = b"j" + bytes(16)
 
 
 def index_prefix(kind: str, name: str) -> bytes:
@@ -80,6 +84,8 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
             name = getattr(spec, kind)
             if name:
                 indexes[index_prefix(kind, name)].add(serial)
+        if jti != canonical_jti(serial):
+            indexes[CUSTOM_JTI].add(serial)
         expiring[spec.expires_at].add(serial)
     for prefix, serials in indexes.items():
         txn.update_bitmap("index", prefix, serials)
@@ -128,6 +134,11 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
     new_foreign = {k: exp for k, exp in foreign.items() if not state.revocations.is_foreign_revoked(k)}
     if not added and not new_foreign:
         return RevokeResult(0, state.seq), None
+    count = len(added) + len(new_foreign)
+    for serial in txn.bitmap_over("index", CUSTOM_JTI, added).to_array():
+        record = txn.record(serial)
+        if record is not None:
+            new_foreign[foreign_key(record.issuer, record.jti)] = record.expires_at
     seq = state.seq + 1
     txn.update_bitmap("revoked", b"", added)
     txn.put_revocations(added, seq)
@@ -137,7 +148,6 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
         prev_seq=state.seq, seq=seq, added=added,
         foreign_added=frozenset(new_foreign), time=now,
     )
-    count = len(added) + len(new_foreign)
     _commit_change(txn, state, delta, {
         "kind": "revoke", "actor": op.actor, "reason": op.reason,
         "selector": op.selector.describe(), "count": count,
@@ -162,6 +172,7 @@ def sweep(txn: Txn, state: Mirror, op: Sweep, now: int, settings: Settings) -> t
     )
     if len(purged):
         _purge(txn, purged)
+    txn.compact_log(state.seq - settings.log_keep, now - settings.log_keep_seconds, settings.purge_batch)
     if not (removed or foreign_due or len(purged)):
         return 0, None
     delta = Delta(
@@ -189,6 +200,8 @@ def _purge(txn: Txn, serials: np.ndarray) -> None:
                 name = getattr(record, kind)
                 if name:
                     indexes[index_prefix(kind, name)].add(serial)
+            if record.jti != canonical_jti(serial):
+                indexes[CUSTOM_JTI].add(serial)
             txn.delete_record(serial)
         txn.delete_revocation(serial)
     for prefix, members in indexes.items():

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from recallclient._proto.recall.v1 import recall_pb2
 
 from .engine import Engine
+from .follower import Follower
 from .service import RecallService
 from .settings import Settings
 
@@ -49,9 +50,10 @@ class Server:
 
     def __init__(self, settings: Settings, **engine_args) -> None:
         self.settings = settings
-        self.engine = Engine(settings, **engine_args)
+        self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None
+        self._health_task: asyncio.Task | None = None
         self.address = ""
 
     def _build(self) -> grpc.aio.Server:
@@ -82,16 +84,26 @@ class Server:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.engine.start()
         await self.grpc.start()
-        for name in ("", SERVICE_NAME):
-            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
+        if self.engine.synced.is_set():
+            await self._serving_when_synced()
+        else:
+            self._health_task = asyncio.create_task(self._serving_when_synced())
         self.address = f"{host}:{bound}"
         return self.address
+
+    async def _serving_when_synced(self) -> None:
+        """recall.v1.Recall is SERVING once the node can answer (a follower: once synced)."""
+        await self.engine.synced.wait()
+        await self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
     async def _set_health(self, name: str, status) -> None:
         await self.health.set(name, status)
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting calls, let in-flight calls finish, close the store."""
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.grpc is not None:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -12,7 +12,7 @@ import grpc
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
-from recallclient.types import JtiRef, TokenSpec, TokenType
+from recallclient.types import JtiRef, TokenSpec
 
 from . import validate, watch
 from .engine import Engine

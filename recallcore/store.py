@@ -39,10 +39,10 @@ import numpy as np
 from pyroaring import BitMap64
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
-from recallclient.revoked_set import RevokedSet
+from recallclient.revoked_set import RevokedSet, split
 
 from .errors import StoreError
-from .mirror import ExpiryIndex, Mirror, as_array, split
+from .mirror import ExpiryIndex, Mirror
 
 FORMAT = b"recallcore/1"
 CHUNK_BITS = 16
@@ -129,6 +129,16 @@ class Txn:
                 out |= BitMap64.deserialize(value)
         return out
 
+    def bitmap_over(self, table: str, prefix: bytes, of: BitMap64) -> BitMap64:
+        """The members of `of` stored under `prefix` (reads only the chunks `of` touches)."""
+        out = BitMap64()
+        db = self.db[table]
+        for chunk, part in split_chunks(of):
+            data = self.raw.get(prefix + u64(chunk), db=db)
+            if data is not None:
+                out |= BitMap64.deserialize(data) & part
+        return out
+
     def update_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64 = BitMap64()) -> None:
         """Add and remove serials in the chunks under `prefix`; drop empty chunks."""
         db = self.db[table]
@@ -191,6 +201,9 @@ class Txn:
         return _U64X2.unpack(data) if data is not None else None
 
     def put_foreign(self, key: int, expires_at: int, seq: int) -> None:
+        old = self.foreign(key)
+        if old is not None:
+            self.raw.delete(_U64X2.pack(old[0], key), db=self.db["foreign_exp"])
         self.raw.put(u64(key), _U64X2.pack(expires_at, seq), db=self.db["foreign"])
         self.raw.put(_U64X2.pack(expires_at, key), b"", db=self.db["foreign_exp"])
 
@@ -220,6 +233,23 @@ class Txn:
         self.raw.put(u64(seq), json.dumps(audit, separators=(",", ":")).encode(),
                      db=self.db["audit"], append=True)
 
+    def compact_log(self, upto: int, before: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest changes with seq <= upto committed before `before`."""
+        deleted = 0
+        with self.raw.cursor(db=self.db["log"]) as cur:
+            while deleted < limit and cur.first():
+                seq = from_u64(cur.key())
+                if seq > upto or pb.Delta.FromString(cur.value()).time >= before:
+                    break
+                cur.delete()
+                deleted += 1
+        return deleted
+
+    def log_first(self) -> int:
+        """The oldest seq still in the change log, or 0 when it is empty."""
+        with self.raw.cursor(db=self.db["log"]) as cur:
+            return from_u64(cur.key()) if cur.first() else 0
+
     def delta(self, seq: int) -> pb.Delta | None:
         data = self.raw.get(u64(seq), db=self.db["log"])
         return pb.Delta.FromString(data) if data is not None else None
@@ -244,6 +274,8 @@ class Store:
                     str(self.path), map_size=map_size, max_dbs=len(_TABLES) + 1,
                     sync=True, metasync=True, subdir=True, readahead=False,
                 )
+                if existed:
+                    self._refuse_foreign_tables()
                 self.dbs = {name: self.env.open_db(name.encode()) for name in _TABLES}
             except lmdb.Error as exc:
                 raise StoreError(
@@ -292,9 +324,7 @@ class Store:
         with self.env.begin(write=True) as txn:
             fmt = txn.get(b"format", db=self.dbs["meta"])
             if fmt is None:
-                if existed and (self._has_unnamed_data(txn) or any(
-                    txn.stat(self.dbs[name])["entries"] for name in _TABLES
-                )):
+                if existed and any(txn.stat(self.dbs[name])["entries"] for name in _TABLES):
                     raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
                 store_id = uuid.uuid4().hex
                 txn.put(b"format", FORMAT, db=self.dbs["meta"])
@@ -306,10 +336,14 @@ class Store:
                 )
             return txn.get(b"store_id", db=self.dbs["meta"]).decode()
 
-    def _has_unnamed_data(self, txn: lmdb.Transaction) -> bool:
+    def _refuse_foreign_tables(self) -> None:
+        """Raise StoreError, before writing anything, if the environment holds others' data."""
         ours = {name.encode() for name in _TABLES}
-        with txn.cursor() as cur:
-            return any(key not in ours for key in cur.iternext(values=False))
+        with self.env.begin() as txn, txn.cursor() as cur:
+            names = set(cur.iternext(values=False))
+        if names - ours:
+            self.env.close()
+            raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Txn]:

@@ -19,9 +19,10 @@ from pyroaring import BitMap64
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import bitmap_bytes
+from recallclient.revoked_set import split
 
 from .hub import delta_event, merge_all
-from .mirror import split
+
 from .node import Node
 
 SNAPSHOT_BITS = 18

@@ -67,6 +67,8 @@ class Writer:
 
     def stop(self) -> None:
         """Finish every queued operation, then end the thread (blocks)."""
+        if self._thread.ident is None:  # never started
+            return
         self._queue.put(_STOP)
         self._thread.join()
 

@@ -11,22 +11,57 @@ not the set's `seq` raises `SequenceGap`, and one already applied is skipped,
 so applying is idempotent. The server's in-memory mirror, client replicas and
 follower nodes are all this one class fed by the same deltas.
 
-The `digest` is cheap to maintain and exact: cardinalities and sums (mod
-2**64) of the revoked serials and of the foreign keys, updated per delta.
-Equal sets always have equal digests; a replica that applies a wrong or
-partial delta ends up with a different digest with overwhelming likelihood.
+The `digest` fingerprints the exact sets: the revoked serials are cut into
+ranges of 2**20 serials, each range hashed (BLAKE2b over its sorted serials
+as little-endian uint64), and the range hashes hashed together; a delta marks
+only the ranges it touches for rehashing, so keeping the digest costs time
+proportional to the change. Foreign keys are uniformly random 64-bit hashes,
+so their count and sum (mod 2**64) fingerprint them.
 
 Pure: no I/O, no clock (callers pass `now`), no threads.
 """
 
 import dataclasses
+import hashlib
 import struct
 from collections.abc import Iterable
 
 from pyroaring import BitMap64
 
 _MASK = 2**64 - 1
-_DIGEST = struct.Struct("<QQQQ")
+_DIGEST = struct.Struct("<QQQ16s")
+DIGEST_BITS = 20
+
+
+def span(start: int, stop: int) -> BitMap64:
+    """A bitmap of start..stop-1 (stop may be 2**64)."""
+    out = BitMap64()
+    out.add_range(start, min(stop, _MASK))
+    if stop > _MASK:
+        out.add(_MASK)
+    return out
+
+
+def split(bitmap: BitMap64, bits: int):
+    """Yield (n, part of `bitmap` in [n << bits, (n + 1) << bits)) for each nonempty part, in order."""
+    if not bitmap:
+        return
+    n, last = bitmap.min() >> bits, bitmap.max() >> bits
+    while n <= last:
+        part = bitmap & span(n << bits, (n + 1) << bits)
+        if part:
+            yield n, part
+        following = next(bitmap.iter_equal_or_larger((n + 1) << bits), None) if n < last else None
+        if following is None:
+            return
+        n = following >> bits
+
+
+def _ranges(bitmap: BitMap64) -> set[int]:
+    """The digest ranges `bitmap` touches."""
+    if len(bitmap) <= 64:
+        return {x >> DIGEST_BITS for x in bitmap}
+    return {n for n, _ in split(bitmap, DIGEST_BITS)}
 
 
 class SequenceGap(Exception):
@@ -86,10 +121,6 @@ class Delta:
         )
 
 
-def _sum(bitmap: BitMap64) -> int:
-    return sum(bitmap.to_array()) & _MASK if bitmap else 0
-
-
 class RevokedSet:
     """What is revoked, and how far serials have been issued, at `seq`."""
 
@@ -99,7 +130,8 @@ class RevokedSet:
         self.revoked = BitMap64()
         self.foreign: set[int] = set()
         self.registered_through = 0
-        self._sum = 0
+        self._range_digests: dict[int, bytes] = {}
+        self._dirty: set[int] = set()
         self._foreign_sum = 0
 
     # ------------------------------------------------------------- loading
@@ -117,7 +149,8 @@ class RevokedSet:
         self.revoked = BitMap64(revoked)
         self.foreign = set(foreign)
         self.registered_through = registered_through
-        self._sum = _sum(self.revoked)
+        self._range_digests = {}
+        self._dirty = {n for n, _ in split(self.revoked, DIGEST_BITS)}
         self._foreign_sum = sum(self.foreign) & _MASK
 
     # ------------------------------------------------------------ changing
@@ -131,11 +164,11 @@ class RevokedSet:
         if delta.added:
             new = delta.added - self.revoked
             self.revoked |= new
-            self._sum = (self._sum + _sum(new)) & _MASK
+            self._dirty |= _ranges(new)
         if delta.removed:
             gone = delta.removed & self.revoked
             self.revoked -= gone
-            self._sum = (self._sum - _sum(gone)) & _MASK
+            self._dirty |= _ranges(gone)
         for key in delta.foreign_added:
             if key not in self.foreign:
                 self.foreign.add(key)
@@ -165,5 +198,15 @@ class RevokedSet:
         return len(self.revoked)
 
     def digest(self) -> bytes:
-        """A 32-byte fingerprint of the revoked serials and foreign keys."""
-        return _DIGEST.pack(len(self.revoked), self._sum, len(self.foreign), self._foreign_sum)
+        """A 40-byte fingerprint of the revoked serials and foreign keys."""
+        for n in self._dirty:
+            part = self.revoked & span(n << DIGEST_BITS, (n + 1) << DIGEST_BITS)
+            if part:
+                self._range_digests[n] = hashlib.blake2b(part.to_array().tobytes(), digest_size=16).digest()
+            else:
+                self._range_digests.pop(n, None)
+        self._dirty.clear()
+        combined = hashlib.blake2b(digest_size=16)
+        for n in sorted(self._range_digests):
+            combined.update(n.to_bytes(8, "little") + self._range_digests[n])
+        return _DIGEST.pack(len(self.revoked), len(self.foreign), self._foreign_sum, combined.digest())
