@@ -1,0 +1,125 @@
+"""End to end: a real server on 127.0.0.1:0, through RecallClient, AsyncRecallClient and recallctl."""
+
+import asyncio
+import json
+import os
+import pathlib
+import re
+import shlex
+import sys
+import time
+
+import pytest
+
+from recallclient import AsyncRecallClient, JtiRef, RecallError, TokenSpec, TokenState, serial_from_jti
+
+from .support import run_command
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
+
+
+def test_register_revoke_check_introspect_stats(client):
+    first = client.register_one("alice", "web", scopes=("read", "write"), ttl=600, origin="login", family="fam")
+    assert first.serial == 1 and serial_from_jti(first.jti) == 1 and not first.existing
+    batch = client.register([TokenSpec("bob", "web"), TokenSpec("bob", "cli", jti="custom-1", issuer="idp")])
+    assert [t.serial for t in batch.tokens] == [2, 3]
+    assert client.check(1).state == TokenState.ACTIVE
+
+    receipt = client.revoke(subject="alice", reason="password reset", actor="ops")
+    assert receipt.count == 1
+    checked = client.check(1, min_seq=receipt.seq)
+    assert (checked.state, checked.reason) == (TokenState.REVOKED, "password reset")
+    assert checked.revoked_at >= int(time.time()) - 60
+    assert client.revoke(serials=[1], reason="again").count == 0  # idempotent
+
+    assert client.revoke(tokens=[("idp", "custom-1")], reason="leak").count == 1
+    assert client.check(issuer="idp", jti="custom-1").state == TokenState.REVOKED
+    assert client.revoke(tokens=[JtiRef("other-idp", "x1", int(time.time()) + 60)]).count == 1
+    assert client.check(issuer="other-idp", jti="x1").state == TokenState.REVOKED
+    assert client.check(issuer="other-idp", jti="never").state == TokenState.UNKNOWN
+
+    batch_states = client.check_batch([1, 2, 3, 4])
+    assert batch_states.states == (TokenState.REVOKED, TokenState.ACTIVE, TokenState.REVOKED, TokenState.UNKNOWN)
+
+    info = client.introspect(1)
+    assert info["active"] is False and info["state"] == "REVOKED" and info["reason"] == "password reset"
+    info = client.introspect(2)
+    assert info["active"] is True and info["sub"] == info["username"] == "bob"
+    assert info["token_type"] == "access_token" and info["client_id"] == "web"
+
+    stats = client.stats()
+    assert (stats.registered, stats.revoked, stats.active, stats.foreign_revoked) == (3, 2, 1, 2)
+    assert stats.seq == receipt.seq + 2 and stats.store_id
+
+
+def test_expired_tokens_are_expired_not_revoked(client):
+    now = int(time.time())
+    token = client.register_one("carol", "web", issued_at=now - 100, expires_at=now - 10)
+    assert client.check(token.serial).state == TokenState.EXPIRED
+    assert client.revoke(serials=[token.serial]).count == 0
+    assert client.stats().expired == 1
+
+
+def test_async_client(server):
+    async def scenario():
+        async with AsyncRecallClient(server.address) as client:
+            token = await client.register_one("dave", "web")
+            receipt = await client.revoke(serials=[token.serial], reason="r")
+            result = await client.check(token.serial, min_seq=receipt.seq)
+            with pytest.raises(RecallError) as err:
+                await client.revoke()
+            return result.state, err.value.code_name
+
+    assert asyncio.run(scenario()) == (TokenState.REVOKED, "INVALID_ARGUMENT")
+
+
+def _ctl(server, *args: str) -> str:
+    result = run_command(str(RECALLCTL), "--target", server.address, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_recallctl_against_a_real_server(server):
+    reg = json.loads(_ctl(server, "register", "--subject", "erin", "--client", "web", "--json",
+                          "--scope", "read write", "--type", "refresh", "--ttl", "600", "--family", "f1",
+                          "--origin", "test"))
+    assert reg["serial"] == 1 and serial_from_jti(reg["jti"]) == 1
+    assert json.loads(_ctl(server, "check", "1", "--json"))["state"] == "ACTIVE"
+    revoked = json.loads(_ctl(server, "--json", "revoke", "--family", "f1", "--reason", "reuse"))
+    assert revoked["count"] == 1 and revoked["seq"] >= 2
+    checked = json.loads(_ctl(server, "check", "--json", "1"))
+    assert checked["state"] == "REVOKED" and checked["reason"] == "reuse"
+    info = json.loads(_ctl(server, "introspect", "1", "--json"))
+    assert info["active"] is False and info["state"] == "REVOKED"
+    assert "REVOKED" in _ctl(server, "check", "1")
+    stats = json.loads(_ctl(server, "stats", "--json"))
+    assert stats["revoked"] == 1
+
+    bad = run_command(str(RECALLCTL), "--target", server.address, "revoke", "--serial", "9", "--reason", "x" * 2000)
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT" in bad.stderr and "reason" in bad.stderr
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    walkthrough = text.split("## A two-minute walkthrough", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", walkthrough, re.S).group(1)
+    return [line.split("   #")[0].strip() for line in block.splitlines()
+            if line.startswith(".venv/bin/recallctl")]
+
+
+def test_readme_walkthrough_runs_as_written(server):
+    commands = _readme_commands()
+    assert len(commands) >= 8
+    env = {**os.environ, "RECALL_TARGET": server.address}
+    outputs = []
+    for line in commands:
+        args = shlex.split(line)
+        args[0] = str(RECALLCTL)
+        result = run_command(*args, env=env)
+        assert result.returncode == 0, (line, result.stderr)
+        outputs.append(result.stdout)
+    revoke = json.loads(outputs[3])
+    assert revoke["count"] == 2
+    assert json.loads(outputs[4])["state"] == "REVOKED"
