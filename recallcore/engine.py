@@ -23,9 +23,10 @@ from recallclient.jti import foreign_key
 from recallclient.revoked_set import Delta
 from recallclient.types import JtiRef, RegisterResult, RevokeResult, TokenSpec, TokenState
 
-from . import validate
+from . import audit, validate
+from .audit import AuditQuery
 from .errors import RecallError, Unavailable
-from .model import Selector, Sweep
+from .model import CutoffResult, RotateResult, Selector, Sweep
 from .node import Node
 from .operations import now_seconds
 from .settings import Settings
@@ -110,9 +111,29 @@ class Engine(Node):
         """Register tokens; raises InvalidArgument / ResourceExhausted."""
         return await self._submit(validate.register(tokens, actor, self.settings, int(self.clock())))
 
-    async def revoke(self, selector: Selector, reason: str = "", actor: str = "") -> RevokeResult:
+    async def revoke(self, selector: Selector, reason: str = "", actor: str = "", origin: str = "") -> RevokeResult:
         """Revoke what `selector` covers; raises InvalidArgument / ResourceExhausted."""
-        return await self._submit(validate.revoke(selector, reason, actor, self.settings))
+        return await self._submit(validate.revoke(selector, reason, actor, self.settings, origin))
+
+    async def rotate(self, ref: int | JtiRef, successor: TokenSpec, actor: str = "", origin: str = "",
+                     request_id: str = "") -> RotateResult:
+        """Rotate a refresh token (see lifecycle.py); raises InvalidArgument."""
+        return await self._submit(validate.rotate(ref, successor, actor, origin, request_id, self.settings))
+
+    async def cutoff(self, scope: int, value: str, before: int, reason: str = "", actor: str = "") -> CutoffResult:
+        """Add a cut-off rule; raises InvalidArgument."""
+        return await self._submit(
+            validate.cutoff(scope, value, before, reason, actor, self.settings, int(self.clock()))
+        )
+
+    async def audit(self, q: AuditQuery) -> list[dict]:
+        """Audit records matching `q`, oldest first."""
+        now = int(self.clock())
+        return await self._read(lambda txn: audit.query(txn, q, now))
+
+    async def audit_after(self, q: AuditQuery, after: int) -> list[dict]:
+        """Audit records after `after` that match `q` (for following the trail)."""
+        return await self._read(lambda txn: audit.new_matches(txn, q, after))
 
     async def sweep(self) -> int:
         """Run one expiry sweep and log compaction now; returns the seq of its change or 0."""

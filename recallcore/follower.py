@@ -23,9 +23,11 @@ import time
 
 import grpc
 import numpy as np
+from pyroaring import BitMap64
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
+from recallclient.codec import bitmap_from
 from recallclient.jti import serial_from_jti
 from recallclient.replica_core import ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
@@ -66,7 +68,10 @@ class _Core(ReplicaCore):
         return self.node._apply_one(delta)
 
     def _install(self, state: RevokedSet, chunks: list[pb.SnapshotChunk]) -> None:
-        self.node._installed(Mirror(state, ExpiryIndex(_expiries(chunks, state.registered_through))))
+        rotated = BitMap64()
+        for chunk in chunks:
+            rotated |= bitmap_from(chunk.rotated)
+        self.node._installed(Mirror(state, ExpiryIndex(_expiries(chunks, state.registered_through)), rotated))
         self.state = state
 
 
@@ -160,6 +165,17 @@ class Follower(Node):
 
     async def revoke(self, *args, **kwargs):
         raise self._read_only()
+
+    async def rotate(self, *args, **kwargs):
+        raise self._read_only()
+
+    async def cutoff(self, *args, **kwargs):
+        raise self._read_only()
+
+    async def audit(self, *args, **kwargs):
+        raise FailedPrecondition(f"the audit trail is kept by the primary at {self.primary}")
+
+    audit_after = audit
 
     def _read_only(self) -> FailedPrecondition:
         return FailedPrecondition(

@@ -20,8 +20,8 @@ from recallclient.types import TokenState
 
 # An expiry of 1 marks a serial whose record was purged: expired long ago.
 PURGED = 1
-_ACTIVE, _REVOKED, _EXPIRED, _UNKNOWN = (
-    TokenState.ACTIVE, TokenState.REVOKED, TokenState.EXPIRED, TokenState.UNKNOWN,
+_ACTIVE, _REVOKED, _EXPIRED, _UNKNOWN, _ROTATED = (
+    TokenState.ACTIVE, TokenState.REVOKED, TokenState.EXPIRED, TokenState.UNKNOWN, TokenState.ROTATED,
 )
 
 
@@ -80,11 +80,12 @@ class ExpiryIndex:
 
 
 class Mirror:
-    """A RevokedSet plus expiries: enough to answer Check with every state."""
+    """A RevokedSet plus expiries and rotations: enough to answer Check with every state."""
 
-    def __init__(self, revocations: RevokedSet, expiry: ExpiryIndex) -> None:
+    def __init__(self, revocations: RevokedSet, expiry: ExpiryIndex, rotated: BitMap64 | None = None) -> None:
         self.revocations = revocations
         self.expiry = expiry
+        self.rotated = rotated if rotated is not None else BitMap64()
 
     @property
     def seq(self) -> int:
@@ -96,6 +97,8 @@ class Mirror:
             return False
         for expires_at, serials in delta.expiring:
             self.expiry.set(serials, expires_at)
+        if delta.rotated:
+            self.rotated |= delta.rotated
         return True
 
     def state(self, serial: int, now: int) -> TokenState:
@@ -106,7 +109,9 @@ class Mirror:
         exp = self.expiry.expires_at(serial)
         if exp and exp <= now:
             return _EXPIRED
-        return _REVOKED if serial in revocations.revoked else _ACTIVE
+        if serial in revocations.revoked:
+            return _REVOKED
+        return _ROTATED if serial in self.rotated else _ACTIVE
 
     def states(self, ids: np.ndarray, now: int) -> bytes:
         """One TokenState byte per id (uint64 array), without a loop per id."""
@@ -114,12 +119,15 @@ class Mirror:
             return b""
         query = BitMap64(ids)
         hits = query & self.revocations.revoked
+        rotated = query & self.rotated
         through = self.revocations.registered_through
         expired = self.expiry.expired_mask(ids, now)
         unregistered = query.max() > through
-        if not (hits or unregistered or expired.any()):
+        if not (hits or rotated or unregistered or expired.any()):
             return bytes((_ACTIVE,)) * len(ids)
         out = np.full(len(ids), _ACTIVE, dtype=np.uint8)
+        if rotated:
+            out[np.isin(ids, as_array(rotated))] = _ROTATED
         is_revoked = np.isin(ids, as_array(hits)) if hits else np.zeros(len(ids), dtype=bool)
         out[is_revoked] = _REVOKED
         out[expired] = _EXPIRED

@@ -6,7 +6,7 @@ dataclasses (recallclient.types), so both sides speak the same values.
 
 import dataclasses
 
-from recallclient.types import JtiRef, TokenSpec
+from recallclient.types import JtiRef, Registered, TokenSpec, TokenState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,15 @@ class Selector:
 
 
 @dataclasses.dataclass(frozen=True)
+class Claims:
+    """Claims of a token never registered here, for cut-off rules (issued_at 0: unknown)."""
+
+    sub: str = ""
+    client_id: str = ""
+    issued_at: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Register:
     """Register validated tokens (issuer, issued_at and expires_at filled in)."""
 
@@ -50,6 +59,47 @@ class Revoke:
     selector: Selector
     reason: str = ""
     actor: str = ""
+    origin: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotate:
+    """Rotate the refresh token `ref` (a serial or a JtiRef) to a successor."""
+
+    ref: int | JtiRef
+    successor: TokenSpec
+    actor: str = ""
+    origin: str = ""
+    request_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cutoff:
+    """Revoke every token of (scope, value) issued before `before`."""
+
+    scope: int
+    value: str
+    before: int
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RotateResult:
+    outcome: str  # "ROTATED", "RETRIED", "REUSE_DETECTED" or "REFUSED"
+    successor: Registered | None
+    state: TokenState
+    count: int
+    seq: int
+    family: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoffResult:
+    seq: int
+    count: int
+    before: int
+    retires_at: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,4 +107,4 @@ class Sweep:
     """Drop expired tokens from the revoked set; purge records past retention."""
 
 
-Operation = Register | Revoke | Sweep
+Operation = Register | Revoke | Sweep | Rotate | Cutoff

@@ -25,6 +25,7 @@ from . import validate
 from .errors import DeadlineExceeded, FailedPrecondition
 from .hub import Hub
 from .mirror import Mirror
+from .model import Claims
 from .settings import Settings
 
 
@@ -113,20 +114,32 @@ class Node:
 
     # ----------------------------------------------------------------- reads
 
-    async def check(self, ref: int | JtiRef) -> CheckResult:
-        """The state of one token by serial or (issuer, jti)."""
+    def _unregistered_state(self, ref: JtiRef, claims: Claims | None) -> TokenState:
+        revocations = self.state.revocations
+        if revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
+            return TokenState.REVOKED
+        if claims is not None and revocations.cut_off(ref.issuer, claims.sub, claims.client_id, claims.issued_at):
+            return TokenState.REVOKED
+        return TokenState.UNKNOWN
+
+    async def check(self, ref: int | JtiRef, claims: Claims | None = None) -> CheckResult:
+        """The state of one token by serial or (issuer, jti).
+
+        `claims` of a token never registered here let cut-off rules apply to it.
+        """
         self._require_ready()
         serial = ref if isinstance(ref, int) else (await self._serials_of([ref]))[0]
         if serial:
             state = self.state.state(serial, int(self.clock()))
         else:
-            key = foreign_key(ref.issuer, ref.jti)
-            revoked = self.state.revocations.is_foreign_revoked(key)
-            state = TokenState.REVOKED if revoked else TokenState.UNKNOWN
+            state = self._unregistered_state(ref, claims)
         seq = self.state.seq
         if state != TokenState.REVOKED:
             return CheckResult(state, serial, 0, "", seq)
-        revoked_at, reason = await self._why_revoked(serial, 0 if serial else key)
+        key = foreign_key(ref.issuer, ref.jti) if not serial else 0
+        if not serial and not self.state.revocations.is_foreign_revoked(key):
+            return CheckResult(state, 0, 0, "cut-off rule", seq)
+        revoked_at, reason = await self._why_revoked(serial, key)
         return CheckResult(state, serial, revoked_at, reason, seq)
 
     def check_packed(self, packed: bytes) -> bytes:
@@ -142,19 +155,17 @@ class Node:
             validate.serial(int(ids[first]), f"serials[{first}]")
         return self.state.states(ids, int(self.clock()))
 
-    async def check_refs(self, refs: list[JtiRef]) -> list[TokenState]:
-        """States of tokens by (issuer, jti), in order."""
+    async def check_refs(self, refs: list[JtiRef], claims: list[Claims | None] | None = None) -> list[TokenState]:
+        """States of tokens by (issuer, jti), in order (claims as in `check`)."""
         if not refs:
             return []
         self._require_ready()
         serials = await self._serials_of(refs)
         now = int(self.clock())
-        revocations = self.state.revocations
+        claims = claims or [None] * len(refs)
         return [
-            self.state.state(serial, now) if serial
-            else TokenState.REVOKED if revocations.is_foreign_revoked(foreign_key(r.issuer, r.jti))
-            else TokenState.UNKNOWN
-            for serial, r in zip(serials, refs)
+            self.state.state(serial, now) if serial else self._unregistered_state(r, c)
+            for serial, r, c in zip(serials, refs, claims)
         ]
 
     async def stats(self) -> Stats:

@@ -5,7 +5,8 @@ writing anything when the operation cannot proceed, writes its records, and,
 when the operation changes the revocation state, logs a `Delta` and an audit
 record under the next sequence number and applies the delta to `state` (the
 writer's own mirror) so that later operations in the same transaction see it.
-It returns (result, delta or None).
+It returns (result, delta or None). Rotation and cut-off rules live in
+lifecycle.py and build on the helpers here.
 """
 
 import time as _time
@@ -26,7 +27,7 @@ from .model import Register, Revoke, Selector, Sweep
 from .settings import Settings
 from .store import Txn, name_hash
 
-INDEX_KINDS = {"subject": b"s", "client_id": b"c", "family": b"f"}
+INDEX_KINDS = {"subject": b"s", "client_id": b"c", "family": b"f", "issuer": b"i"}
 # Serials registered under a caller-chosen (not canonical) jti. When such a
 # token is revoked, its (issuer, jti) key joins the foreign set too, so that
 # replicas, which cannot look jtis up, still see it revoked by issuer + jti.
@@ -34,23 +35,51 @@ CUSTOM_JTI = b"j" + bytes(16)
 
 
 def index_prefix(kind: str, name: str) -> bytes:
-    """Key prefix of the per-subject / per-client / per-family bitmap of `name`."""
+    """Key prefix of the per-subject / client / family / issuer bitmap of `name`."""
     return INDEX_KINDS[kind] + name_hash(name)
 
 
-def _commit_change(txn: Txn, state: Mirror, delta: Delta, audit: dict) -> None:
+def commit_change(txn: Txn, state: Mirror, delta: Delta, audit: dict) -> None:
+    """Log `delta` and its audit record under delta.seq and apply it to `state`."""
     txn.put_meta_int(b"seq", delta.seq)
     txn.put_change(delta.seq, delta_to_proto(delta), {"seq": delta.seq, "time": delta.time, **audit})
     state.apply(delta)
 
 
-def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterResult, Delta | None]:
-    """Assign serials to new tokens; known (issuer, jti) pairs keep theirs."""
+def distinct(values, cap: int = 16) -> list[str]:
+    """Up to `cap` distinct non-empty values, in first-seen order (for audit records)."""
+    return list(dict.fromkeys(v for v in values if v))[:cap]
+
+
+def revoke_serials(txn: Txn, added: BitMap64, seq: int) -> dict[int, int]:
+    """Write the revocation of `added` under `seq`.
+
+    Returns the foreign keys (with expiry) of those registered under a
+    caller-chosen jti, which the change must also revoke by key.
+    """
+    txn.update_bitmap("revoked", b"", added)
+    txn.put_revocations(added, seq)
+    keys = {}
+    for serial in txn.bitmap_over("index", CUSTOM_JTI, added).to_array():
+        record = txn.record(serial)
+        if record is not None:
+            keys[foreign_key(record.issuer, record.jti)] = record.expires_at
+    for key, expires_at in keys.items():
+        txn.put_foreign(key, expires_at, seq)
+    return keys
+
+
+def assign_serials(txn: Txn, state: Mirror, specs: tuple[TokenSpec, ...], field: str = "tokens"):
+    """Serials for `specs`: (results in order, [(serial, jti, spec) of new ones]).
+
+    Known (issuer, jti) pairs keep their serial. Raises InvalidArgument for a
+    caller-chosen jti in the canonical form; writes nothing.
+    """
     results: list[Registered] = []
     fresh: list[tuple[int, str, TokenSpec]] = []
     seen: dict[tuple[str, str], int] = {}
     serial = state.revocations.registered_through
-    for i, spec in enumerate(op.tokens):
+    for i, spec in enumerate(specs):
         if spec.jti:
             pair = (spec.issuer, spec.jti)
             known = seen.get(pair) or txn.serial_for(*pair)
@@ -59,7 +88,7 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
                 continue
             if looks_canonical(spec.jti):
                 raise InvalidArgument(
-                    f"tokens[{i}].jti: {spec.jti!r} has the canonical form this store "
+                    f"{field}[{i}].jti: {spec.jti!r} has the canonical form this store "
                     "assigns (rc1.<serial>.<check>); leave jti empty to be given one"
                 )
         serial += 1
@@ -68,11 +97,19 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
         seen[(spec.issuer, jti)] = serial
         results.append(Registered(serial, jti, canonical, False))
         fresh.append((serial, jti, spec))
-    if not fresh:
-        return RegisterResult(tuple(results), state.seq), None
+    return results, fresh
 
+
+def store_tokens(txn: Txn, state: Mirror, fresh: list[tuple[int, str, TokenSpec]], seq: int) -> tuple[dict, BitMap64]:
+    """Write records and indexes of new tokens registered by change `seq`.
+
+    Returns (expiry buckets for the delta, the new serials that a cut-off rule
+    in force already revokes).
+    """
     indexes: dict[bytes, BitMap64] = defaultdict(BitMap64)
     expiring: dict[int, BitMap64] = defaultdict(BitMap64)
+    cut = BitMap64()
+    rules = state.revocations
     for serial, jti, spec in fresh:
         txn.put_record(serial, pb.TokenSpec(
             jti=jti, issuer=spec.issuer, subject=spec.subject, client_id=spec.client_id,
@@ -87,24 +124,39 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
         if jti != canonical_jti(serial):
             indexes[CUSTOM_JTI].add(serial)
         expiring[spec.expires_at].add(serial)
+        if rules.cut_off(spec.issuer, spec.subject, spec.client_id, spec.issued_at):
+            cut.add(serial)
     for prefix, serials in indexes.items():
         txn.update_bitmap("index", prefix, serials)
-    txn.set_expiries(
-        np.array([s for s, _, _ in fresh], dtype=np.uint64),
-        np.array([spec.expires_at for _, _, spec in fresh], dtype=np.uint32),
-    )
-    txn.put_meta_int(b"serial", serial)
+    ids = np.array([s for s, _, _ in fresh], dtype=np.uint64)
+    txn.set_times("exp", ids, np.array([spec.expires_at for _, _, spec in fresh], dtype=np.uint32))
+    txn.set_times("iat", ids, np.array([spec.issued_at for _, _, spec in fresh], dtype=np.uint32))
+    txn.put_meta_int(b"serial", fresh[-1][0])
+    txn.put_issuance(fresh[0][0], seq)
+    return expiring, cut
 
-    first = fresh[0][0]
+
+def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterResult, Delta | None]:
+    """Assign serials to new tokens; known (issuer, jti) pairs keep theirs."""
+    results, fresh = assign_serials(txn, state, op.tokens)
+    if not fresh:
+        return RegisterResult(tuple(results), state.seq), None
+    seq = state.seq + 1
+    expiring, cut = store_tokens(txn, state, fresh, seq)
+    keys = revoke_serials(txn, cut, seq) if cut else {}
     delta = Delta(
-        prev_seq=state.seq, seq=state.seq + 1, registered_through=serial,
-        expiring=tuple(sorted(expiring.items())), time=now,
+        prev_seq=state.seq, seq=seq, registered_through=fresh[-1][0],
+        expiring=tuple(sorted(expiring.items())), added=cut, foreign_added=frozenset(keys), time=now,
     )
-    _commit_change(txn, state, delta, {
+    specs = [spec for _, _, spec in fresh]
+    commit_change(txn, state, delta, {
         "kind": "register", "actor": op.actor, "count": len(fresh),
-        "first_serial": first, "last_serial": serial,
+        "first_serial": fresh[0][0], "last_serial": fresh[-1][0],
+        "subjects": distinct(s.subject for s in specs), "clients": distinct(s.client_id for s in specs),
+        "origin": ", ".join(distinct((s.origin for s in specs), 4)),
+        "cut_off": len(cut),
     })
-    return RegisterResult(tuple(results), delta.seq), delta
+    return RegisterResult(tuple(results), seq), delta
 
 
 def _covered(txn: Txn, state: Mirror, sel: Selector, now: int, settings: Settings) -> tuple[BitMap64, dict[int, int]]:
@@ -119,7 +171,7 @@ def _covered(txn: Txn, state: Mirror, sel: Selector, now: int, settings: Setting
         expires_at = ref.expires_at or now + settings.max_token_lifetime
         if expires_at > now:
             foreign[foreign_key(ref.issuer, ref.jti)] = expires_at
-    for kind in INDEX_KINDS:
+    for kind in ("subject", "client_id", "family"):
         name = getattr(sel, kind)
         if name:
             serials |= txn.bitmap("index", index_prefix(kind, name))
@@ -135,28 +187,23 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
     if not added and not new_foreign:
         return RevokeResult(0, state.seq), None
     count = len(added) + len(new_foreign)
-    for serial in txn.bitmap_over("index", CUSTOM_JTI, added).to_array():
-        record = txn.record(serial)
-        if record is not None:
-            new_foreign[foreign_key(record.issuer, record.jti)] = record.expires_at
     seq = state.seq + 1
-    txn.update_bitmap("revoked", b"", added)
-    txn.put_revocations(added, seq)
     for key, expires_at in new_foreign.items():
         txn.put_foreign(key, expires_at, seq)
-    delta = Delta(
-        prev_seq=state.seq, seq=seq, added=added,
-        foreign_added=frozenset(new_foreign), time=now,
-    )
-    _commit_change(txn, state, delta, {
-        "kind": "revoke", "actor": op.actor, "reason": op.reason,
-        "selector": op.selector.describe(), "count": count,
+    new_foreign.update(revoke_serials(txn, added, seq))
+    delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(new_foreign), time=now)
+    sel = op.selector
+    commit_change(txn, state, delta, {
+        "kind": "revoke", "actor": op.actor, "reason": op.reason, "origin": op.origin,
+        "selector": sel.describe(), "count": count,
+        "subjects": [sel.subject] if sel.subject else [],
+        "clients": [sel.client_id] if sel.client_id else [],
     })
     return RevokeResult(count, seq), delta
 
 
 def sweep(txn: Txn, state: Mirror, op: Sweep, now: int, settings: Settings) -> tuple[int, Delta | None]:
-    """Forget revocations of expired tokens; purge records past retention.
+    """Forget revocations of expired tokens, retire rules, purge what is past retention.
 
     Returns (seq of the change or 0, delta or None). Work per call is bounded
     by settings.purge_batch; the next sweep continues.
@@ -167,24 +214,29 @@ def sweep(txn: Txn, state: Mirror, op: Sweep, now: int, settings: Settings) -> t
     foreign_due = txn.foreign_due(now, settings.purge_batch)
     for expires_at, key in foreign_due:
         txn.delete_foreign(key, expires_at)
+    retired = frozenset(r for r in state.revocations.rules if r[2] + settings.max_token_lifetime <= now)
+    for rule in retired:
+        txn.delete_rule(rule)
     purged = state.expiry.purgeable(
         state.revocations.registered_through, now - settings.audit_retention, settings.purge_batch
     )
     if len(purged):
         _purge(txn, purged)
     txn.compact_log(state.seq - settings.log_keep, now - settings.log_keep_seconds, settings.purge_batch)
-    if not (removed or foreign_due or len(purged)):
+    txn.compact_audit(now - settings.audit_retention, settings.purge_batch)
+    if not (removed or foreign_due or len(purged) or retired):
         return 0, None
     delta = Delta(
         prev_seq=state.seq, seq=state.seq + 1, removed=removed,
         foreign_removed=frozenset(key for _, key in foreign_due),
         expiring=((PURGED, BitMap64(purged)),) if len(purged) else (),
-        time=now,
+        rules_removed=retired, time=now,
     )
-    _commit_change(txn, state, delta, {
+    commit_change(txn, state, delta, {
         "kind": "sweep", "actor": "sweeper", "reason": "expired",
         "count": len(removed) + len(foreign_due), "expired": len(removed),
         "foreign_expired": len(foreign_due), "purged": len(purged),
+        "rules_retired": [list(r) for r in sorted(retired)],
     })
     return delta.seq, delta
 
@@ -206,7 +258,7 @@ def _purge(txn: Txn, serials: np.ndarray) -> None:
         txn.delete_revocation(serial)
     for prefix, members in indexes.items():
         txn.update_bitmap("index", prefix, BitMap64(), members)
-    txn.set_expiries(serials, np.full(len(serials), PURGED, dtype=np.uint32))
+    txn.set_times("exp", serials, np.full(len(serials), PURGED, dtype=np.uint32))
 
 
 def now_seconds() -> int:

@@ -14,10 +14,11 @@ from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec
 
-from . import validate, watch
+from . import audit, validate, watch
+from .audit import AuditQuery
 from .engine import Engine
 from .errors import RecallError
-from .model import Selector
+from .model import Claims, Selector
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,17 @@ class RecallService(recall_pb2_grpc.RecallServicer):
 
     @_rpc
     async def Revoke(self, request, context):
-        result = await self.engine.revoke(_selector(request.selector), request.reason, request.actor)
+        result = await self.engine.revoke(_selector(request.selector), request.reason, request.actor, request.origin)
         return pb.RevokeResponse(count=result.count, seq=result.seq)
 
     @_rpc
     async def Check(self, request, context):
-        ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
+        settings = self.engine.settings
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, settings)
+        validate.claims(request.sub, request.client_id, request.issued_at, settings)
         if request.min_seq:
             await self.engine.wait_for_seq(request.min_seq, _timeout(context))
-        result = await self.engine.check(ref)
+        result = await self.engine.check(ref, Claims(request.sub, request.client_id, request.issued_at))
         return pb.CheckResponse(
             state=result.state, serial=result.serial, revoked_at=result.revoked_at,
             reason=result.reason, seq=result.seq,
@@ -100,11 +103,15 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         validate.count(len(request.serials) // 8 + len(request.tokens), "serials+tokens", settings)
         refs = [validate.jti_ref(JtiRef(t.issuer, t.jti), f"tokens[{i}]", settings)
                 for i, t in enumerate(request.tokens)]
+        claims = []
+        for i, t in enumerate(request.tokens):
+            validate.claims(t.sub, t.client_id, t.issued_at, settings, f"tokens[{i}].")
+            claims.append(Claims(t.sub, t.client_id, t.issued_at))
         if request.min_seq:
             await self.engine.wait_for_seq(request.min_seq, _timeout(context))
         states = self.engine.check_packed(request.serials)
         seq = self.engine.state.seq
-        token_states = await self.engine.check_refs(refs)
+        token_states = await self.engine.check_refs(refs, claims)
         return pb.CheckBatchResponse(states=states, token_states=token_states, seq=seq)
 
     @_rpc
@@ -117,11 +124,64 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         stats = await self.engine.stats()
         return pb.StatsResponse(**{f: getattr(stats, f) for f in pb.StatsResponse.DESCRIPTOR.fields_by_name})
 
+    @_rpc
+    async def Rotate(self, request, context):
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
+        result = await self.engine.rotate(
+            ref, _spec(request.successor), request.actor, request.origin, request.request_id,
+        )
+        successor = result.successor
+        return pb.RotateResponse(
+            outcome=getattr(pb.RotateResponse, result.outcome), state=result.state, count=result.count,
+            seq=result.seq, family=result.family,
+            successor=pb.RegisteredToken(
+                serial=successor.serial, jti=successor.jti, canonical_jti=successor.canonical_jti,
+                existing=successor.existing,
+            ) if successor else None,
+        )
+
+    @_rpc
+    async def Cutoff(self, request, context):
+        rule = request.rule
+        result = await self.engine.cutoff(rule.scope, rule.value, rule.before, request.reason, request.actor)
+        return pb.CutoffResponse(seq=result.seq, count=result.count, before=result.before,
+                                 retires_at=result.retires_at)
+
+    async def AuditLog(self, request, context):
+        """Matching audit records, then (with follow) new ones as they commit."""
+        try:
+            settings = self.engine.settings
+            validate.string(request.subject, "subject", settings)
+            validate.string(request.client_id, "client_id", settings)
+            if request.serial:
+                validate.serial(request.serial, "serial")
+            q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
+                           request.since, request.until, request.limit)
+            sent = 0
+            cursor = request.after_seq
+            for record in await self.engine.audit(q):
+                yield audit.to_event(record)
+                sent += 1
+                cursor = max(cursor, record["seq"])
+            if not request.follow:
+                return
+            cursor = max(cursor, self.engine.state.seq if not sent and request.after_seq == 0 else cursor)
+            while not request.limit or sent < request.limit:
+                if self.engine.state.seq <= cursor:
+                    await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
+                    continue
+                head = self.engine.state.seq
+                for record in await self.engine.audit_after(q, cursor):
+                    yield audit.to_event(record)
+                    sent += 1
+                cursor = head
+        except RecallError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+
     async def Watch(self, request, context):
         """Stream encoded WatchEvents (registered without a response serializer)."""
-        if request.store_id:
-            validate.string(request.store_id, "store_id", self.engine.settings)
         try:
+            validate.string(request.store_id, "store_id", self.engine.settings)
             async for payload in watch.stream(self.engine, request):
                 yield payload
         except RecallError as exc:

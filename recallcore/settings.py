@@ -17,6 +17,7 @@ DEFAULT_MAP_SIZE = 64 << 20  # initial LMDB map size
 DEFAULT_MAX_MAP_SIZE = 64 << 30  # the map grows up to this, then writes fail
 DEFAULT_GROUP_COMMIT = 512  # operations committed in one transaction at most
 DEFAULT_PURGE_BATCH = 10_000  # token records purged per sweep at most
+DEFAULT_ROTATION_GRACE = 10  # seconds a retry of the same rotation gets the same successor
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds of silence before a Watch heartbeat
 DEFAULT_WATCH_RING = 4096  # recent deltas kept in memory for Watch streams
 DEFAULT_LOG_KEEP = 1_000_000  # changes kept in the log for resuming Watch streams...
@@ -44,6 +45,8 @@ class Settings:
     log_keep / log_keep_seconds: the change log keeps at least the newest
         log_keep changes, and every change younger than log_keep_seconds;
         older ones are compacted and a subscriber behind them gets a snapshot.
+    rotation_grace: seconds during which a retry of the same rotation
+        returns the same successor instead of counting as reuse.
     follow: HOST:PORT of a primary to follow (a read-only node); empty for a primary.
     """
 
@@ -65,6 +68,7 @@ class Settings:
     watch_ring: int = DEFAULT_WATCH_RING
     log_keep: int = DEFAULT_LOG_KEEP
     log_keep_seconds: int = DEFAULT_LOG_KEEP_SECONDS
+    rotation_grace: int = DEFAULT_ROTATION_GRACE
     follow: str = ""
 
     def __post_init__(self) -> None:
@@ -78,8 +82,9 @@ class Settings:
                      "max_scopes", "group_commit", "purge_batch", "watch_ring", "log_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
-        if self.audit_retention < 0:
-            raise ValueError("audit_retention: must not be negative")
+        for name in ("audit_retention", "rotation_grace"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must not be negative")
         if self.token_ttl > self.max_token_lifetime:
             raise ValueError("token_ttl: must not exceed max_token_lifetime")
         for name in ("sweep_interval", "heartbeat_interval"):

@@ -11,13 +11,18 @@ Tables (named databases):
   tokens        serial -> TokenSpec (protobuf) of a registered token
   jtis          hash16(issuer, jti) -> serial
   revoked       chunk -> BitMap64 of revoked serials in that chunk
-  exp           serial >> 12 -> 4096 little-endian uint32 expiries (0 = none)
-  index         kind + hash16(name) + chunk -> BitMap64 (kind: s subject, c client, f family)
+  exp, iat      serial >> 12 -> 4096 little-endian uint32 expiry / issue times (0 = none)
+  index         kind + hash16(name) + chunk -> BitMap64 (s subject, c client, f family,
+                i issuer; j + zeros: serials registered under a caller-chosen jti)
   foreign       key -> expires_at, seq   (revoked tokens never registered)
   foreign_exp   expires_at + key -> b""
   revocations   serial -> seq of the change that revoked it
   log           seq -> recall.v1.Delta
   audit         seq -> JSON audit record of the change
+  rotated       chunk -> BitMap64 of rotated refresh tokens
+  rotations     serial -> successor, time, seq, request fingerprint
+  rules         scope + hash16(value) -> before, seq, value (cut-off rules in force)
+  issuance      first serial of a registration -> seq of that change
 A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
 only the chunks it touches.
 """
@@ -50,8 +55,9 @@ EXP_BITS = 12
 _U64 = struct.Struct(">Q")
 _U64X2 = struct.Struct(">QQ")
 _TABLES = (
-    "meta", "tokens", "jtis", "revoked", "exp", "index",
+    "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
+    "rotated", "rotations", "rules", "issuance",
 )
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
 
@@ -101,6 +107,9 @@ class Txn:
 
     def put_record(self, serial: int, spec: pb.TokenSpec) -> None:
         self.raw.put(u64(serial), spec.SerializeToString(), db=self.db["tokens"], append=True)
+
+    def update_record(self, serial: int, spec: pb.TokenSpec) -> None:
+        self.raw.put(u64(serial), spec.SerializeToString(), db=self.db["tokens"])
 
     def delete_record(self, serial: int) -> None:
         self.raw.delete(u64(serial), db=self.db["tokens"])
@@ -157,28 +166,75 @@ class Txn:
             elif data is not None:
                 self.raw.delete(key, db=db)
 
-    # expiries
-    def set_expiries(self, ids: np.ndarray, expires: np.ndarray) -> None:
-        """Record expiry `expires[i]` of serial `ids[i]` (rewrites the 16 KB blocks touched)."""
-        db = self.db["exp"]
+    # per-serial times (tables "exp" and "iat")
+    def set_times(self, table: str, ids: np.ndarray, values: np.ndarray) -> None:
+        """Set `values[i]` for serial `ids[i]` (rewrites the 16 KB blocks touched)."""
+        db = self.db[table]
         blocks = ids >> EXP_BITS
         for block in np.unique(blocks):
             key = u64(int(block))
             data = self.raw.get(key, db=db)
-            values = np.frombuffer(data, dtype="<u4").copy() if data is not None else np.zeros(1 << EXP_BITS, "<u4")
+            stored = np.frombuffer(data, dtype="<u4").copy() if data is not None else np.zeros(1 << EXP_BITS, "<u4")
             mine = blocks == block
-            values[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)] = expires[mine]
-            self.raw.put(key, values.tobytes(), db=db)
+            stored[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)] = values[mine]
+            self.raw.put(key, stored.tobytes(), db=db)
 
-    def expiries(self) -> np.ndarray:
-        """Every stored expiry as one uint32 array indexed by serial."""
-        with self.raw.cursor(db=self.db["exp"]) as cur:
+    def times(self, table: str) -> np.ndarray:
+        """Every stored time of `table` as one uint32 array indexed by serial."""
+        with self.raw.cursor(db=self.db[table]) as cur:
             blocks = [(from_u64(k), v) for k, v in cur.iternext()]
         size = (blocks[-1][0] + 1) << EXP_BITS if blocks else 1 << EXP_BITS
         out = np.zeros(size, dtype=np.uint32)
         for block, data in blocks:
             out[block << EXP_BITS : (block + 1) << EXP_BITS] = np.frombuffer(data, dtype="<u4")
         return out
+
+    def times_of(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """The stored time of each serial in `ids` (0 where none)."""
+        out = np.zeros(len(ids), dtype=np.uint32)
+        blocks = ids >> EXP_BITS
+        for block in np.unique(blocks):
+            data = self.raw.get(u64(int(block)), db=self.db[table])
+            if data is not None:
+                mine = blocks == block
+                out[mine] = np.frombuffer(data, dtype="<u4")[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)]
+        return out
+
+    # rules, rotations, issuance
+    def put_rule(self, rule: tuple[int, str, int], seq: int) -> None:
+        scope, value, before = rule
+        self.raw.put(bytes([scope]) + name_hash(value), _U64X2.pack(before, seq) + value.encode(), db=self.db["rules"])
+
+    def delete_rule(self, rule: tuple[int, str, int]) -> None:
+        scope, value, _ = rule
+        self.raw.delete(bytes([scope]) + name_hash(value), db=self.db["rules"])
+
+    def rules(self) -> list[tuple[int, str, int]]:
+        with self.raw.cursor(db=self.db["rules"]) as cur:
+            return [(k[0], v[16:].decode(), _U64X2.unpack(v[:16])[0]) for k, v in cur.iternext()]
+
+    def rotation(self, serial: int) -> tuple[int, int, int, bytes] | None:
+        """(successor, time, seq, fingerprint) of a rotated serial, or None."""
+        data = self.raw.get(u64(serial), db=self.db["rotations"])
+        if data is None:
+            return None
+        successor, when, seq = struct.unpack(">QQQ", data[:24])
+        return successor, when, seq, data[24:]
+
+    def put_rotation(self, serial: int, successor: int, when: int, seq: int, fingerprint: bytes) -> None:
+        self.raw.put(u64(serial), struct.pack(">QQQ", successor, when, seq) + fingerprint, db=self.db["rotations"])
+
+    def put_issuance(self, first_serial: int, seq: int) -> None:
+        self.raw.put(u64(first_serial), u64(seq), db=self.db["issuance"], append=True)
+
+    def issued_by(self, serial: int) -> int:
+        """The seq of the change that registered `serial` (0 when unknown)."""
+        with self.raw.cursor(db=self.db["issuance"]) as cur:
+            if cur.set_range(u64(serial + 1)):
+                found = cur.prev()
+            else:
+                found = cur.last()
+            return from_u64(cur.value()) if found else 0
 
     # revocation records
     def revoked_by(self, serial: int) -> int:
@@ -244,6 +300,25 @@ class Txn:
                 cur.delete()
                 deleted += 1
         return deleted
+
+    def compact_audit(self, before: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest audit records written before `before`."""
+        deleted = 0
+        with self.raw.cursor(db=self.db["audit"]) as cur:
+            while deleted < limit and cur.first():
+                if json.loads(cur.value()).get("time", 0) >= before:
+                    break
+                cur.delete()
+                deleted += 1
+        return deleted
+
+    def audit_after(self, after: int) -> Iterator[dict]:
+        """Audit records with seq > after, oldest first."""
+        with self.raw.cursor(db=self.db["audit"]) as cur:
+            if not cur.set_range(u64(after + 1)):
+                return
+            for _, value in cur:
+                yield json.loads(value)
 
     def log_first(self) -> int:
         """The oldest seq still in the change log, or 0 when it is empty."""
@@ -378,8 +453,9 @@ class Store:
                 revoked=txn.bitmap("revoked"),
                 foreign=txn.foreign_keys(),
                 registered_through=txn.meta_int(b"serial"),
+                rules=txn.rules(),
             )
-            return Mirror(state, ExpiryIndex(txn.expiries()))
+            return Mirror(state, ExpiryIndex(txn.times("exp")), txn.bitmap("rotated"))
 
     def close(self) -> None:
         self.env.close()

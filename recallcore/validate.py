@@ -14,7 +14,7 @@ from recallclient.jti import MAX_SERIAL, looks_canonical
 from recallclient.types import JtiRef, TokenSpec, TokenType
 
 from .errors import InvalidArgument, ResourceExhausted
-from .model import Register, Revoke, Selector
+from .model import Cutoff, Register, Revoke, Rotate, Selector
 from .settings import Settings
 
 MAX_TIME = 2**32 - 1  # expiries are kept as uint32 Unix seconds (until 2106)
@@ -126,11 +126,20 @@ def selector(sel: Selector, settings: Settings, field: str = "selector") -> Sele
     return sel
 
 
-def revoke(sel: Selector, reason: str, actor: str, settings: Settings) -> Revoke:
+def revoke(sel: Selector, reason: str, actor: str, settings: Settings, origin: str = "") -> Revoke:
     """Return the Revoke operation for a request."""
     string(reason, "reason", settings)
     string(actor, "actor", settings)
-    return Revoke(selector(sel, settings), reason, actor)
+    string(origin, "origin", settings)
+    return Revoke(selector(sel, settings), reason, actor, origin)
+
+
+def claims(sub: str, client_id: str, issued_at: int, settings: Settings, field: str = "") -> None:
+    """Check the optional claims of a token never registered here."""
+    string(sub, f"{field}sub", settings)
+    string(client_id, f"{field}client_id", settings)
+    if not 0 <= issued_at <= MAX_TIME:
+        raise InvalidArgument(f"{field}issued_at: {issued_at} is not a time in 0..{MAX_TIME}")
 
 
 def token_ref(serial_value: int, issuer: str, jti: str, settings: Settings) -> int | JtiRef:
@@ -161,3 +170,31 @@ def packed_serials(data: bytes, settings: Settings, field: str = "serials") -> a
 def reserved_jti(jti: str) -> bool:
     """True when a caller-chosen jti uses the form reserved for canonical jtis."""
     return looks_canonical(jti)
+
+
+def rotate(ref: int | JtiRef, successor: TokenSpec, actor: str, origin: str, request_id: str,
+           settings: Settings) -> Rotate:
+    """Return the Rotate operation; the successor is checked fully once its defaults are known."""
+    for name, value in (("actor", actor), ("origin", origin), ("request_id", request_id)):
+        string(value, name, settings)
+    for name in ("subject", "client_id", "issuer", "jti", "origin", "family"):
+        string(getattr(successor, name), f"successor.{name}", settings)
+    if successor.family:
+        raise InvalidArgument("successor.family: the successor always joins the presented token's family")
+    if successor.type not in (0, TokenType.REFRESH):
+        raise InvalidArgument("successor.type: a successor is a REFRESH token")
+    return Rotate(ref, successor, actor, origin, request_id)
+
+
+def cutoff(scope: int, value: str, before: int, reason: str, actor: str, settings: Settings, now: int) -> Cutoff:
+    """Return the Cutoff operation (before = 0 means now)."""
+    if scope not in (1, 2, 3, 4):
+        raise InvalidArgument(f"rule.scope: {scope} is not SUBJECT, CLIENT, ISSUER or ALL")
+    if scope == 4 and value:
+        raise InvalidArgument("rule.value: must be empty for scope ALL")
+    string(value, "rule.value", settings, required=scope != 4)
+    if before < 0 or before > now + 60:
+        raise InvalidArgument(f"rule.before: {before} is not a time between 0 and now")
+    string(reason, "reason", settings)
+    string(actor, "actor", settings)
+    return Cutoff(scope, value, before, reason, actor)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pyroaring import BitMap64
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
-from recallclient.codec import bitmap_bytes
+from recallclient.codec import bitmap_bytes, rule_to_proto
 from recallclient.revoked_set import split
 
 from .hub import delta_event, merge_all
@@ -51,6 +51,8 @@ def snapshot_events(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
     seq, through = revocations.seq, revocations.registered_through
     revoked = BitMap64(revocations.revoked)
     foreign = sorted(revocations.foreign)
+    rotated = BitMap64(mirror.rotated) if with_expiries else None
+    rules = [rule_to_proto(r) for r in sorted(revocations.rules)]
     expiries = mirror.expiry.array[: through + 1].copy() if with_expiries else None
     if with_expiries:
         parts = [(start, revoked & _span(start)) for start in range(0, through + 1, SNAPSHOT_SPAN)]
@@ -66,7 +68,10 @@ def snapshot_events(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
     events = []
     for index, (start, part) in enumerate(parts):
         chunk = pb.SnapshotChunk(index=index, revoked=bitmap_bytes(part), **common)
+        if index == 0:
+            chunk.rules.extend(rules)
         if expiries is not None:
+            chunk.rotated = bitmap_bytes(rotated & _span(start))
             chunk.expiries_from = start
             chunk.expiries = expiries[start : start + SNAPSHOT_SPAN].astype("<u4").tobytes()
         events.append(chunk)

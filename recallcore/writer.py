@@ -25,9 +25,9 @@ import lmdb
 
 from recallclient.revoked_set import Delta
 
-from . import operations
+from . import lifecycle, operations
 from .errors import RecallError, ResourceExhausted, Unavailable
-from .model import Operation, Register, Revoke, Sweep
+from .model import Cutoff, Operation, Register, Revoke, Rotate, Sweep
 from .settings import Settings
 from .store import Store, Txn
 
@@ -138,4 +138,8 @@ class Writer:
             return operations.revoke(txn, self.state, op, now, self.settings)
         if isinstance(op, Sweep):
             return operations.sweep(txn, self.state, op, now, self.settings)
+        if isinstance(op, Rotate):
+            return lifecycle.rotate(txn, self.state, op, now, self.settings)
+        if isinstance(op, Cutoff):
+            return lifecycle.cutoff(txn, self.state, op, now, self.settings)
         raise TypeError(f"unknown operation {op!r}")

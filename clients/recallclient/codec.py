@@ -31,7 +31,19 @@ def delta_to_proto(delta: Delta) -> pb.Delta:
             for exp, serials in delta.expiring
         ],
         time=delta.time,
+        rules_added=[rule_to_proto(r) for r in sorted(delta.rules_added)],
+        rules_removed=[rule_to_proto(r) for r in sorted(delta.rules_removed)],
+        rotated=bitmap_bytes(delta.rotated),
     )
+
+
+def rule_to_proto(rule: tuple[int, str, int]) -> pb.Rule:
+    scope, value, before = rule
+    return pb.Rule(scope=scope, value=value, before=before)
+
+
+def rule_from_proto(msg: pb.Rule) -> tuple[int, str, int]:
+    return (msg.scope, msg.value, msg.before)
 
 
 def delta_from_proto(msg: pb.Delta) -> Delta:
@@ -46,4 +58,7 @@ def delta_from_proto(msg: pb.Delta) -> Delta:
         registered_through=msg.registered_through,
         expiring=tuple((b.expires_at, bitmap_from(b.serials)) for b in msg.expiring),
         time=msg.time,
+        rules_added=frozenset(rule_from_proto(r) for r in msg.rules_added),
+        rules_removed=frozenset(rule_from_proto(r) for r in msg.rules_removed),
+        rotated=bitmap_from(msg.rotated),
     )

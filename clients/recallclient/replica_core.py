@@ -19,7 +19,7 @@ import dataclasses
 from pyroaring import BitMap64
 
 from ._proto.recall.v1 import recall_pb2 as pb
-from .codec import bitmap_from, delta_from_proto
+from .codec import bitmap_from, delta_from_proto, rule_from_proto
 from .revoked_set import Delta, RevokedSet, SequenceGap
 
 
@@ -52,6 +52,7 @@ class _Snapshot:
     revoked: BitMap64
     foreign: list[int]
     chunks: list[pb.SnapshotChunk]
+    rules: list[tuple[int, str, int]]
 
 
 class ReplicaCore:
@@ -126,7 +127,8 @@ class ReplicaCore:
         chunk = event.snapshot
         snap = self._snapshot
         if chunk.index == 0:
-            snap = self._snapshot = _Snapshot(chunk.seq, chunk.count, BitMap64(), [], [])
+            snap = self._snapshot = _Snapshot(chunk.seq, chunk.count, BitMap64(), [], [],
+                                              [rule_from_proto(r) for r in chunk.rules])
         elif snap is None or chunk.seq != snap.seq or chunk.index != len(snap.chunks) or chunk.count != snap.count:
             self._fail(f"snapshot chunk {chunk.index} of {chunk.count} out of order")
         try:
@@ -140,7 +142,7 @@ class ReplicaCore:
         self._snapshot = None
         state = RevokedSet(event.store_id)
         state.load(seq=snap.seq, revoked=snap.revoked, foreign=snap.foreign,
-                   registered_through=chunk.registered_through)
+                   registered_through=chunk.registered_through, rules=snap.rules)
         if (len(state.revoked), len(state.foreign)) != (chunk.cardinality, chunk.foreign_cardinality) \
                 or state.digest() != chunk.digest:
             self._fail(f"snapshot at seq {snap.seq} does not match its digest")

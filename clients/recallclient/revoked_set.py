@@ -4,8 +4,9 @@ Theory of operation. A store's revocation state is a sequence of committed
 changes numbered 1, 2, 3, ... Each change is a `Delta`: the serials it
 revoked (`added`) and no longer tracks (`removed`, e.g. swept after expiry),
 the same for foreign token keys (tokens revoked by issuer + jti that the store
-never registered), and, for registrations, the new highest serial and the
-expiry of each new serial (kept by servers and followers, not here). A `RevokedSet` starts empty at sequence 0 (or from
+never registered), the cut-off rules it adds or retires, and, for servers and
+followers only, the new highest serial, the expiry of each new serial and the
+refresh tokens it rotated. A `RevokedSet` starts empty at sequence 0 (or from
 a snapshot) and applies deltas strictly in order: a delta whose `prev_seq` is
 not the set's `seq` raises `SequenceGap`, and one already applied is skipped,
 so applying is idempotent. The server's in-memory mirror, client replicas and
@@ -29,6 +30,10 @@ from collections.abc import Iterable
 from pyroaring import BitMap64
 
 _MASK = 2**64 - 1
+
+# Cut-off rule scopes (the numbers of recall.v1.Rule.Scope).
+SUBJECT, CLIENT, ISSUER, ALL = 1, 2, 3, 4
+Rule = tuple[int, str, int]  # (scope, value, before)
 _DIGEST = struct.Struct("<QQQ16s")
 DIGEST_BITS = 20
 
@@ -87,6 +92,9 @@ class Delta:
     registered_through: int = 0
     expiring: tuple[tuple[int, BitMap64], ...] = ()
     time: int = 0
+    rules_added: frozenset[Rule] = frozenset()
+    rules_removed: frozenset[Rule] = frozenset()
+    rotated: BitMap64 = dataclasses.field(default_factory=BitMap64)
 
     def merge(self, later: "Delta") -> "Delta":
         """Return one delta equal to applying `self` then `later`."""
@@ -106,6 +114,9 @@ class Delta:
             registered_through=max(self.registered_through, later.registered_through),
             expiring=self.expiring + later.expiring,
             time=later.time,
+            rules_added=(self.rules_added - later.rules_removed) | later.rules_added,
+            rules_removed=(self.rules_removed - later.rules_added) | later.rules_removed,
+            rotated=self.rotated | later.rotated,
         )
 
     @property
@@ -118,6 +129,9 @@ class Delta:
             or self.foreign_removed
             or self.registered_through
             or self.expiring
+            or self.rules_added
+            or self.rules_removed
+            or self.rotated
         )
 
 
@@ -133,6 +147,8 @@ class RevokedSet:
         self._range_digests: dict[int, bytes] = {}
         self._dirty: set[int] = set()
         self._foreign_sum = 0
+        self.rules: set[Rule] = set()
+        self._cutoffs: dict[tuple[int, str], int] = {}
 
     # ------------------------------------------------------------- loading
 
@@ -143,6 +159,7 @@ class RevokedSet:
         revoked: BitMap64,
         foreign: Iterable[int] = (),
         registered_through: int = 0,
+        rules: Iterable[Rule] = (),
     ) -> None:
         """Replace the whole state (a snapshot or the store's contents)."""
         self.seq = seq
@@ -152,6 +169,8 @@ class RevokedSet:
         self._range_digests = {}
         self._dirty = {n for n, _ in split(self.revoked, DIGEST_BITS)}
         self._foreign_sum = sum(self.foreign) & _MASK
+        self.rules = set(rules)
+        self._index_rules()
 
     # ------------------------------------------------------------ changing
 
@@ -177,12 +196,40 @@ class RevokedSet:
             if key in self.foreign:
                 self.foreign.discard(key)
                 self._foreign_sum = (self._foreign_sum - key) & _MASK
+        if delta.rules_added or delta.rules_removed:
+            self.rules |= delta.rules_added
+            self.rules -= delta.rules_removed
+            self._index_rules()
         if delta.registered_through > self.registered_through:
             self.registered_through = delta.registered_through
         self.seq = delta.seq
         return True
 
+    def _index_rules(self) -> None:
+        cutoffs: dict[tuple[int, str], int] = {}
+        for scope, value, before in self.rules:
+            key = (scope, value)
+            cutoffs[key] = max(cutoffs.get(key, 0), before)
+        self._cutoffs = cutoffs
+
     # ------------------------------------------------------------- reading
+
+    def cut_off(self, issuer: str, subject: str, client_id: str, issued_at: int) -> bool:
+        """True when a cut-off rule revokes a token with these claims.
+
+        An unknown issued_at (0) counts as issued before any rule that
+        applies: the kill switch fails closed.
+        """
+        cutoffs = self._cutoffs
+        if not cutoffs:
+            return False
+        before = max(
+            cutoffs.get((ALL, ""), 0),
+            cutoffs.get((SUBJECT, subject), 0) if subject else 0,
+            cutoffs.get((CLIENT, client_id), 0) if client_id else 0,
+            cutoffs.get((ISSUER, issuer), 0) if issuer else 0,
+        )
+        return issued_at < before
 
     def is_revoked(self, serial: int) -> bool:
         """True when `serial` is in the revoked set."""
@@ -209,4 +256,6 @@ class RevokedSet:
         combined = hashlib.blake2b(digest_size=16)
         for n in sorted(self._range_digests):
             combined.update(n.to_bytes(8, "little") + self._range_digests[n])
+        for scope, value, before in sorted(self.rules):
+            combined.update(b"rule%d:%d:%s\x00" % (scope, before, value.encode()))
         return _DIGEST.pack(len(self.revoked), len(self.foreign), self._foreign_sum, combined.digest())

@@ -12,6 +12,7 @@ class TokenState(enum.IntEnum):
     REVOKED = 2
     EXPIRED = 3
     UNKNOWN = 4
+    ROTATED = 5
 
 
 class TokenType(enum.IntEnum):

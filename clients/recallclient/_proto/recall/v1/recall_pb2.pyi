@@ -20,6 +20,7 @@ class TokenState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REVOKED: _ClassVar[TokenState]
     EXPIRED: _ClassVar[TokenState]
     UNKNOWN: _ClassVar[TokenState]
+    ROTATED: _ClassVar[TokenState]
 TOKEN_TYPE_UNSPECIFIED: TokenType
 ACCESS: TokenType
 REFRESH: TokenType
@@ -28,6 +29,7 @@ ACTIVE: TokenState
 REVOKED: TokenState
 EXPIRED: TokenState
 UNKNOWN: TokenState
+ROTATED: TokenState
 
 class TokenSpec(_message.Message):
     __slots__ = ("jti", "issuer", "subject", "client_id", "scopes", "type", "issued_at", "expires_at", "origin", "family")
@@ -82,14 +84,20 @@ class RegisterResponse(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[_Union[RegisteredToken, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class JtiRef(_message.Message):
-    __slots__ = ("issuer", "jti", "expires_at")
+    __slots__ = ("issuer", "jti", "expires_at", "sub", "client_id", "issued_at")
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SUB_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     issuer: str
     jti: str
     expires_at: int
-    def __init__(self, issuer: _Optional[str] = ..., jti: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    sub: str
+    client_id: str
+    issued_at: int
+    def __init__(self, issuer: _Optional[str] = ..., jti: _Optional[str] = ..., expires_at: _Optional[int] = ..., sub: _Optional[str] = ..., client_id: _Optional[str] = ..., issued_at: _Optional[int] = ...) -> None: ...
 
 class Selector(_message.Message):
     __slots__ = ("serials", "tokens", "subject", "client_id", "family")
@@ -106,14 +114,16 @@ class Selector(_message.Message):
     def __init__(self, serials: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[_Union[JtiRef, _Mapping]]] = ..., subject: _Optional[str] = ..., client_id: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
-    __slots__ = ("selector", "reason", "actor")
+    __slots__ = ("selector", "reason", "actor", "origin")
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     selector: Selector
     reason: str
     actor: str
-    def __init__(self, selector: _Optional[_Union[Selector, _Mapping]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    origin: str
+    def __init__(self, selector: _Optional[_Union[Selector, _Mapping]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
     __slots__ = ("count", "seq")
@@ -124,16 +134,22 @@ class RevokeResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("serial", "issuer", "jti", "min_seq")
+    __slots__ = ("serial", "issuer", "jti", "min_seq", "sub", "client_id", "issued_at")
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
     MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SUB_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     serial: int
     issuer: str
     jti: str
     min_seq: int
-    def __init__(self, serial: _Optional[int] = ..., issuer: _Optional[str] = ..., jti: _Optional[str] = ..., min_seq: _Optional[int] = ...) -> None: ...
+    sub: str
+    client_id: str
+    issued_at: int
+    def __init__(self, serial: _Optional[int] = ..., issuer: _Optional[str] = ..., jti: _Optional[str] = ..., min_seq: _Optional[int] = ..., sub: _Optional[str] = ..., client_id: _Optional[str] = ..., issued_at: _Optional[int] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("state", "serial", "revoked_at", "reason", "seq")
@@ -254,7 +270,7 @@ class WatchRequest(_message.Message):
     def __init__(self, store_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., with_expiries: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("prev_seq", "seq", "added", "removed", "foreign_added", "foreign_removed", "registered_through", "expiring", "time")
+    __slots__ = ("prev_seq", "seq", "added", "removed", "foreign_added", "foreign_removed", "registered_through", "expiring", "time", "rules_added", "rules_removed", "rotated")
     PREV_SEQ_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ADDED_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +280,9 @@ class Delta(_message.Message):
     REGISTERED_THROUGH_FIELD_NUMBER: _ClassVar[int]
     EXPIRING_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    RULES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    RULES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_FIELD_NUMBER: _ClassVar[int]
     prev_seq: int
     seq: int
     added: bytes
@@ -273,7 +292,10 @@ class Delta(_message.Message):
     registered_through: int
     expiring: _containers.RepeatedCompositeFieldContainer[ExpiryBucket]
     time: int
-    def __init__(self, prev_seq: _Optional[int] = ..., seq: _Optional[int] = ..., added: _Optional[bytes] = ..., removed: _Optional[bytes] = ..., foreign_added: _Optional[_Iterable[int]] = ..., foreign_removed: _Optional[_Iterable[int]] = ..., registered_through: _Optional[int] = ..., expiring: _Optional[_Iterable[_Union[ExpiryBucket, _Mapping]]] = ..., time: _Optional[int] = ...) -> None: ...
+    rules_added: _containers.RepeatedCompositeFieldContainer[Rule]
+    rules_removed: _containers.RepeatedCompositeFieldContainer[Rule]
+    rotated: bytes
+    def __init__(self, prev_seq: _Optional[int] = ..., seq: _Optional[int] = ..., added: _Optional[bytes] = ..., removed: _Optional[bytes] = ..., foreign_added: _Optional[_Iterable[int]] = ..., foreign_removed: _Optional[_Iterable[int]] = ..., registered_through: _Optional[int] = ..., expiring: _Optional[_Iterable[_Union[ExpiryBucket, _Mapping]]] = ..., time: _Optional[int] = ..., rules_added: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rules_removed: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rotated: _Optional[bytes] = ...) -> None: ...
 
 class ExpiryBucket(_message.Message):
     __slots__ = ("expires_at", "serials")
@@ -284,7 +306,7 @@ class ExpiryBucket(_message.Message):
     def __init__(self, expires_at: _Optional[int] = ..., serials: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through", "expiries_from", "expiries")
+    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through", "expiries_from", "expiries", "rules", "rotated")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +318,8 @@ class SnapshotChunk(_message.Message):
     REGISTERED_THROUGH_FIELD_NUMBER: _ClassVar[int]
     EXPIRIES_FROM_FIELD_NUMBER: _ClassVar[int]
     EXPIRIES_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     index: int
     count: int
@@ -307,7 +331,31 @@ class SnapshotChunk(_message.Message):
     registered_through: int
     expiries_from: int
     expiries: bytes
-    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ..., expiries_from: _Optional[int] = ..., expiries: _Optional[bytes] = ...) -> None: ...
+    rules: _containers.RepeatedCompositeFieldContainer[Rule]
+    rotated: bytes
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ..., expiries_from: _Optional[int] = ..., expiries: _Optional[bytes] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rotated: _Optional[bytes] = ...) -> None: ...
+
+class Rule(_message.Message):
+    __slots__ = ("scope", "value", "before")
+    class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        SCOPE_UNSPECIFIED: _ClassVar[Rule.Scope]
+        SUBJECT: _ClassVar[Rule.Scope]
+        CLIENT: _ClassVar[Rule.Scope]
+        ISSUER: _ClassVar[Rule.Scope]
+        ALL: _ClassVar[Rule.Scope]
+    SCOPE_UNSPECIFIED: Rule.Scope
+    SUBJECT: Rule.Scope
+    CLIENT: Rule.Scope
+    ISSUER: Rule.Scope
+    ALL: Rule.Scope
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    scope: Rule.Scope
+    value: str
+    before: int
+    def __init__(self, scope: _Optional[_Union[Rule.Scope, str]] = ..., value: _Optional[str] = ..., before: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq", "cardinality", "foreign_cardinality", "digest", "time", "interval_ms")
@@ -350,3 +398,111 @@ class WatchEvent(_message.Message):
     reset: Reset
     head_seq: int
     def __init__(self, store_id: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., head_seq: _Optional[int] = ...) -> None: ...
+
+class RotateRequest(_message.Message):
+    __slots__ = ("serial", "issuer", "jti", "successor", "actor", "origin", "request_id")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSOR_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    issuer: str
+    jti: str
+    successor: TokenSpec
+    actor: str
+    origin: str
+    request_id: str
+    def __init__(self, serial: _Optional[int] = ..., issuer: _Optional[str] = ..., jti: _Optional[str] = ..., successor: _Optional[_Union[TokenSpec, _Mapping]] = ..., actor: _Optional[str] = ..., origin: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RotateResponse(_message.Message):
+    __slots__ = ("outcome", "successor", "state", "count", "seq", "family")
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[RotateResponse.Outcome]
+        ROTATED: _ClassVar[RotateResponse.Outcome]
+        RETRIED: _ClassVar[RotateResponse.Outcome]
+        REUSE_DETECTED: _ClassVar[RotateResponse.Outcome]
+        REFUSED: _ClassVar[RotateResponse.Outcome]
+    OUTCOME_UNSPECIFIED: RotateResponse.Outcome
+    ROTATED: RotateResponse.Outcome
+    RETRIED: RotateResponse.Outcome
+    REUSE_DETECTED: RotateResponse.Outcome
+    REFUSED: RotateResponse.Outcome
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSOR_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    outcome: RotateResponse.Outcome
+    successor: RegisteredToken
+    state: TokenState
+    count: int
+    seq: int
+    family: str
+    def __init__(self, outcome: _Optional[_Union[RotateResponse.Outcome, str]] = ..., successor: _Optional[_Union[RegisteredToken, _Mapping]] = ..., state: _Optional[_Union[TokenState, str]] = ..., count: _Optional[int] = ..., seq: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
+
+class CutoffRequest(_message.Message):
+    __slots__ = ("rule", "reason", "actor")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    rule: Rule
+    reason: str
+    actor: str
+    def __init__(self, rule: _Optional[_Union[Rule, _Mapping]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class CutoffResponse(_message.Message):
+    __slots__ = ("seq", "count", "before", "retires_at")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    RETIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    count: int
+    before: int
+    retires_at: int
+    def __init__(self, seq: _Optional[int] = ..., count: _Optional[int] = ..., before: _Optional[int] = ..., retires_at: _Optional[int] = ...) -> None: ...
+
+class AuditRequest(_message.Message):
+    __slots__ = ("after_seq", "serial", "subject", "client_id", "since", "until", "limit", "follow")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    serial: int
+    subject: str
+    client_id: str
+    since: int
+    until: int
+    limit: int
+    follow: bool
+    def __init__(self, after_seq: _Optional[int] = ..., serial: _Optional[int] = ..., subject: _Optional[str] = ..., client_id: _Optional[str] = ..., since: _Optional[int] = ..., until: _Optional[int] = ..., limit: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("seq", "time", "type", "actor", "origin", "reason", "count", "detail")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: int
+    type: str
+    actor: str
+    origin: str
+    reason: str
+    count: int
+    detail: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[int] = ..., type: _Optional[str] = ..., actor: _Optional[str] = ..., origin: _Optional[str] = ..., reason: _Optional[str] = ..., count: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -64,6 +64,21 @@ class RecallStub:
                 request_serializer=recall_dot_v1_dot_recall__pb2.StatsRequest.SerializeToString,
                 response_deserializer=recall_dot_v1_dot_recall__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Rotate = channel.unary_unary(
+                '/recall.v1.Recall/Rotate',
+                request_serializer=recall_dot_v1_dot_recall__pb2.RotateRequest.SerializeToString,
+                response_deserializer=recall_dot_v1_dot_recall__pb2.RotateResponse.FromString,
+                _registered_method=True)
+        self.Cutoff = channel.unary_unary(
+                '/recall.v1.Recall/Cutoff',
+                request_serializer=recall_dot_v1_dot_recall__pb2.CutoffRequest.SerializeToString,
+                response_deserializer=recall_dot_v1_dot_recall__pb2.CutoffResponse.FromString,
+                _registered_method=True)
+        self.AuditLog = channel.unary_stream(
+                '/recall.v1.Recall/AuditLog',
+                request_serializer=recall_dot_v1_dot_recall__pb2.AuditRequest.SerializeToString,
+                response_deserializer=recall_dot_v1_dot_recall__pb2.AuditEvent.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/recall.v1.Recall/Watch',
                 request_serializer=recall_dot_v1_dot_recall__pb2.WatchRequest.SerializeToString,
@@ -119,6 +134,32 @@ class RecallServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rotate(self, request, context):
+        """Rotates a refresh token: the presented token becomes ROTATED and its
+        successor is registered in the same family, atomically. Presenting a
+        rotated token again (outside the grace window for a retry of the same
+        rotation) is reuse: the whole family is revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cutoff(self, request, context):
+        """Adds a cut-off rule: every token of a subject / client / issuer / of
+        everyone issued before a time is revoked, registered or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditLog(self, request, context):
+        """Audit records matching a query, oldest first; with follow, then every
+        new record as it is committed. Resumable from an audit sequence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """A snapshot of the revoked set, then every change in order, with
         heartbeats; resumable from a sequence number.
@@ -159,6 +200,21 @@ def add_RecallServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=recall_dot_v1_dot_recall__pb2.StatsRequest.FromString,
                     response_serializer=recall_dot_v1_dot_recall__pb2.StatsResponse.SerializeToString,
+            ),
+            'Rotate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rotate,
+                    request_deserializer=recall_dot_v1_dot_recall__pb2.RotateRequest.FromString,
+                    response_serializer=recall_dot_v1_dot_recall__pb2.RotateResponse.SerializeToString,
+            ),
+            'Cutoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cutoff,
+                    request_deserializer=recall_dot_v1_dot_recall__pb2.CutoffRequest.FromString,
+                    response_serializer=recall_dot_v1_dot_recall__pb2.CutoffResponse.SerializeToString,
+            ),
+            'AuditLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.AuditLog,
+                    request_deserializer=recall_dot_v1_dot_recall__pb2.AuditRequest.FromString,
+                    response_serializer=recall_dot_v1_dot_recall__pb2.AuditEvent.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -328,6 +384,87 @@ class Recall:
             '/recall.v1.Recall/Stats',
             recall_dot_v1_dot_recall__pb2.StatsRequest.SerializeToString,
             recall_dot_v1_dot_recall__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rotate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recall.v1.Recall/Rotate',
+            recall_dot_v1_dot_recall__pb2.RotateRequest.SerializeToString,
+            recall_dot_v1_dot_recall__pb2.RotateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cutoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recall.v1.Recall/Cutoff',
+            recall_dot_v1_dot_recall__pb2.CutoffRequest.SerializeToString,
+            recall_dot_v1_dot_recall__pb2.CutoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recall.v1.Recall/AuditLog',
+            recall_dot_v1_dot_recall__pb2.AuditRequest.SerializeToString,
+            recall_dot_v1_dot_recall__pb2.AuditEvent.FromString,
             options,
             channel_credentials,
             insecure,

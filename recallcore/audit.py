@@ -1,0 +1,104 @@
+"""Queries over the audit trail: by token (its trace), subject, client and time.
+
+Every committed change writes exactly one audit record, keyed by the
+change's sequence number, in the same transaction (operations.commit_change).
+A token's trace is found through the indexes that already point at changes:
+the registration that issued it (issuance), the rotation that replaced it
+(rotations), the change that revoked it (revocations); its expiry is added
+as a synthetic event once it is past. Records hold ids and metadata only.
+"""
+
+import dataclasses
+import json
+
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+
+from .store import Txn
+
+_FIELDS = ("seq", "time", "kind", "actor", "origin", "reason", "count")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditQuery:
+    after_seq: int = 0
+    serial: int = 0
+    subject: str = ""
+    client_id: str = ""
+    since: int = 0
+    until: int = 0
+    limit: int = 0
+
+
+def trace_seqs(txn: Txn, serial: int) -> set[int]:
+    """Sequences of the changes that issued, rotated or revoked `serial`."""
+    seqs = set()
+    issued = txn.issued_by(serial)
+    record = txn.audit(issued) if issued else None
+    if record and (record.get("first_serial", 0) <= serial <= record.get("last_serial", 0)
+                   or record.get("successor") == serial):
+        seqs.add(issued)
+    rotation = txn.rotation(serial)
+    if rotation:
+        seqs.add(rotation[2])
+    revoked = txn.revoked_by(serial)
+    if revoked:
+        seqs.add(revoked)
+    return seqs
+
+
+def _in_range(record: dict, q: AuditQuery) -> bool:
+    when = record.get("time", 0)
+    return record.get("seq", 0) > q.after_seq and when >= q.since and (not q.until or when <= q.until)
+
+
+def matches(record: dict, q: AuditQuery) -> bool:
+    """True when `record` passes the query's subject, client and time filters."""
+    if not _in_range(record, q):
+        return False
+    if q.subject and q.subject not in record.get("subjects", ()):
+        return False
+    if q.client_id and q.client_id not in record.get("clients", ()):
+        return False
+    return True
+
+
+def query(txn: Txn, q: AuditQuery, now: int) -> list[dict]:
+    """Records matching `q`, oldest first, at most q.limit (0: all)."""
+    if q.serial:
+        out = [r for r in (txn.audit(s) for s in sorted(trace_seqs(txn, q.serial))) if r and matches(r, q)]
+        token = txn.record(q.serial)
+        if token is not None and token.expires_at <= now and q.after_seq == 0:
+            expired = {"seq": 0, "time": token.expires_at, "kind": "expired", "count": 1, "serial": q.serial}
+            if matches(expired, dataclasses.replace(q, after_seq=-1)):
+                out.append(expired)
+        out.sort(key=lambda r: (r["time"], r["seq"] or 2**63))
+    else:
+        out = []
+        for record in txn.audit_after(q.after_seq):
+            if matches(record, q):
+                out.append(record)
+                if q.limit and len(out) >= q.limit:
+                    break
+    return out[: q.limit] if q.limit else out
+
+
+def new_matches(txn: Txn, q: AuditQuery, after: int) -> list[dict]:
+    """Records after `after` that match `q` (a serial query matches its trace)."""
+    out = []
+    seqs = trace_seqs(txn, q.serial) if q.serial else None
+    for record in txn.audit_after(after):
+        if seqs is not None and record["seq"] not in seqs:
+            continue
+        if matches(record, q):
+            out.append(record)
+    return out
+
+
+def to_event(record: dict) -> pb.AuditEvent:
+    """The AuditEvent of a stored record; fields beyond the common ones go to detail."""
+    rest = {k: v for k, v in record.items() if k not in _FIELDS}
+    return pb.AuditEvent(
+        seq=record.get("seq", 0), time=record.get("time", 0), type=record.get("kind", ""),
+        actor=record.get("actor", ""), origin=record.get("origin", ""), reason=record.get("reason", ""),
+        count=record.get("count", 0), detail=json.dumps(rest, sort_keys=True, separators=(",", ":")),
+    )
