@@ -358,6 +358,8 @@ class Store:
                 ) from exc
             self.store_id = self._identity(existed)
         except BaseException:
+            if getattr(self, "env", None) is not None:
+                self.env.close()
             self._lock_file.close()
             raise
         # Readers take this lock around a transaction; resizing the map takes
@@ -417,7 +419,6 @@ class Store:
         with self.env.begin() as txn, txn.cursor() as cur:
             names = set(cur.iternext(values=False))
         if names - ours:
-            self.env.close()
             raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
 
     @contextlib.contextmanager
