@@ -133,7 +133,11 @@ def cutoff(txn: Txn, state: Mirror, op: Cutoff, now: int, settings: Settings) ->
     candidates -= state.revocations.revoked
     candidates -= state.expiry.expired_among(candidates, now)
     ids = as_array(candidates)
-    added = BitMap64(ids[txn.times_of("iat", ids) < before]) if len(ids) else BitMap64()
+    # Every token registered by now was issued before this rule was asked
+    # for, so one issued in the very second `before` is covered too. Tokens
+    # seen later (registered or checked by claims) are covered when issued
+    # strictly before `before`.
+    added = BitMap64(ids[txn.times_of("iat", ids) <= before]) if len(ids) else BitMap64()
     seq = state.seq + 1
     keys = revoke_serials(txn, added, seq) if added else {}
     rule = (op.scope, op.value, before)

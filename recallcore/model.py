@@ -6,7 +6,7 @@ dataclasses (recallclient.types), so both sides speak the same values.
 
 import dataclasses
 
-from recallclient.types import JtiRef, Registered, TokenSpec, TokenState
+from recallclient.types import CutoffResult, JtiRef, RotateResult, TokenSpec  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,24 +82,6 @@ class Cutoff:
     before: int
     reason: str = ""
     actor: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class RotateResult:
-    outcome: str  # "ROTATED", "RETRIED", "REUSE_DETECTED" or "REFUSED"
-    successor: Registered | None
-    state: TokenState
-    count: int
-    seq: int
-    family: str
-
-
-@dataclasses.dataclass(frozen=True)
-class CutoffResult:
-    seq: int
-    count: int
-    before: int
-    retires_at: int
 
 
 @dataclasses.dataclass(frozen=True)

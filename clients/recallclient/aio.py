@@ -5,7 +5,7 @@ requests and parsing answers with the same `requests` helpers; a failed call
 raises `RecallError`.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -17,6 +17,8 @@ from .errors import rpc_errors
 from .types import (
     BatchResult,
     CheckResult,
+    CutoffResult,
+    RotateResult,
     Registered,
     RegisterResult,
     RevokeResult,
@@ -111,6 +113,7 @@ class AsyncRecallClient:
         family: str = "",
         reason: str = "",
         actor: str = "",
+        origin: str = "",
     ) -> RevokeResult:
         """Revoke every token the parts select (their union).
 
@@ -120,14 +123,15 @@ class AsyncRecallClient:
         """
         request = rq.revoke_request(
             serials=serials, tokens=tokens, subject=subject, client_id=client_id,
-            family=family, reason=reason, actor=actor,
+            family=family, reason=reason, actor=actor, origin=origin,
         )
         with rpc_errors():
             resp = await self._stub.Revoke(request, timeout=self._timeout)
         return rq.revoke_result(resp)
 
     async def check(
-        self, serial: int | None = None, *, issuer: str = "", jti: str = "", min_seq: int = 0
+        self, serial: int | None = None, *, issuer: str = "", jti: str = "", min_seq: int = 0,
+        sub: str = "", client_id: str = "", issued_at: int = 0,
     ) -> CheckResult:
         """Return the state of one token, by serial or by issuer and jti.
 
@@ -136,7 +140,8 @@ class AsyncRecallClient:
         """
         with rpc_errors():
             resp = await self._stub.Check(
-                rq.check_request(serial, issuer, jti, min_seq), timeout=self._timeout
+                rq.check_request(serial, issuer, jti, min_seq, sub, client_id, issued_at),
+                timeout=self._timeout,
             )
         return rq.check_result(resp)
 
@@ -181,3 +186,50 @@ class AsyncRecallClient:
         with rpc_errors():
             resp = await self._stub.Stats(pb.StatsRequest(), timeout=self._timeout)
         return rq.stats_result(resp)
+
+    async def rotate(
+        self,
+        serial: int | None = None,
+        *,
+        issuer: str = "",
+        jti: str = "",
+        successor: TokenSpec | None = None,
+        request_id: str = "",
+        actor: str = "",
+        origin: str = "",
+    ) -> RotateResult:
+        """Present a refresh token (serial, or issuer and jti) for rotation.
+
+        `successor` may leave subject, client_id, scopes and issuer empty to
+        inherit them. A reuse is an answer (outcome "REUSE_DETECTED"), not an
+        error. Raises RecallError when the call fails.
+        """
+        request = rq.rotate_request(serial, issuer, jti, successor, request_id, actor, origin)
+        with rpc_errors():
+            resp = await self._stub.Rotate(request, timeout=self._timeout)
+        return rq.rotate_result(resp)
+
+    async def cutoff(
+        self, scope: str, value: str = "", *, before: int = 0, reason: str = "", actor: str = ""
+    ) -> CutoffResult:
+        """Revoke every token of `scope` ("subject", "client", "issuer" or
+        "all") `value` issued before `before` (0: now). Raises ValueError
+        for an unknown scope, RecallError when the call fails."""
+        request = rq.cutoff_request(scope, value, before, reason, actor)
+        with rpc_errors():
+            resp = await self._stub.Cutoff(request, timeout=self._timeout)
+        return rq.cutoff_result(resp)
+
+    async def audit(self, **query: Any) -> AsyncIterator[dict[str, Any]]:
+        """Yield audit records (see requests.audit_record) matching `query`:
+        after_seq, serial, subject, client_id, since, until, limit, follow.
+        With follow=True it keeps yielding new records until closed; no
+        deadline applies then. Raises RecallError when the call fails."""
+        request = rq.audit_request(**query)
+        call = self._stub.AuditLog(request, timeout=None if request.follow else self._timeout)
+        try:
+            with rpc_errors():
+                async for event in call:
+                    yield rq.audit_record(event)
+        finally:
+            call.cancel()

@@ -4,7 +4,7 @@ Each method builds its request and parses the answer with `requests`, the
 same helpers `AsyncRecallClient` uses; a failed call raises `RecallError`.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,8 @@ from .errors import rpc_errors
 from .types import (
     BatchResult,
     CheckResult,
+    CutoffResult,
+    RotateResult,
     Registered,
     RegisterResult,
     RevokeResult,
@@ -109,6 +111,7 @@ class RecallClient:
         family: str = "",
         reason: str = "",
         actor: str = "",
+        origin: str = "",
     ) -> RevokeResult:
         """Revoke every token the parts select (their union).
 
@@ -118,14 +121,15 @@ class RecallClient:
         """
         request = rq.revoke_request(
             serials=serials, tokens=tokens, subject=subject, client_id=client_id,
-            family=family, reason=reason, actor=actor,
+            family=family, reason=reason, actor=actor, origin=origin,
         )
         with rpc_errors():
             resp = self._stub.Revoke(request, timeout=self._timeout)
         return rq.revoke_result(resp)
 
     def check(
-        self, serial: int | None = None, *, issuer: str = "", jti: str = "", min_seq: int = 0
+        self, serial: int | None = None, *, issuer: str = "", jti: str = "", min_seq: int = 0,
+        sub: str = "", client_id: str = "", issued_at: int = 0,
     ) -> CheckResult:
         """Return the state of one token, by serial or by issuer and jti.
 
@@ -134,7 +138,8 @@ class RecallClient:
         """
         with rpc_errors():
             resp = self._stub.Check(
-                rq.check_request(serial, issuer, jti, min_seq), timeout=self._timeout
+                rq.check_request(serial, issuer, jti, min_seq, sub, client_id, issued_at),
+                timeout=self._timeout,
             )
         return rq.check_result(resp)
 
@@ -179,3 +184,50 @@ class RecallClient:
         with rpc_errors():
             resp = self._stub.Stats(pb.StatsRequest(), timeout=self._timeout)
         return rq.stats_result(resp)
+
+    def rotate(
+        self,
+        serial: int | None = None,
+        *,
+        issuer: str = "",
+        jti: str = "",
+        successor: TokenSpec | None = None,
+        request_id: str = "",
+        actor: str = "",
+        origin: str = "",
+    ) -> RotateResult:
+        """Present a refresh token (serial, or issuer and jti) for rotation.
+
+        `successor` may leave subject, client_id, scopes and issuer empty to
+        inherit them. A reuse is an answer (outcome "REUSE_DETECTED"), not an
+        error. Raises RecallError when the call fails.
+        """
+        request = rq.rotate_request(serial, issuer, jti, successor, request_id, actor, origin)
+        with rpc_errors():
+            resp = self._stub.Rotate(request, timeout=self._timeout)
+        return rq.rotate_result(resp)
+
+    def cutoff(
+        self, scope: str, value: str = "", *, before: int = 0, reason: str = "", actor: str = ""
+    ) -> CutoffResult:
+        """Revoke every token of `scope` ("subject", "client", "issuer" or
+        "all") `value` issued before `before` (0: now). Raises ValueError
+        for an unknown scope, RecallError when the call fails."""
+        request = rq.cutoff_request(scope, value, before, reason, actor)
+        with rpc_errors():
+            resp = self._stub.Cutoff(request, timeout=self._timeout)
+        return rq.cutoff_result(resp)
+
+    def audit(self, **query: Any) -> Iterator[dict[str, Any]]:
+        """Yield audit records (see requests.audit_record) matching `query`:
+        after_seq, serial, subject, client_id, since, until, limit, follow.
+        With follow=True it keeps yielding new records until closed; no
+        deadline applies then. Raises RecallError when the call fails."""
+        request = rq.audit_request(**query)
+        call = self._stub.AuditLog(request, timeout=None if request.follow else self._timeout)
+        try:
+            with rpc_errors():
+                for event in call:
+                    yield rq.audit_record(event)
+        finally:
+            call.cancel()

@@ -9,6 +9,7 @@ well-formed token references, no ttl together with expires_at); the server
 validates the meaning (e.g. an empty selector) and answers INVALID_ARGUMENT.
 """
 
+import json
 import sys
 import time
 from array import array
@@ -19,6 +20,8 @@ from ._proto.recall.v1 import recall_pb2 as pb
 from .types import (
     BatchResult,
     CheckResult,
+    CutoffResult,
+    RotateResult,
     JtiRef,
     Registered,
     RegisterResult,
@@ -100,7 +103,10 @@ def jti_ref(token: TokenRef) -> pb.JtiRef:
     """Return the wire JtiRef of a JtiRef or an (issuer, jti[, expires_at])
     tuple; raises TypeError for anything else."""
     if isinstance(token, JtiRef):
-        return pb.JtiRef(issuer=token.issuer, jti=token.jti, expires_at=token.expires_at)
+        return pb.JtiRef(
+            issuer=token.issuer, jti=token.jti, expires_at=token.expires_at,
+            sub=token.sub, client_id=token.client_id, issued_at=token.issued_at,
+        )
     if isinstance(token, tuple) and len(token) in (2, 3):
         expires_at = token[2] if len(token) == 3 else 0
         return pb.JtiRef(issuer=token[0], jti=token[1], expires_at=expires_at)
@@ -116,6 +122,7 @@ def revoke_request(
     family: str,
     reason: str,
     actor: str,
+    origin: str = "",
 ) -> pb.RevokeRequest:
     """Return the RevokeRequest whose selector is the union of the parts."""
     selector = pb.Selector(
@@ -125,12 +132,58 @@ def revoke_request(
         client_id=client_id,
         family=family,
     )
-    return pb.RevokeRequest(selector=selector, reason=reason, actor=actor)
+    return pb.RevokeRequest(selector=selector, reason=reason, actor=actor, origin=origin)
 
 
-def check_request(serial: int | None, issuer: str, jti: str, min_seq: int) -> pb.CheckRequest:
-    """Return the CheckRequest for a serial (None: by issuer and jti)."""
-    return pb.CheckRequest(serial=serial or 0, issuer=issuer, jti=jti, min_seq=min_seq)
+def check_request(
+    serial: int | None, issuer: str, jti: str, min_seq: int,
+    sub: str = "", client_id: str = "", issued_at: int = 0,
+) -> pb.CheckRequest:
+    """Return the CheckRequest for a serial (None: by issuer and jti, with
+    optional claims so cut-off rules apply to tokens never registered)."""
+    return pb.CheckRequest(
+        serial=serial or 0, issuer=issuer, jti=jti, min_seq=min_seq,
+        sub=sub, client_id=client_id, issued_at=issued_at,
+    )
+
+
+def rotate_request(
+    serial: int | None, issuer: str, jti: str, successor: TokenSpec | None,
+    request_id: str, actor: str, origin: str,
+) -> pb.RotateRequest:
+    """Return the RotateRequest presenting a refresh token (serial, or issuer and jti)."""
+    spec = successor or TokenSpec("", "")
+    return pb.RotateRequest(
+        serial=serial or 0, issuer=issuer, jti=jti, request_id=request_id, actor=actor, origin=origin,
+        successor=pb.TokenSpec(
+            subject=spec.subject, client_id=spec.client_id, issuer=spec.issuer, jti=spec.jti,
+            scopes=list(spec.scopes), type=0,  # a successor is always a refresh token
+            issued_at=spec.issued_at, expires_at=spec.expires_at, origin=spec.origin, family=spec.family,
+        ),
+    )
+
+
+RULE_SCOPES = {"subject": pb.Rule.SUBJECT, "client": pb.Rule.CLIENT, "issuer": pb.Rule.ISSUER, "all": pb.Rule.ALL}
+
+
+def cutoff_request(scope: str, value: str, before: int, reason: str, actor: str) -> pb.CutoffRequest:
+    """Return the CutoffRequest; `scope` is "subject", "client", "issuer" or "all"."""
+    if scope not in RULE_SCOPES:
+        raise ValueError(f"scope must be one of {sorted(RULE_SCOPES)}, got {scope!r}")
+    return pb.CutoffRequest(
+        rule=pb.Rule(scope=RULE_SCOPES[scope], value=value, before=before), reason=reason, actor=actor,
+    )
+
+
+def audit_request(
+    *, after_seq: int = 0, serial: int = 0, subject: str = "", client_id: str = "",
+    since: int = 0, until: int = 0, limit: int = 0, follow: bool = False,
+) -> pb.AuditRequest:
+    """Return the AuditRequest for a query (all filters optional)."""
+    return pb.AuditRequest(
+        after_seq=after_seq, serial=serial, subject=subject, client_id=client_id,
+        since=since, until=until, limit=limit, follow=follow,
+    )
 
 
 def pack_serials(serials: Iterable[int]) -> bytes:
@@ -179,15 +232,7 @@ def unpack_states(data: bytes) -> tuple[TokenState, ...]:
 
 def register_result(resp: pb.RegisterResponse) -> RegisterResult:
     """Return the RegisterResult of a RegisterResponse."""
-    return RegisterResult(
-        tokens=tuple(
-            Registered(
-                serial=t.serial, jti=t.jti, canonical_jti=t.canonical_jti, existing=t.existing
-            )
-            for t in resp.tokens
-        ),
-        seq=resp.seq,
-    )
+    return RegisterResult(tokens=tuple(registered(t) for t in resp.tokens), seq=resp.seq)
 
 
 def only_token(result: RegisterResult) -> Registered:
@@ -273,3 +318,34 @@ def stats_result(resp: pb.StatsResponse) -> Stats:
         data_bytes=resp.data_bytes,
         map_bytes=resp.map_bytes,
     )
+
+
+def registered(msg: pb.RegisteredToken) -> Registered:
+    """The Registered of a wire RegisteredToken."""
+    return Registered(msg.serial, msg.jti, msg.canonical_jti, msg.existing)
+
+
+def rotate_result(resp: pb.RotateResponse) -> RotateResult:
+    """Return the RotateResult of a RotateResponse."""
+    return RotateResult(
+        outcome=pb.RotateResponse.Outcome.Name(resp.outcome),
+        successor=registered(resp.successor) if resp.HasField("successor") else None,
+        state=token_state(resp.state), count=resp.count, seq=resp.seq, family=resp.family,
+    )
+
+
+def cutoff_result(resp: pb.CutoffResponse) -> CutoffResult:
+    """Return the CutoffResult of a CutoffResponse."""
+    return CutoffResult(resp.seq, resp.count, resp.before, resp.retires_at)
+
+
+def audit_record(event: pb.AuditEvent) -> dict[str, Any]:
+    """One audit event as a flat dict: seq, time, type, actor, origin, reason,
+    count, plus the fields of its detail."""
+    out: dict[str, Any] = {
+        "seq": event.seq, "time": event.time, "type": event.type, "actor": event.actor,
+        "origin": event.origin, "reason": event.reason, "count": event.count,
+    }
+    if event.detail:
+        out.update(json.loads(event.detail))
+    return out

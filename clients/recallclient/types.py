@@ -49,6 +49,10 @@ class JtiRef:
     issuer: str
     jti: str
     expires_at: int = 0
+    # Claims of a token never registered, so cut-off rules apply (Check only).
+    sub: str = ""
+    client_id: str = ""
+    issued_at: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,3 +118,32 @@ class Stats:
     store_id: str
     data_bytes: int
     map_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RotateResult:
+    """What a rotation did.
+
+    outcome: "ROTATED" (issue `successor`), "RETRIED" (a retry within the
+    grace window: the same successor), "REUSE_DETECTED" (the family was
+    revoked: refuse the refresh) or "REFUSED" (the presented token is not
+    active: refuse the refresh). state: the presented token's state before.
+    """
+
+    outcome: str
+    successor: Registered | None
+    state: TokenState
+    count: int
+    seq: int
+    family: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoffResult:
+    """A cut-off rule in force: its change, the registered tokens it revoked,
+    its time, and when it retires by itself."""
+
+    seq: int
+    count: int
+    before: int
+    retires_at: int
