@@ -2,6 +2,9 @@
 
 Usage: recallctl [--target HOST:PORT] [--json] COMMAND [options]
 
+COMMAND is register, revoke, check, introspect, stats or watch (the Watch
+stream, one line per event, until Ctrl-C or --count events).
+
 The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051. --target
 and --json may come before or after the command name. With --json each
 result is one JSON object on its own line; otherwise a short human line.
@@ -23,8 +26,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._proto.recall.v1 import recall_pb2 as pb
+from ._proto.recall.v1 import recall_pb2_grpc
 from .client import RecallClient
-from .errors import RecallError
+from .codec import bitmap_from
+from .errors import RecallError, rpc_errors
 from .jti import MAX_SERIAL
 from .types import CheckResult, TokenState, TokenType
 
@@ -128,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="wait until the server has applied seq N")
 
     command("stats", "print counts and identity of the store")
+
+    watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C")
+    watch.add_argument("--after-seq", type=_nonnegative_int, default=0, metavar="N",
+                       help="resume after seq N (0: start with a snapshot)")
+    watch.add_argument("--store-id", default="", metavar="ID",
+                       help="the store seq N belongs to (another store: reset, then snapshot)")
+    watch.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                       help="stop after N events")
     return parser
 
 
@@ -224,12 +238,67 @@ def _run_stats(client: RecallClient, args: argparse.Namespace) -> None:
     _emit(args, obj, _aligned(obj))
 
 
+def _watch_line(event: pb.WatchEvent) -> tuple[dict[str, Any], str]:
+    """(JSON object, human line) describing one WatchEvent."""
+    kind = event.WhichOneof("event")
+    obj: dict[str, Any] = {"type": kind}
+    if kind == "snapshot":
+        snap = event.snapshot
+        obj.update(seq=snap.seq, index=snap.index, count=snap.count, cardinality=snap.cardinality,
+                   foreign_cardinality=snap.foreign_cardinality,
+                   registered_through=snap.registered_through, digest=snap.digest.hex())
+        human = (f"snapshot seq {snap.seq} chunk {snap.index + 1}/{snap.count}: "
+                 f"{snap.cardinality} revoked, {snap.foreign_cardinality} foreign")
+    elif kind == "delta":
+        delta = event.delta
+        added, removed = len(bitmap_from(delta.added)), len(bitmap_from(delta.removed))
+        obj.update(seq=delta.seq, prev_seq=delta.prev_seq, added=added, removed=removed,
+                   foreign_added=len(delta.foreign_added),
+                   foreign_removed=len(delta.foreign_removed),
+                   registered_through=delta.registered_through, time=delta.time)
+        human = (f"delta {delta.prev_seq}->{delta.seq}: +{added} -{removed} revoked, "
+                 f"+{len(delta.foreign_added)} -{len(delta.foreign_removed)} foreign")
+    elif kind == "heartbeat":
+        beat = event.heartbeat
+        obj.update(seq=beat.seq, cardinality=beat.cardinality,
+                   foreign_cardinality=beat.foreign_cardinality, digest=beat.digest.hex(),
+                   time=beat.time, interval_ms=beat.interval_ms)
+        human = (f"heartbeat seq {beat.seq}: {beat.cardinality} revoked, "
+                 f"{beat.foreign_cardinality} foreign")
+    else:
+        reset = event.reset
+        obj.update(seq=reset.current_seq, reason=reset.reason, oldest_seq=reset.oldest_seq,
+                   current_seq=reset.current_seq)
+        human = f"reset: {reset.reason} (current seq {reset.current_seq})"
+    obj.update(store_id=event.store_id, head_seq=event.head_seq)
+    return obj, human
+
+
+def _run_watch(client: RecallClient, args: argparse.Namespace) -> None:
+    request = pb.WatchRequest(store_id=args.store_id, after_seq=args.after_seq)
+    call = recall_pb2_grpc.RecallStub(client.channel).Watch(request)
+    seen = 0
+    try:
+        with rpc_errors():
+            for event in call:
+                obj, human = _watch_line(event)
+                print(json.dumps(obj) if args.json else human, flush=True)
+                seen += 1
+                if seen == args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        call.cancel()
+
+
 _COMMANDS = {
     "register": _run_register,
     "revoke": _run_revoke,
     "check": _run_check,
     "introspect": _run_introspect,
     "stats": _run_stats,
+    "watch": _run_watch,
 }
 
 
