@@ -181,6 +181,10 @@ class Engine(Node):
 
         return await self._read(read)
 
+    async def oldest_resumable(self) -> int:
+        first = await self._read(lambda txn: txn.log_first())
+        return first - 1 if first else self.state.seq
+
     async def sizes(self) -> tuple[int, int]:
         return await asyncio.get_running_loop().run_in_executor(self._reader, self.store.sizes)
 

@@ -43,6 +43,7 @@ class Hub:
         self._waiters: list[asyncio.Future] = []
         self.epoch = 0  # bumped when the node's history is replaced (follower snapshot)
         self.streams = 0
+        self.closed = False  # set at shutdown: streams end so the server can stop
 
     def publish(self, delta: Delta) -> None:
         """Remember `delta` and wake every waiting stream."""
@@ -57,6 +58,15 @@ class Hub:
         self._cache.clear()
         self.epoch += 1
         self._wake()
+
+    def close(self) -> None:
+        """End every stream (they check `closed` when woken)."""
+        self.closed = True
+        self._wake()
+
+    def oldest(self) -> int:
+        """The oldest sequence a stream can resume after from the ring (0 when empty)."""
+        return self._ring[0].prev_seq if self._ring else 0
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

@@ -108,6 +108,10 @@ class Node:
         """Up to `limit` deltas after `after`, or None when they are no longer held."""
         return self.hub.since(after, limit)
 
+    async def oldest_resumable(self) -> int:
+        """The oldest sequence a subscriber can resume after."""
+        return self.hub.oldest() or self.state.seq
+
     async def sizes(self) -> tuple[int, int]:
         """(bytes of data in use, bytes reserved)."""
         return 0, 0

@@ -107,6 +107,7 @@ class Server:
         if self.grpc is not None:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.engine.hub.close()  # streams end; subscribers reconnect elsewhere or later
             await self.grpc.stop(grace)
         await self.engine.close()
 

@@ -166,7 +166,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             if not request.follow:
                 return
             cursor = max(cursor, self.engine.state.seq if not sent and request.after_seq == 0 else cursor)
-            while not request.limit or sent < request.limit:
+            while (not request.limit or sent < request.limit) and not self.engine.hub.closed:
                 if self.engine.state.seq <= cursor:
                     await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
                     continue

@@ -115,17 +115,17 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
     try:
         reason, cursor = await _start(node, request)
         interval = node.settings.heartbeat_interval
-        while True:
+        while not node.hub.closed:
             epoch = node.hub.epoch
             if reason:
-                yield reset_event(node.store_id, reason, 0, node.state.seq)
+                yield reset_event(node.store_id, reason, await node.oldest_resumable(), node.state.seq)
             if cursor < 0:
                 cursor, chunks = snapshot_events(node, request.with_expiries)
                 for chunk in chunks:
                     yield chunk
             reason = ""
             last_sent = time.monotonic()
-            while epoch == node.hub.epoch:
+            while epoch == node.hub.epoch and not node.hub.closed:
                 head = node.state.seq
                 if cursor < head:
                     shared = node.hub.event_since(node.store_id, cursor)
@@ -150,6 +150,8 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                     continue
                 await node.hub.wait(interval - idle)
             else:
+                if node.hub.closed:
+                    return
                 reason = "upstream reset: this node installed a new snapshot"
             cursor = -1
     finally:
