@@ -82,12 +82,16 @@ class Follower(Node):
         super().__init__(settings, Mirror(RevokedSet(), ExpiryIndex()), clock)
         self.primary = settings.follow
         self._core = _Core(self)
+        self._vouched_at = float("-inf")
         self._task: asyncio.Task | None = None
         self.closed = False
 
     @property
     def ready(self) -> bool:
         return bool(self.store_id)
+
+    def staleness(self) -> float:
+        return time.monotonic() - self._vouched_at
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="recallcore-follower")
@@ -133,7 +137,7 @@ class Follower(Node):
                 if outcome.kind in ("installed", "applied"):
                     progressed = True
                 if outcome.current:
-                    self.vouched_at = time.monotonic()
+                    self._vouched_at = time.monotonic()
         finally:
             call.cancel()
 

@@ -12,7 +12,6 @@ has.
 """
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -39,7 +38,6 @@ class Node:
         self.hub = Hub(settings.watch_ring)
         self._seq_waiters: dict[int, list[asyncio.Future]] = {}
         self.synced = asyncio.Event()  # set once the node can answer reads
-        self.vouched_at = time.monotonic()  # when this node last knew it was current
 
     @property
     def store_id(self) -> str:
@@ -187,4 +185,9 @@ class Node:
             store_id=self.store_id,
             data_bytes=data_bytes,
             map_bytes=map_bytes,
+            staleness=self.staleness(),
         )
+
+    def staleness(self) -> float:
+        """Seconds since this node last knew it was current (0: always current)."""
+        return 0.0

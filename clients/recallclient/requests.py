@@ -9,6 +9,7 @@ well-formed token references, no ttl together with expires_at); the server
 validates the meaning (e.g. an empty selector) and answers INVALID_ARGUMENT.
 """
 
+import dataclasses
 import json
 import sys
 import time
@@ -307,17 +308,7 @@ def introspect_dict(resp: pb.IntrospectResponse) -> dict[str, Any]:
 
 def stats_result(resp: pb.StatsResponse) -> Stats:
     """Return the Stats of a StatsResponse."""
-    return Stats(
-        registered=resp.registered,
-        revoked=resp.revoked,
-        active=resp.active,
-        expired=resp.expired,
-        foreign_revoked=resp.foreign_revoked,
-        seq=resp.seq,
-        store_id=resp.store_id,
-        data_bytes=resp.data_bytes,
-        map_bytes=resp.map_bytes,
-    )
+    return Stats(**{field.name: getattr(resp, field.name) for field in dataclasses.fields(Stats)})
 
 
 def registered(msg: pb.RegisteredToken) -> Registered:

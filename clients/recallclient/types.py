@@ -118,6 +118,7 @@ class Stats:
     store_id: str
     data_bytes: int
     map_bytes: int
+    staleness: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

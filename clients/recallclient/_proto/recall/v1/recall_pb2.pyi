@@ -238,7 +238,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("registered", "revoked", "active", "expired", "foreign_revoked", "seq", "store_id", "data_bytes", "map_bytes")
+    __slots__ = ("registered", "revoked", "active", "expired", "foreign_revoked", "seq", "store_id", "data_bytes", "map_bytes", "staleness")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +248,7 @@ class StatsResponse(_message.Message):
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
     registered: int
     revoked: int
     active: int
@@ -257,7 +258,8 @@ class StatsResponse(_message.Message):
     store_id: str
     data_bytes: int
     map_bytes: int
-    def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ...) -> None: ...
+    staleness: float
+    def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ..., staleness: _Optional[float] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("store_id", "after_seq", "with_expiries")
