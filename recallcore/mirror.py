@@ -12,6 +12,8 @@ follower's mirror stay identical.
 Pure: no I/O, no clock (callers pass `now`).
 """
 
+from array import array
+
 import numpy as np
 from pyroaring import BitMap64
 
@@ -23,6 +25,13 @@ PURGED = 1
 _ACTIVE, _REVOKED, _EXPIRED, _UNKNOWN, _ROTATED = (
     TokenState.ACTIVE, TokenState.REVOKED, TokenState.EXPIRED, TokenState.UNKNOWN, TokenState.ROTATED,
 )
+
+
+def _bitmap_of(ids: np.ndarray) -> BitMap64:
+    """A BitMap64 of `ids`; sorting first makes the build several times faster."""
+    ordered = array("Q")
+    ordered.frombytes(np.sort(ids).astype("<u8", copy=False).tobytes())
+    return BitMap64(ordered)
 
 
 def as_array(bitmap: BitMap64) -> np.ndarray:
@@ -117,7 +126,7 @@ class Mirror:
         """One TokenState byte per id (uint64 array), without a loop per id."""
         if not len(ids):
             return b""
-        query = BitMap64(ids)
+        query = _bitmap_of(ids)
         hits = query & self.revocations.revoked
         rotated = query & self.rotated
         through = self.revocations.registered_through
