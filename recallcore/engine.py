@@ -113,7 +113,9 @@ class Engine(Node):
 
     async def revoke(self, selector: Selector, reason: str = "", actor: str = "", origin: str = "") -> RevokeResult:
         """Revoke what `selector` covers; raises InvalidArgument / ResourceExhausted."""
-        return await self._submit(validate.revoke(selector, reason, actor, self.settings, origin))
+        return await self._submit(
+            validate.revoke(selector, reason, actor, self.settings, int(self.clock()), origin)
+        )
 
     async def rotate(self, ref: int | JtiRef, successor: TokenSpec, actor: str = "", origin: str = "",
                      request_id: str = "") -> RotateResult:

@@ -223,7 +223,9 @@ def sweep(txn: Txn, state: Mirror, op: Sweep, now: int, settings: Settings) -> t
     if len(purged):
         _purge(txn, purged)
     txn.compact_log(state.seq - settings.log_keep, now - settings.log_keep_seconds, settings.purge_batch)
-    txn.compact_audit(now - settings.audit_retention, settings.purge_batch)
+    # A record may explain a revocation until the token expires: keep it for
+    # the longest lifetime a token can have, then for the retention.
+    txn.compact_audit(now - settings.max_token_lifetime - settings.audit_retention, settings.purge_batch)
     if not (removed or foreign_due or len(purged) or retired):
         return 0, None
     delta = Delta(

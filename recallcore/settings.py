@@ -32,9 +32,12 @@ class Settings:
     listen: HOST:PORT to serve on; port 0 picks a free port.
     issuer: issuer recorded for registrations that give none.
     token_ttl: lifetime of a registration that gives no expires_at.
-    max_token_lifetime: longest accepted lifetime, and how long a revoked
-        foreign token (never registered) stays revoked when no expiry is given.
-    audit_retention: token records are kept this long after expiry.
+    max_token_lifetime: longest accepted lifetime; how long a revoked foreign
+        token (never registered) stays revoked when no expiry is given, and
+        the latest expiry a foreign revocation may give.
+    audit_retention: token records are kept this long after expiry; audit
+        records this long after the longest-lived token they can describe
+        (max_token_lifetime + audit_retention after they were written).
     sweep_interval: seconds between sweeps of expired tokens.
     max_batch: most tokens / serials / references per call.
     max_string: most bytes in any string field.

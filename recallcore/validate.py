@@ -110,7 +110,7 @@ def jti_ref(ref: JtiRef, field: str, settings: Settings) -> JtiRef:
     return ref
 
 
-def selector(sel: Selector, settings: Settings, field: str = "selector") -> Selector:
+def selector(sel: Selector, settings: Settings, now: int, field: str = "selector") -> Selector:
     """Return `sel` if it selects something and every part is valid."""
     if sel.empty:
         raise InvalidArgument(
@@ -121,17 +121,22 @@ def selector(sel: Selector, settings: Settings, field: str = "selector") -> Sele
         serial(value, f"{field}.serials[{i}]")
     for i, ref in enumerate(sel.tokens):
         jti_ref(ref, f"{field}.tokens[{i}]", settings)
+        if ref.expires_at > now + settings.max_token_lifetime:
+            raise InvalidArgument(
+                f"{field}.tokens[{i}].expires_at: {ref.expires_at} is more than the maximum token "
+                f"lifetime ({settings.max_token_lifetime}s) from now; raise --max-token-lifetime"
+            )
     for name in ("subject", "client_id", "family"):
         string(getattr(sel, name), f"{field}.{name}", settings)
     return sel
 
 
-def revoke(sel: Selector, reason: str, actor: str, settings: Settings, origin: str = "") -> Revoke:
+def revoke(sel: Selector, reason: str, actor: str, settings: Settings, now: int, origin: str = "") -> Revoke:
     """Return the Revoke operation for a request."""
     string(reason, "reason", settings)
     string(actor, "actor", settings)
     string(origin, "origin", settings)
-    return Revoke(selector(sel, settings), reason, actor, origin)
+    return Revoke(selector(sel, settings, now), reason, actor, origin)
 
 
 def claims(sub: str, client_id: str, issued_at: int, settings: Settings, field: str = "") -> None:

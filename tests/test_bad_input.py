@@ -60,6 +60,7 @@ CASES = [
     ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti=LONG)]), INVALID, "selector.tokens[0].jti"),
     ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti="j", expires_at=-1)]), INVALID, "selector.tokens[0].expires_at"),
     ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti="j", expires_at=2**40)]), INVALID, "selector.tokens[0].expires_at"),
+    ("Revoke", sel(tokens=[pb.JtiRef(issuer="i", jti="j", expires_at=2**32 - 2)]), INVALID, "selector.tokens[0].expires_at"),
     ("Revoke", sel(subject=LONG), INVALID, "selector.subject"),
     ("Revoke", sel(client_id=LONG), INVALID, "selector.client_id"),
     ("Revoke", sel(family=LONG), INVALID, "selector.family"),
