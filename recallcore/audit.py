@@ -13,6 +13,7 @@ import json
 
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 
+from .operations import index_prefix
 from .store import Txn
 
 _FIELDS = ("seq", "time", "kind", "actor", "origin", "reason", "count")
@@ -51,13 +52,27 @@ def _in_range(record: dict, q: AuditQuery) -> bool:
     return record.get("seq", 0) > q.after_seq and when >= q.since and (not q.until or when <= q.until)
 
 
-def matches(record: dict, q: AuditQuery) -> bool:
+def _names(txn: Txn, record: dict, field: str, kind: str, name: str) -> bool:
+    """True when `name` is among the record's subjects / clients.
+
+    A registration lists at most a few; past that it says so ("<field>_more")
+    and the serial range is looked up in the index instead.
+    """
+    if name in record.get(field, ()):
+        return True
+    if not record.get(f"{field}_more"):
+        return False
+    serials = txn.bitmap("index", index_prefix(kind, name))
+    return serials.range_cardinality(record["first_serial"], record["last_serial"] + 1) > 0
+
+
+def matches(txn: Txn, record: dict, q: AuditQuery) -> bool:
     """True when `record` passes the query's subject, client and time filters."""
     if not _in_range(record, q):
         return False
-    if q.subject and q.subject not in record.get("subjects", ()):
+    if q.subject and not _names(txn, record, "subjects", "subject", q.subject):
         return False
-    if q.client_id and q.client_id not in record.get("clients", ()):
+    if q.client_id and not _names(txn, record, "clients", "client_id", q.client_id):
         return False
     return True
 
@@ -65,17 +80,17 @@ def matches(record: dict, q: AuditQuery) -> bool:
 def query(txn: Txn, q: AuditQuery, now: int) -> list[dict]:
     """Records matching `q`, oldest first, at most q.limit (0: all)."""
     if q.serial:
-        out = [r for r in (txn.audit(s) for s in sorted(trace_seqs(txn, q.serial))) if r and matches(r, q)]
+        out = [r for r in (txn.audit(s) for s in sorted(trace_seqs(txn, q.serial))) if r and matches(txn, r, q)]
         token = txn.record(q.serial)
         if token is not None and token.expires_at <= now and q.after_seq == 0:
             expired = {"seq": 0, "time": token.expires_at, "kind": "expired", "count": 1, "serial": q.serial}
-            if matches(expired, dataclasses.replace(q, after_seq=-1)):
+            if matches(txn, expired, dataclasses.replace(q, after_seq=-1)):
                 out.append(expired)
         out.sort(key=lambda r: (r["time"], r["seq"] or 2**63))
     else:
         out = []
         for record in txn.audit_after(q.after_seq):
-            if matches(record, q):
+            if matches(txn, record, q):
                 out.append(record)
                 if q.limit and len(out) >= q.limit:
                     break
@@ -89,7 +104,7 @@ def new_matches(txn: Txn, q: AuditQuery, after: int) -> list[dict]:
     for record in txn.audit_after(after):
         if seqs is not None and record["seq"] not in seqs:
             continue
-        if matches(record, q):
+        if matches(txn, record, q):
             out.append(record)
     return out
 

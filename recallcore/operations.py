@@ -51,6 +51,12 @@ def distinct(values, cap: int = 16) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))[:cap]
 
 
+def _names(field: str, values: list[str], cap: int = 16) -> dict:
+    """Up to `cap` distinct names for an audit record, and whether there were more."""
+    names = distinct(values, cap + 1)
+    return {field: names[:cap], f"{field}_more": True} if len(names) > cap else {field: names}
+
+
 def revoke_serials(txn: Txn, added: BitMap64, seq: int) -> dict[int, int]:
     """Write the revocation of `added` under `seq`.
 
@@ -152,7 +158,7 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
     commit_change(txn, state, delta, {
         "kind": "register", "actor": op.actor, "count": len(fresh),
         "first_serial": fresh[0][0], "last_serial": fresh[-1][0],
-        "subjects": distinct(s.subject for s in specs), "clients": distinct(s.client_id for s in specs),
+        **_names("subjects", [s.subject for s in specs]), **_names("clients", [s.client_id for s in specs]),
         "origin": ", ".join(distinct((s.origin for s in specs), 4)),
         "cut_off": len(cut),
     })

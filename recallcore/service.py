@@ -158,20 +158,19 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
                            request.since, request.until, request.limit)
             sent = 0
-            cursor = request.after_seq
+            cursor = max(request.after_seq, self.engine.state.seq)  # the query sees at least this
             for record in await self.engine.audit(q):
                 yield audit.to_event(record)
                 sent += 1
                 cursor = max(cursor, record["seq"])
-            if not request.follow:
-                return
-            cursor = max(cursor, self.engine.state.seq if not sent and request.after_seq == 0 else cursor)
-            while (not request.limit or sent < request.limit) and not self.engine.hub.closed:
+            while request.follow and (not request.limit or sent < request.limit) and not self.engine.hub.closed:
                 if self.engine.state.seq <= cursor:
                     await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
                     continue
                 head = self.engine.state.seq
                 for record in await self.engine.audit_after(q, cursor):
+                    if record["seq"] > head or (request.limit and sent >= request.limit):
+                        break
                     yield audit.to_event(record)
                     sent += 1
                 cursor = head
