@@ -101,25 +101,60 @@ def test_recallctl_against_a_real_server(server):
     assert "INVALID_ARGUMENT" in bad.stderr and "reason" in bad.stderr
 
 
-def _readme_commands() -> list[str]:
+WALKTHROUGH = "## A two-minute walkthrough"
+LIFECYCLE = "## Rotation, reuse detection and the kill switch"
+
+
+def _readme_commands(section: str = WALKTHROUGH) -> list[tuple[str, int]]:
+    """(command, expected exit code) of each recallctl line of the section's sh
+    block; a trailing comment "# exits N: ..." expects exit code N, else 0."""
     text = (ROOT / "README.md").read_text()
-    walkthrough = text.split("## A two-minute walkthrough", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```sh\n(.*?)```", walkthrough, re.S).group(1)
-    return [line.split("   #")[0].strip() for line in block.splitlines()
-            if line.startswith(".venv/bin/recallctl")]
+    body = text.split(section + "\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", body, re.DOTALL).group(1)
+    commands = []
+    for line in block.splitlines():
+        if line.startswith(".venv/bin/recallctl"):
+            command, _, comment = line.partition("   #")
+            exits = re.match(r"\s*exits (\d+):", comment)
+            commands.append((command.strip(), int(exits.group(1)) if exits else 0))
+    return commands
 
 
-def test_readme_walkthrough_runs_as_written(server):
-    commands = _readme_commands()
-    assert len(commands) >= 8
-    env = {**os.environ, "RECALL_TARGET": server.address}
+def _run_readme_block(section: str, env: dict[str, str]) -> list[tuple[str, str]]:
+    """Run the section's recallctl lines in order; return (command, stdout) of each."""
     outputs = []
-    for line in commands:
+    for line, expected in _readme_commands(section):
         args = shlex.split(line)
         args[0] = str(RECALLCTL)
         result = run_command(*args, env=env)
-        assert result.returncode == 0, (line, result.stderr)
-        outputs.append(result.stdout)
+        assert result.returncode == expected, (line, result.returncode, result.stderr)
+        outputs.append((line, result.stdout))
+    return outputs
+
+
+def test_readme_walkthrough_runs_as_written(server):
+    """The walkthrough, then the lifecycle section, in order on one server."""
+    env = {**os.environ, "RECALL_TARGET": server.address}
+    walkthrough = _run_readme_block(WALKTHROUGH, env)
+    assert len(walkthrough) >= 8
+    outputs = [out for _, out in walkthrough]
     revoke = json.loads(outputs[3])
     assert revoke["count"] == 2
     assert json.loads(outputs[4])["state"] == "REVOKED"
+
+    lifecycle = _run_readme_block(LIFECYCLE, env)
+    assert [code for _, code in _readme_commands(LIFECYCLE)].count(3) == 1
+
+    def outputs_of(pattern: str) -> list[str]:
+        return [out for line, out in lifecycle if re.search(pattern, line)]
+
+    rotated, retried = map(json.loads, outputs_of(r" rotate 3 --request-id "))
+    assert (rotated["outcome"], retried["outcome"], retried["retried"]) == ("ROTATED", "RETRIED", True)
+    assert (retried["serial"], retried["jti"]) == (rotated["serial"], rotated["jti"]) == (4, "rc1.4.b934")
+    [reuse] = map(json.loads, outputs_of(r" rotate 3 --json$"))
+    assert (reuse["outcome"], reuse["reuse_detected"], reuse["count"]) == ("REUSE_DETECTED", True, 2)
+    [cutoff] = map(json.loads, outputs_of(r" cutoff "))
+    assert cutoff["count"] == 1 and cutoff["retires_at"] > cutoff["before"]
+    assert outputs_of(r" --iat ") == ["bob-42 REVOKED (reason: cut-off rule)\n"]
+    types = [[row.split("  ")[2] for row in out.splitlines()] for out in outputs_of(r" trace ")]
+    assert types == [["rotate", "reuse_detected"], ["register", "cutoff"]]

@@ -3,7 +3,10 @@
 Usage: recallctl [--target HOST:PORT] [--json] COMMAND [options]
 
 COMMAND is register, revoke, check, introspect, stats or watch (the Watch
-stream, one line per event, until Ctrl-C or --count events).
+stream, one line per event, until Ctrl-C or --count events), or one of the
+token lifecycle (cli_lifecycle): rotate (a refresh token, with reuse
+detection), cutoff (the kill switch), audit (the audit trail, --follow until
+Ctrl-C or --count records) and trace (one token's audit records).
 
 The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051. --target
 and --json may come before or after the command name. With --json each
@@ -14,6 +17,9 @@ Exit codes:
   1  the call failed (the server's status, or UNAVAILABLE when it cannot be
      reached); stderr holds "recallctl: CODE_NAME: message"
   2  usage error (bad or missing arguments); no call was made
+  3  rotate: reuse detected (the token was already rotated; its whole family
+     is now revoked): an answer, not a crash
+  4  rotate: refused (the presented token is revoked, expired or unknown)
 """
 
 import argparse
@@ -23,9 +29,10 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import cli_lifecycle
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
 from .client import RecallClient
@@ -41,6 +48,8 @@ _EPILOG = """exit codes:
   0  success
   1  the call failed; stderr holds "recallctl: CODE_NAME: message"
   2  usage error; no call was made
+  3  rotate: reuse detected; the token's family is revoked
+  4  rotate: refused; the presented token is not active
 
 The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051."""
 
@@ -57,22 +66,26 @@ def _int_in(text: str, low: int) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer in 1..MAX_SERIAL."""
     return _int_in(text, 1)
 
 
-def _nonnegative_int(text: str) -> int:
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer in 0..MAX_SERIAL."""
     return _int_in(text, 0)
 
 
-def _default_actor() -> str:
+def default_actor() -> str:
+    """The OS user name, the default --actor of writes."""
     try:
         return getpass.getuser()
     except (OSError, KeyError):
         return "recallctl"
 
 
-def _add_jti_options(parser: argparse.ArgumentParser) -> None:
+def add_jti_options(parser: argparse.ArgumentParser) -> None:
+    """Add --issuer and --jti (a token by issuer and jti) to `parser`."""
     parser.add_argument("--issuer", default="", help="token issuer (default: the server's)")
     parser.add_argument("--jti", default="", help="token jti")
 
@@ -102,21 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     reg = command("register", "register an issued token")
     reg.add_argument("--subject", required=True)
     reg.add_argument("--client", required=True, help="client_id")
-    _add_jti_options(reg)
+    add_jti_options(reg)
     reg.add_argument("--scope", action="append", default=[],
                      help="space-separated scopes (repeatable)")
     reg.add_argument("--type", choices=["access", "refresh"], default="access")
-    reg.add_argument("--ttl", type=_nonnegative_int, metavar="SECONDS",
+    reg.add_argument("--ttl", type=nonnegative_int, metavar="SECONDS",
                      help="lifetime from now (default: the server's)")
     reg.add_argument("--family", default="")
     reg.add_argument("--origin", default="")
     reg.add_argument("--actor", default="")
 
     rev = command("revoke", "revoke tokens (the selectors combine as a union)")
-    rev.add_argument("--serial", type=_positive_int, action="append", default=[],
+    rev.add_argument("--serial", type=positive_int, action="append", default=[],
                      help="token serial (repeatable)")
-    _add_jti_options(rev)
-    rev.add_argument("--exp", type=_nonnegative_int, default=0, metavar="UNIX",
+    add_jti_options(rev)
+    rev.add_argument("--exp", type=nonnegative_int, default=0, metavar="UNIX",
                      help="expiry of a --jti token this store never registered")
     rev.add_argument("--subject", default="")
     rev.add_argument("--client", default="", help="client_id")
@@ -127,21 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in (("check", "print the state of tokens"),
                        ("introspect", "print RFC 7662 introspection of tokens")):
         sub = command(name, summary)
-        sub.add_argument("serials", nargs="*", type=_positive_int, metavar="SERIAL")
-        _add_jti_options(sub)
+        sub.add_argument("serials", nargs="*", type=positive_int, metavar="SERIAL")
+        add_jti_options(sub)
         if name == "check":
-            sub.add_argument("--min-seq", type=_nonnegative_int, default=0, metavar="N",
+            sub.add_argument("--min-seq", type=nonnegative_int, default=0, metavar="N",
                              help="wait until the server has applied seq N")
+            # Claims of a --jti token never registered here, so cut-off rules apply.
+            sub.add_argument("--sub", default="", help="with --jti: the token's subject")
+            sub.add_argument("--client", default="", help="with --jti: the token's client_id")
+            sub.add_argument("--iat", type=nonnegative_int, default=0, metavar="UNIX_TIME",
+                             help="with --jti: when the token was issued")
 
     command("stats", "print counts and identity of the store")
 
     watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C")
-    watch.add_argument("--after-seq", type=_nonnegative_int, default=0, metavar="N",
+    watch.add_argument("--after-seq", type=nonnegative_int, default=0, metavar="N",
                        help="resume after seq N (0: start with a snapshot)")
     watch.add_argument("--store-id", default="", metavar="ID",
                        help="the store seq N belongs to (another store: reset, then snapshot)")
-    watch.add_argument("--count", type=_positive_int, default=None, metavar="N",
+    watch.add_argument("--count", type=positive_int, default=None, metavar="N",
                        help="stop after N events")
+    cli_lifecycle.add_commands(command)
     return parser
 
 
@@ -157,14 +176,19 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     elif args.command in ("check", "introspect"):
         if bool(args.serials) == bool(args.jti):
             parser.error(f"{args.command}: give SERIAL ... or --jti (not both)")
+        if args.command == "check" and (args.sub or args.client or args.iat) and not args.jti:
+            parser.error("check: --sub, --client and --iat need --jti")
+    cli_lifecycle.validate(parser, args)
 
 
-def _iso(seconds: int) -> str:
+def iso(seconds: int) -> str:
+    """Unix `seconds` as an ISO 8601 UTC time, e.g. 2026-11-27T10:00:00Z."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
+def emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
+    """Print `obj` as one JSON line with --json, else the `human` text."""
     print(json.dumps(obj) if args.json else human)
 
 
@@ -173,7 +197,7 @@ def _aligned(obj: dict[str, Any]) -> str:
     lines = []
     for key, value in obj.items():
         if key in _TIME_KEYS and isinstance(value, int) and value:
-            value = f"{value} ({_iso(value)})"
+            value = f"{value} ({iso(value)})"
         lines.append(f"{key + ':':<{width}} {value}")
     return "\n".join(lines)
 
@@ -186,18 +210,18 @@ def _run_register(client: RecallClient, args: argparse.Namespace) -> None:
         ttl=args.ttl, origin=args.origin, family=args.family, actor=args.actor,
     )
     human = f"registered serial {token.serial} jti {token.jti}"
-    _emit(args, dataclasses.asdict(token), human + (" (existing)" if token.existing else ""))
+    emit(args, dataclasses.asdict(token), human + (" (existing)" if token.existing else ""))
 
 
 def _run_revoke(client: RecallClient, args: argparse.Namespace) -> None:
     result = client.revoke(
         serials=args.serial, tokens=[(args.issuer, args.jti, args.exp)] if args.jti else (),
         subject=args.subject, client_id=args.client, family=args.family, reason=args.reason,
-        actor=_default_actor() if args.actor is None else args.actor,
+        actor=default_actor() if args.actor is None else args.actor,
     )
     noun = "token" if result.count == 1 else "tokens"
-    _emit(args, {"seq": result.seq, "count": result.count},
-          f"revoked {result.count} {noun} (seq {result.seq})")
+    emit(args, {"seq": result.seq, "count": result.count},
+         f"revoked {result.count} {noun} (seq {result.seq})")
 
 
 def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
@@ -205,7 +229,7 @@ def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
     human = f"{name} {result.state.name}"
     if result.state is TokenState.REVOKED:
         obj.update(revoked_at=result.revoked_at, reason=result.reason)
-        detail = f"at {_iso(result.revoked_at)}" if result.revoked_at else ""
+        detail = f"at {iso(result.revoked_at)}" if result.revoked_at else ""
         if result.reason:
             detail = f"reason: {result.reason}" + (f", {detail}" if detail else "")
         human += f" ({detail})" if detail else ""
@@ -215,11 +239,12 @@ def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
 
 def _run_check(client: RecallClient, args: argparse.Namespace) -> None:
     if args.jti:
-        result = client.check(issuer=args.issuer, jti=args.jti, min_seq=args.min_seq)
-        _emit(args, *_check_line(result, str(result.serial or args.jti)))
+        result = client.check(issuer=args.issuer, jti=args.jti, min_seq=args.min_seq,
+                              sub=args.sub, client_id=args.client, issued_at=args.iat)
+        emit(args, *_check_line(result, str(result.serial or args.jti)))
         return
     for serial in args.serials:
-        _emit(args, *_check_line(client.check(serial, min_seq=args.min_seq), str(serial)))
+        emit(args, *_check_line(client.check(serial, min_seq=args.min_seq), str(serial)))
 
 
 def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
@@ -230,12 +255,12 @@ def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
     for index, obj in enumerate(found):
         if index and not args.json:
             print()
-        _emit(args, obj, _aligned(obj))
+        emit(args, obj, _aligned(obj))
 
 
 def _run_stats(client: RecallClient, args: argparse.Namespace) -> None:
     obj = dataclasses.asdict(client.stats())
-    _emit(args, obj, _aligned(obj))
+    emit(args, obj, _aligned(obj))
 
 
 def _watch_line(event: pb.WatchEvent) -> tuple[dict[str, Any], str]:
@@ -292,7 +317,7 @@ def _run_watch(client: RecallClient, args: argparse.Namespace) -> None:
         call.cancel()
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Callable[[RecallClient, argparse.Namespace], int | None]] = {
     "register": _run_register,
     "revoke": _run_revoke,
     "check": _run_check,
@@ -306,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run recallctl with `argv` (default: sys.argv[1:]).
 
     Returns the exit code: 0 on success, 1 when a call fails (message on
-    stderr). Usage errors raise SystemExit(2) from argparse.
+    stderr), 3 or 4 for a rotation that found reuse or was refused. Usage
+    errors raise SystemExit(2) from argparse.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -315,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     try:
         with RecallClient(target) as client:
-            _COMMANDS[args.command](client, args)
+            code = (_COMMANDS | cli_lifecycle.COMMANDS)[args.command](client, args)
     except RecallError as err:
         print(f"recallctl: {err}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
