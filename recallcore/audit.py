@@ -55,15 +55,18 @@ def _in_range(record: dict, q: AuditQuery) -> bool:
 def _names(txn: Txn, record: dict, field: str, kind: str, name: str) -> bool:
     """True when `name` is among the record's subjects / clients.
 
-    A registration lists at most a few; past that it says so ("<field>_more")
-    and the serial range is looked up in the index instead.
+    A record lists at most a few; past that it says so ("<field>_more") and
+    the name's index is asked: which of its serials this change registered
+    or revoked.
     """
     if name in record.get(field, ()):
         return True
     if not record.get(f"{field}_more"):
         return False
     serials = txn.bitmap("index", index_prefix(kind, name))
-    return serials.range_cardinality(record["first_serial"], record["last_serial"] + 1) > 0
+    if "first_serial" in record:  # a registration: its serials are a range
+        return serials.range_cardinality(record["first_serial"], record["last_serial"] + 1) > 0
+    return any(txn.revoked_by(s) == record["seq"] for s in serials.to_array())
 
 
 def matches(txn: Txn, record: dict, q: AuditQuery) -> bool:

@@ -24,7 +24,6 @@ import time
 import grpc
 import numpy as np
 from pyroaring import BitMap64
-
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.codec import bitmap_from
@@ -123,9 +122,12 @@ class Follower(Node):
         silence = max(5.0, 3 * self.settings.heartbeat_interval)
         progressed = False
         try:
-            while True:
+            while not self.closed:
                 try:
-                    event = await asyncio.wait_for(call.read(), silence)
+                    # asyncio.timeout, unlike wait_for on 3.11, never swallows a
+                    # cancellation that lands as the read completes.
+                    async with asyncio.timeout(silence):
+                        event = await call.read()
                 except TimeoutError:
                     log.warning("primary %s silent for %.1fs; reconnecting", self.primary, silence)
                     return progressed
@@ -138,6 +140,7 @@ class Follower(Node):
                     progressed = True
                 if outcome.current:
                     self._vouched_at = time.monotonic()
+            return progressed
         finally:
             call.cancel()
 

@@ -3,12 +3,13 @@
 Rotation. Presenting an ACTIVE refresh token with a successor request
 marks it ROTATED and registers the successor in the same family, in one
 change. Presenting a ROTATED token again is reuse, unless it is a retry of
-the same request (same request_id, or same successor jti) within the grace
-window, which gets the same successor back. Reuse revokes every unexpired
+the same request within the grace window, which gets the same successor
+back. A retry is recognised only by a request_id or a successor jti chosen
+by the caller: a bare replay of a stolen token is always reuse. Reuse revokes every unexpired
 token of the family (the refresh tokens and the access tokens registered
 with that family) and is recorded with its caller and origin; it never
-reaches beyond the family. A token with no family founds one named after
-its jti when it is first rotated.
+reaches beyond the family. A token with no family founds one named
+after its canonical jti when it is first rotated.
 
 Cut-off rules. "Every token of <scope> issued before T is revoked." Adding
 a rule revokes, in the same change, every registered unexpired token it
@@ -20,7 +21,6 @@ T + max_token_lifetime has passed: nothing it could match is alive then.
 """
 
 from pyroaring import BitMap64
-
 from recallclient.jti import canonical_jti
 from recallclient.revoked_set import ALL, CLIENT, ISSUER, SUBJECT, Delta, span
 from recallclient.types import Registered, TokenSpec, TokenState, TokenType
@@ -29,7 +29,7 @@ from . import validate
 from .errors import InvalidArgument
 from .mirror import Mirror, as_array
 from .model import Cutoff, CutoffResult, Rotate, RotateResult
-from .operations import assign_serials, commit_change, index_prefix, revoke_serials, store_tokens
+from .operations import affected_names, assign_serials, commit_change, index_prefix, revoke_serials, store_tokens
 from .settings import Settings
 from .store import Txn, name_hash
 
@@ -38,7 +38,14 @@ SCOPE_NAMES = {SUBJECT: "subject", CLIENT: "client", ISSUER: "issuer", ALL: "all
 
 
 def _fingerprint(op: Rotate) -> bytes:
+    """What identifies a retry of this rotation; empty when nothing does.
+
+    Only a request_id or a successor jti chosen by the caller tells a retry
+    from a replay: without either, every second presentation is reuse.
+    """
     s = op.successor
+    if not (op.request_id or s.jti):
+        return b""
     return name_hash(op.request_id, s.jti, s.issuer, s.subject, s.client_id, " ".join(s.scopes))
 
 
@@ -54,7 +61,7 @@ def rotate(txn: Txn, state: Mirror, op: Rotate, now: int, settings: Settings) ->
     current = state.state(serial, now)
     if current == TokenState.ROTATED:
         successor, when, _, fingerprint = txn.rotation(serial)
-        if now - when <= settings.rotation_grace and fingerprint == _fingerprint(op):
+        if fingerprint and now - when <= settings.rotation_grace and fingerprint == _fingerprint(op):
             found = txn.record(successor)
             jti = found.jti if found is not None else canonical_jti(successor)
             again = Registered(successor, jti, canonical_jti(successor), True)
@@ -63,7 +70,7 @@ def rotate(txn: Txn, state: Mirror, op: Rotate, now: int, settings: Settings) ->
     if current != TokenState.ACTIVE:
         return RotateResult("REFUSED", None, current, 0, state.seq, record.family), None
 
-    family = record.family or record.jti
+    family = record.family or canonical_jti(serial)  # an id, never a caller's opaque jti
     s = op.successor
     issued_at = s.issued_at or now
     spec = validate.token_spec(TokenSpec(
@@ -112,8 +119,7 @@ def _reuse(txn: Txn, state: Mirror, op: Rotate, serial: int, record, now: int) -
     commit_change(txn, state, delta, {
         "kind": "reuse_detected", "actor": op.actor, "origin": op.origin,
         "reason": "refresh token reuse detected", "count": len(added),
-        "serial": serial, "family": record.family,
-        "subjects": [record.subject], "clients": [record.client_id],
+        "serial": serial, "family": record.family, **affected_names(txn, added | BitMap64([serial])),
     })
     return RotateResult("REUSE_DETECTED", None, TokenState.ROTATED, len(added), seq, record.family), delta
 
@@ -133,11 +139,12 @@ def cutoff(txn: Txn, state: Mirror, op: Cutoff, now: int, settings: Settings) ->
     candidates -= state.revocations.revoked
     candidates -= state.expiry.expired_among(candidates, now)
     ids = as_array(candidates)
-    # Every token registered by now was issued before this rule was asked
-    # for, so one issued in the very second `before` is covered too. Tokens
-    # seen later (registered or checked by claims) are covered when issued
-    # strictly before `before`.
-    added = BitMap64(ids[txn.times_of("iat", ids) <= before]) if len(ids) else BitMap64()
+    # A rule "as of now" covers every token registered by now, including
+    # those issued earlier in this very second. Otherwise, and for tokens
+    # seen later (registered or checked by claims), "issued strictly before".
+    issued = txn.times_of("iat", ids) if len(ids) else ids
+    covered = issued <= before if not op.before else issued < before
+    added = BitMap64(ids[covered]) if len(ids) else BitMap64()
     seq = state.seq + 1
     keys = revoke_serials(txn, added, seq) if added else {}
     rule = (op.scope, op.value, before)
@@ -149,7 +156,14 @@ def cutoff(txn: Txn, state: Mirror, op: Cutoff, now: int, settings: Settings) ->
     commit_change(txn, state, delta, {
         "kind": "cutoff", "actor": op.actor, "reason": op.reason, "count": len(added),
         "rule": {"scope": SCOPE_NAMES[op.scope], "value": op.value, "before": before},
-        "subjects": [op.value] if op.scope == SUBJECT else [],
-        "clients": [op.value] if op.scope == CLIENT else [],
+        **_with_rule_name(affected_names(txn, added), op),
     })
     return CutoffResult(seq, len(added), before, before + settings.max_token_lifetime), delta
+
+
+def _with_rule_name(names: dict, op: Cutoff) -> dict:
+    """The audit names of a cut-off: its subject or client comes first, affected or not."""
+    field = {SUBJECT: "subjects", CLIENT: "clients"}.get(op.scope)
+    if field and op.value not in names[field]:
+        names[field] = [op.value, *names[field]][:16]
+    return names

@@ -16,7 +16,6 @@ from array import array
 
 import numpy as np
 from pyroaring import BitMap64
-
 from recallclient.revoked_set import Delta, RevokedSet
 from recallclient.types import TokenState
 

@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Callable
 
 import numpy as np
-
 from recallclient.jti import foreign_key
 from recallclient.revoked_set import Delta
 from recallclient.types import CheckResult, JtiRef, Stats, TokenState
@@ -130,7 +129,12 @@ class Node:
         `claims` of a token never registered here let cut-off rules apply to it.
         """
         self._require_ready()
-        serial = ref if isinstance(ref, int) else (await self._serials_of([ref]))[0]
+        if isinstance(ref, int):
+            serial = ref
+        elif self.state.revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
+            serial = 0  # revoked by (issuer, jti) itself: no need to resolve it
+        else:
+            serial = (await self._serials_of([ref]))[0]
         if serial:
             state = self.state.state(serial, int(self.clock()))
         else:
@@ -165,8 +169,11 @@ class Node:
         serials = await self._serials_of(refs)
         now = int(self.clock())
         claims = claims or [None] * len(refs)
+        revocations = self.state.revocations
         return [
-            self.state.state(serial, now) if serial else self._unregistered_state(r, c)
+            TokenState.REVOKED if revocations.is_foreign_revoked(foreign_key(r.issuer, r.jti))
+            else self.state.state(serial, now) if serial
+            else self._unregistered_state(r, c)
             for serial, r, c in zip(serials, refs, claims)
         ]
 

@@ -14,12 +14,11 @@ from collections import defaultdict
 
 import numpy as np
 from pyroaring import BitMap64
-
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import delta_to_proto
 from recallclient.jti import canonical_jti, foreign_key, looks_canonical
 from recallclient.revoked_set import Delta
-from recallclient.types import Registered, TokenSpec, RegisterResult, RevokeResult
+from recallclient.types import Registered, RegisterResult, RevokeResult, TokenSpec
 
 from .errors import InvalidArgument
 from .mirror import PURGED, Mirror
@@ -49,6 +48,23 @@ def commit_change(txn: Txn, state: Mirror, delta: Delta, audit: dict) -> None:
 def distinct(values, cap: int = 16) -> list[str]:
     """Up to `cap` distinct non-empty values, in first-seen order (for audit records)."""
     return list(dict.fromkeys(v for v in values if v))[:cap]
+
+
+NAMES_SAMPLE = 64
+
+
+def affected_names(txn: Txn, serials: BitMap64) -> dict:
+    """Subjects and clients of revoked serials for the audit record.
+
+    Reads the records of at most NAMES_SAMPLE serials; past that the record
+    says "<field>_more" and audit filters ask the index instead.
+    """
+    records = [txn.record(s) for s in serials.to_array()[:NAMES_SAMPLE]] if serials else []
+    records = [r for r in records if r is not None]
+    out = {**_names("subjects", [r.subject for r in records]), **_names("clients", [r.client_id for r in records])}
+    if len(serials) > NAMES_SAMPLE:
+        out["subjects_more"] = out["clients_more"] = True
+    return out
 
 
 def _names(field: str, values: list[str], cap: int = 16) -> dict:
@@ -160,7 +176,7 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
         "first_serial": fresh[0][0], "last_serial": fresh[-1][0],
         **_names("subjects", [s.subject for s in specs]), **_names("clients", [s.client_id for s in specs]),
         "origin": ", ".join(distinct((s.origin for s in specs), 4)),
-        "cut_off": len(cut),
+        "cut_off": len(cut), **({"reason": "cut-off rule in force"} if cut else {}),
     })
     return RegisterResult(tuple(results), seq), delta
 
@@ -198,12 +214,9 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
         txn.put_foreign(key, expires_at, seq)
     new_foreign.update(revoke_serials(txn, added, seq))
     delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(new_foreign), time=now)
-    sel = op.selector
     commit_change(txn, state, delta, {
         "kind": "revoke", "actor": op.actor, "reason": op.reason, "origin": op.origin,
-        "selector": sel.describe(), "count": count,
-        "subjects": [sel.subject] if sel.subject else [],
-        "clients": [sel.client_id] if sel.client_id else [],
+        "selector": op.selector.describe(), "count": count, **affected_names(txn, added),
     })
     return RevokeResult(count, seq), delta
 
@@ -264,8 +277,10 @@ def _purge(txn: Txn, serials: np.ndarray) -> None:
                 indexes[CUSTOM_JTI].add(serial)
             txn.delete_record(serial)
         txn.delete_revocation(serial)
+        txn.delete_rotation(serial)
     for prefix, members in indexes.items():
         txn.update_bitmap("index", prefix, BitMap64(), members)
+    txn.update_bitmap("rotated", b"", BitMap64(), BitMap64(serials))
     txn.set_times("exp", serials, np.full(len(serials), PURGED, dtype=np.uint32))
 
 

@@ -9,7 +9,6 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from recallclient._proto.recall.v1 import recall_pb2
 
 from .engine import Engine

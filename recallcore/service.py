@@ -9,7 +9,6 @@ import functools
 import logging
 
 import grpc
-
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec

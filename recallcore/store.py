@@ -42,7 +42,6 @@ from collections.abc import Iterator
 import lmdb
 import numpy as np
 from pyroaring import BitMap64
-
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.revoked_set import RevokedSet, split
 
@@ -223,6 +222,9 @@ class Txn:
 
     def put_rotation(self, serial: int, successor: int, when: int, seq: int, fingerprint: bytes) -> None:
         self.raw.put(u64(serial), struct.pack(">QQQ", successor, when, seq) + fingerprint, db=self.db["rotations"])
+
+    def delete_rotation(self, serial: int) -> None:
+        self.raw.delete(u64(serial), db=self.db["rotations"])
 
     def put_issuance(self, first_serial: int, seq: int) -> None:
         self.raw.put(u64(first_serial), u64(seq), db=self.db["issuance"], append=True)

@@ -16,13 +16,11 @@ import time
 from collections.abc import AsyncIterator
 
 from pyroaring import BitMap64
-
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import bitmap_bytes, rule_to_proto
 from recallclient.revoked_set import split
 
 from .hub import delta_event, merge_all
-
 from .node import Node
 
 SNAPSHOT_BITS = 18

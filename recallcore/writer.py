@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import lmdb
-
 from recallclient.revoked_set import Delta
 
 from . import lifecycle, operations

@@ -1,8 +1,17 @@
 import pathlib
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+# Shared, loaded machines: example run time varies too much for deadlines.
+hypothesis_settings.register_profile(
+    "recallcore", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("recallcore")
 
 from recallclient import RecallClient
+
 from recallcore.settings import Settings
 
 from .support import ServerThread

@@ -2,9 +2,9 @@
 
 import grpc
 import pytest
-
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
+
 from recallcore.settings import Settings
 
 from .support import ServerThread

@@ -17,7 +17,6 @@ import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from recallclient import (
     AsyncRecallClient,
     BatchResult,

@@ -13,9 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from recallclient import (
-    JtiRef, RecallClient, RecallError, RegisterResult, TokenSpec, TokenState, canonical_jti,
+    JtiRef,
+    RecallClient,
+    RecallError,
+    RegisterResult,
+    TokenSpec,
+    TokenState,
+    canonical_jti,
 )
 
 from .support import ServerProcess

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from recallclient import AsyncRecallClient, JtiRef, RecallError, TokenSpec, TokenState, serial_from_jti
 
 from .support import run_command

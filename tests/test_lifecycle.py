@@ -134,6 +134,23 @@ def test_retry_within_grace_gets_the_same_successor_and_after_grace_is_reuse(cli
     assert states(client, [root.serial, first.successor.serial]) == [REVOKED, REVOKED]
 
 
+def test_a_bare_replay_within_grace_is_reuse_not_a_retry(client, clock):
+    # Without a request_id or successor jti nothing tells a retry from a stolen token's replay.
+    token = refresh(client).serial
+    first = client.rotate(token, actor="as")
+    assert first.outcome == "ROTATED"
+    replay = client.rotate(token, actor="attacker")
+    assert (replay.outcome, replay.successor) == ("REUSE_DETECTED", None)
+    assert states(client, [token, first.successor.serial]) == [REVOKED, REVOKED]
+
+
+def test_a_token_revoked_at_registration_by_a_rule_in_force_says_why(client, clock):
+    client.cutoff("subject", "alice", reason="takeover")
+    late = client.register_one("alice", "web", issued_at=clock.now - 10, expires_at=clock.now + 300)
+    checked = client.check(late.serial)
+    assert (checked.state, checked.reason) == (REVOKED, "cut-off rule in force")
+
+
 def test_reuse_revokes_exactly_the_family(client, clock):
     now = clock.now
     victim = refresh(client, family="fam-a")
@@ -282,10 +299,6 @@ def test_cutoff_in_the_past_only_covers_tokens_issued_before_it(client, clock):
     assert client.stats().seq == rule.seq + 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG recallcore/lifecycle.py cutoff(): registered tokens are revoked when iat <= before even "
-    "when `before` is an explicit past time, while the Rule contract (recall.proto) and tokens "
-    "registered or checked later use iat < before"))
 def test_cutoff_in_the_past_spares_a_token_issued_at_its_exact_time(client, clock):
     before = clock.now - 200
     early = client.register_one("alice", "web", issued_at=before, expires_at=clock.now + 300)

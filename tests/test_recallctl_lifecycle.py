@@ -16,8 +16,8 @@ import threading
 import time
 
 import pytest
-
 from recallclient import RecallClient, TokenSpec, TokenType, canonical_jti, cli
+
 from recallcore.settings import DEFAULT_MAX_TOKEN_LIFETIME
 
 from .support import STARTUP_TIMEOUT
@@ -115,7 +115,8 @@ def test_rotate_by_issuer_and_jti_with_ttl_actor_and_origin(capsys, server, clie
     [rotated] = ctl_json(capsys, server, "rotate", "--issuer", OTHER, "--jti", "rt-1", "--ttl", "120",
                          "--actor", "gateway", "--origin", "node-7")
     after = int(time.time())
-    assert rotated["outcome"] == "ROTATED" and rotated["family"] == "rt-1"
+    # a family founded by rotation is named after the canonical jti (an id), never the caller's jti
+    assert rotated["outcome"] == "ROTATED" and rotated["family"] == canonical_jti(serial)
     info = client.introspect(rotated["serial"])
     assert before + 120 <= info["exp"] <= after + 120 and info["iss"] == OTHER
     [record] = client.audit(serial=serial, after_seq=rotated["seq"] - 1)
@@ -153,15 +154,16 @@ def test_cutoff_json_counts_registered_tokens_and_reports_the_rule(capsys, serve
         "cutoff", "carol", "account takeover", 2)
     assert record["rule"] == {"scope": "subject", "value": "alice", "before": cut["before"]}
 
-    [everyone] = ctl_json(capsys, server, "cutoff", "--all", "--before", str(cut["before"]), "--actor", "ops")
+    # an explicit --before covers tokens issued strictly before it
+    [everyone] = ctl_json(capsys, server, "cutoff", "--all", "--before", str(latest + 1), "--actor", "ops")
     assert everyone["count"] == 1 and client.check(bob).state.name == "REVOKED"
     [record] = client.audit(after_seq=everyone["seq"] - 1)
-    assert record["rule"] == {"scope": "all", "value": "", "before": cut["before"]}
+    assert record["rule"] == {"scope": "all", "value": "", "before": latest + 1}
 
 
 def test_cutoff_human_line_and_scopes(capsys, server, client):
     client.register_one("alice", "web")
-    before = int(time.time())
+    before = int(time.time()) + 1  # strictly after the token's issue time
     code, out, _ = ctl(capsys, server, "cutoff", "--client", "web", "--before", str(before))
     retires = cli.iso(before + DEFAULT_MAX_TOKEN_LIFETIME)
     assert code == 0
@@ -224,7 +226,7 @@ def test_audit_json_every_record_with_its_detail(capsys, server, client):
 
 @pytest.mark.parametrize("argv, seqs", [
     (["--subject", "alice"], [1, 3]),
-    (["--client", "cli"], [2]),
+    (["--client", "cli"], [2, 4]),  # 4 revoked bob's cli token
     (["--subject", "carol"], [5]),
     (["--serial", "2"], [2, 4]),
     (["--after-seq", "3"], [4, 5]),
@@ -255,7 +257,8 @@ def test_audit_human_lines(capsys, server, client):
     assert code == 0 and len(lines) == 5
     iso = [cli.iso(r["time"]) for r in records]
     assert lines[1] == f"2  {iso[1]}  register  -  -  1  clients=cli first_serial=2 last_serial=2 subjects=bob"
-    assert lines[3] == f"4  {iso[3]}  revoke  ops  leaked  1  selector.serial_sample=2 selector.serials=1"
+    assert lines[3] == (f"4  {iso[3]}  revoke  ops  leaked  1  "
+                        "clients=cli selector.serial_sample=2 selector.serials=1 subjects=bob")
     assert lines[4] == (f'5  {iso[4]}  cutoff  ops  "account takeover"  0  '
                         f'rule.before={records[4]["rule"]["before"]} rule.scope=subject rule.value=carol '
                         f'subjects=carol')

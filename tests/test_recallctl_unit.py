@@ -10,10 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from recallclient import canonical_jti
-from recallclient import cli
+from recallclient import canonical_jti, cli
 from recallclient._proto.recall.v1 import recall_pb2 as pb
+
 from .test_client_unit import REVOKED_AT, FakeRecall, closed_target, running
 
 
@@ -168,10 +167,11 @@ def test_stats_json_and_human(capsys, target):
     assert code == 0 and json_lines(out) == [{
         "registered": 10, "revoked": 2, "active": 7, "expired": 1, "foreign_revoked": 3,
         "seq": 17, "store_id": "store-a", "data_bytes": 4096, "map_bytes": 1 << 20,
+        "staleness": 0.0,
     }]
     code, out, _ = run(capsys, "stats", "--target", target)
     assert "store_id:        store-a" in out.splitlines()
-    assert len(out.splitlines()) == 9
+    assert len(out.splitlines()) == 10
 
 
 def test_target_from_environment(capsys, target, monkeypatch):

@@ -15,9 +15,8 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from recallclient import RecallClient, TokenSpec, cli
 
-from recallclient import RecallClient, TokenSpec
-from recallclient import cli
 from recallcore.settings import Settings
 
 from .support import STARTUP_TIMEOUT

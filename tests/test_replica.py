@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from pyroaring import BitMap64
-
 from recallclient import (
     AsyncRecallClient,
     AsyncReplica,
@@ -24,12 +23,13 @@ from recallclient import (
     Replica,
     StaleReplica,
     TokenSpec,
+    replica_file,
 )
-from recallclient import replica_file
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.replica_core import Outcome
 from recallclient.revoked_set import RevokedSet
+
 from recallcore.settings import Settings
 
 from .support import ServerThread

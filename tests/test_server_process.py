@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import lmdb
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from google.protobuf import descriptor_pb2
-
 from recallclient import RecallClient, RecallError, TokenSpec, TokenState
+
 from recallcore import __version__
 
 from .support import STARTUP_TIMEOUT, ServerProcess, run_command

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from recallclient import RecallClient, RecallError, TokenSpec, TokenState, canonical_jti
+
 from recallcore.settings import Settings
 
 from .support import ServerThread
