@@ -170,9 +170,11 @@ class Engine(Node):
         if from_ring is not None:
             return from_ring
 
+        head = self.state.seq  # never past what the mirror (and so heartbeats) vouch for
+
         def read(txn: Txn) -> list[Delta] | None:
             out = []
-            for seq in range(after + 1, after + 1 + limit):
+            for seq in range(after + 1, min(after + limit, head) + 1):
                 msg = txn.delta(seq)
                 if msg is None:
                     break

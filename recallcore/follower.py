@@ -27,7 +27,7 @@ from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.codec import bitmap_from
-from recallclient.jti import serial_from_jti
+from recallclient.jti import foreign_key, serial_from_jti
 from recallclient.replica_core import ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
 from recallclient.types import JtiRef, TokenState
@@ -147,11 +147,18 @@ class Follower(Node):
     # ---------------------------------------------------------------- hooks
 
     async def _serials_of(self, refs: list[JtiRef]) -> list[int]:
-        through = self.state.revocations.registered_through
+        """Serials of canonical jtis. Without the primary's records the issuer
+        cannot be verified, so a jti revoked by (issuer, jti) key - another
+        issuer's token that only looks canonical - is left to the key."""
+        revocations = self.state.revocations
         out = []
         for ref in refs:
             serial = serial_from_jti(ref.jti) or 0
-            out.append(serial if serial <= through else 0)
+            if serial > revocations.registered_through or (
+                serial and revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti))
+            ):
+                serial = 0
+            out.append(serial)
         return out
 
     async def _why_revoked(self, serial: int, key: int) -> tuple[int, str]:

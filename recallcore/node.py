@@ -77,10 +77,14 @@ class Node:
         if seq <= self.state.seq:
             return
         future = asyncio.get_running_loop().create_future()
-        self._seq_waiters.setdefault(seq, []).append(future)
+        waiters = self._seq_waiters.setdefault(seq, [])
+        waiters.append(future)
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
+            waiters.remove(future)
+            if not waiters and self._seq_waiters.get(seq) is waiters:
+                del self._seq_waiters[seq]
             raise DeadlineExceeded(
                 f"min_seq: this node is at seq {self.state.seq} and did not reach {seq} in time"
             ) from None
@@ -129,12 +133,7 @@ class Node:
         `claims` of a token never registered here let cut-off rules apply to it.
         """
         self._require_ready()
-        if isinstance(ref, int):
-            serial = ref
-        elif self.state.revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
-            serial = 0  # revoked by (issuer, jti) itself: no need to resolve it
-        else:
-            serial = (await self._serials_of([ref]))[0]
+        serial = ref if isinstance(ref, int) else (await self._serials_of([ref]))[0]
         if serial:
             state = self.state.state(serial, int(self.clock()))
         else:
@@ -169,11 +168,8 @@ class Node:
         serials = await self._serials_of(refs)
         now = int(self.clock())
         claims = claims or [None] * len(refs)
-        revocations = self.state.revocations
         return [
-            TokenState.REVOKED if revocations.is_foreign_revoked(foreign_key(r.issuer, r.jti))
-            else self.state.state(serial, now) if serial
-            else self._unregistered_state(r, c)
+            self.state.state(serial, now) if serial else self._unregistered_state(r, c)
             for serial, r, c in zip(serials, refs, claims)
         ]
 
