@@ -43,7 +43,7 @@ class Engine(Node):
         store = Store(settings.data_dir, map_size=settings.map_size, max_map_size=settings.max_map_size)
         try:
             super().__init__(settings, store.load(), clock)
-            self._writer = Writer(store, settings, clock, self._on_commit)
+            self._writer = Writer(store, self.state.copy(), settings, clock, self._on_commit)
         except BaseException:
             store.close()
             raise

@@ -44,18 +44,23 @@ class Hub:
         self.epoch = 0  # bumped when the node's history is replaced (follower snapshot)
         self.streams = 0
         self.closed = False  # set at shutdown: streams end so the server can stop
+        # The last snapshot built, per with_expiries: (seq, encoded chunks).
+        # Streams starting at the same seq share it; any change outdates it.
+        self.snapshots: dict[bool, tuple[int, list[bytes]]] = {}
 
     def publish(self, delta: Delta) -> None:
         """Remember `delta` and wake every waiting stream."""
         if self._ring and self._ring[-1].seq != delta.prev_seq:
             self._ring.clear()
         self._ring.append(delta)
+        self.snapshots.clear()
         self._wake()
 
     def replace_history(self) -> None:
         """Forget every delta: streams must reset (the node installed a snapshot)."""
         self._ring.clear()
         self._cache.clear()
+        self.snapshots.clear()
         self.epoch += 1
         self._wake()
 

@@ -43,6 +43,7 @@ class ExpiryIndex:
 
     def __init__(self, expires: np.ndarray | None = None) -> None:
         self._exp = expires if expires is not None else np.zeros(1 << 12, dtype=np.uint32)
+        self._view = memoryview(self._exp)  # scalar reads: ~5x cheaper than numpy indexing
 
     @property
     def array(self) -> np.ndarray:
@@ -59,10 +60,12 @@ class ExpiryIndex:
             grown = np.zeros(max(top + 1, 2 * len(self._exp)), dtype=np.uint32)
             grown[: len(self._exp)] = self._exp
             self._exp = grown
+            self._view = memoryview(grown)
         self._exp[ids] = expires_at
 
     def expires_at(self, serial: int) -> int:
-        return int(self._exp[serial]) if serial < len(self._exp) else 0
+        view = self._view
+        return view[serial] if serial < len(view) else 0
 
     def expired_mask(self, ids: np.ndarray, now: int) -> np.ndarray:
         """For each id: registered here and expired at `now`."""
@@ -99,6 +102,10 @@ class Mirror:
     def seq(self) -> int:
         return self.revocations.seq
 
+    def copy(self) -> "Mirror":
+        """An independent copy (the writer works on its own)."""
+        return Mirror(self.revocations.copy(), ExpiryIndex(self.expiry.array.copy()), BitMap64(self.rotated))
+
     def apply(self, delta: Delta) -> bool:
         """Apply `delta` to both parts; False when already applied."""
         if not self.revocations.apply(delta):
@@ -114,7 +121,8 @@ class Mirror:
         revocations = self.revocations
         if not 0 < serial <= revocations.registered_through:
             return _REVOKED if serial in revocations.revoked else _UNKNOWN
-        exp = self.expiry.expires_at(serial)
+        view = self.expiry._view  # inlined expires_at: this is the Check hot path
+        exp = view[serial] if serial < len(view) else 0
         if exp and exp <= now:
             return _EXPIRED
         if serial in revocations.revoked:

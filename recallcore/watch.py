@@ -43,7 +43,19 @@ def reset_event(store_id: str, reason: str, oldest: int, head: int) -> bytes:
 
 
 def snapshot_events(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
-    """(seq, encoded chunks) of the node's whole state, taken at one instant."""
+    """(seq, encoded chunks) of the node's whole state, taken at one instant.
+
+    Built once per seq: streams that start before the next change share it.
+    """
+    cached = node.hub.snapshots.get(with_expiries)
+    if cached is not None and cached[0] == node.state.seq:
+        return cached
+    built = _build_snapshot(node, with_expiries)
+    node.hub.snapshots[with_expiries] = built
+    return built
+
+
+def _build_snapshot(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
     mirror = node.state
     revocations = mirror.revocations
     seq, through = revocations.seq, revocations.registered_through

@@ -26,6 +26,7 @@ from recallclient.revoked_set import Delta
 
 from . import lifecycle, operations
 from .errors import RecallError, ResourceExhausted, Unavailable
+from .mirror import Mirror
 from .model import Cutoff, Operation, Register, Revoke, Rotate, Sweep
 from .settings import Settings
 from .store import Store, Txn
@@ -42,12 +43,13 @@ _STOP = object()
 class Writer:
     """Owns the write side of a store; `submit` from any thread."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float], on_commit: OnCommit) -> None:
+    def __init__(self, store: Store, state: Mirror, settings: Settings, clock: Callable[[], float],
+                 on_commit: OnCommit) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.on_commit = on_commit
-        self.state = store.load()
+        self.state = state  # the writer's own mirror: a copy of the loop's, never shared
         self._queue: queue.Queue = queue.Queue(maxsize=65536)
         self._thread = threading.Thread(target=self._run, name="recallcore-writer", daemon=True)
 

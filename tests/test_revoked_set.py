@@ -352,3 +352,16 @@ class RevokedSetMachine(RuleBasedStateMachine):
 
 RevokedSetMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
 TestRevokedSetMachine = RevokedSetMachine.TestCase
+
+
+def test_copy_is_independent_and_equal():
+    original = RevokedSet("s")
+    original.apply(delta(0, added=bm(1, 2, 3), foreign_added=frozenset({7})))
+    twin = original.copy()
+    assert (twin.seq, twin.store_id, twin.digest()) == (original.seq, original.store_id, original.digest())
+    step = delta(1, added=bm(9), foreign_removed=frozenset({7}))
+    twin.apply(step)
+    assert set(original.revoked) == {1, 2, 3} and original.foreign == {7}
+    assert twin.digest() != original.digest()
+    original.apply(step)
+    assert twin.digest() == original.digest()

@@ -50,6 +50,9 @@ Target = str | Callable[[], str]
 Listener = Callable[[Outcome], None]
 
 
+_INT = int
+
+
 class StaleReplica(Exception):
     """Raised by `is_revoked` (on_stale="raise") when the replica is too stale."""
 
@@ -123,7 +126,9 @@ class _ReplicaBase:
             if self._raise:
                 raise StaleReplica(self.staleness, self.max_staleness)
             return True
-        if type(token) is int:
+        # The hot path. `__class__ is _INT` is the cheapest exact type test
+        # (bools and floats must not pass as serials; the bitmap would take them).
+        if token.__class__ is _INT:
             try:
                 return token in self._revoked
             except OverflowError:  # negative or past 64 bits: never a serial

@@ -172,6 +172,19 @@ class RevokedSet:
         self.rules = set(rules)
         self._index_rules()
 
+    def copy(self) -> "RevokedSet":
+        """An independent copy (same store, seq, sets and digest state)."""
+        other = RevokedSet(self.store_id, self.seq)
+        other.revoked = BitMap64(self.revoked)
+        other.foreign = set(self.foreign)
+        other.registered_through = self.registered_through
+        other._range_digests = dict(self._range_digests)
+        other._dirty = set(self._dirty)
+        other._foreign_sum = self._foreign_sum
+        other.rules = set(self.rules)
+        other._cutoffs = dict(self._cutoffs)
+        return other
+
     # ------------------------------------------------------------ changing
 
     def apply(self, delta: Delta) -> bool:
