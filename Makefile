@@ -12,6 +12,18 @@ $(STAMP): pyproject.toml clients/pyproject.toml
 	$(BIN)/pip install --quiet -e ./clients -e '.[test]'
 	touch $(STAMP)
 
+# The bench needs the `bench` extra too (redis-py, matplotlib, py-spy).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e ./clients -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --mode full
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --mode quick
+
 serve: $(STAMP)
 	$(BIN)/recallcore serve
 

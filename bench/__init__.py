@@ -1,0 +1,1 @@
+"""recallcore benchmarks: `python -m bench.run --mode quick|full|smoke` (see bench/README.md)."""

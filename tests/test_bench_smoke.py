@@ -1,0 +1,38 @@
+"""The bench keeps working: its smoke mode runs every scenario but Redis at tiny sizes.
+
+Only the results file is checked (it is written, with the required keys and
+numbers); no figure is asserted — timing belongs in bench/, not in tests.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+REQUIRED = {
+    "floor_bitmap_ns", "core_check_ns", "replica_check_ns",
+    "floor_unary_rps", "check_unary_rps", "check_unary_p50_us", "check_unary_p99_us",
+    "revoke_single_per_s", "revoke_single_p99_ms", "revoke_bulk_serials_per_s",
+    "cold_start_s", "bytes_per_revoked",
+}
+
+
+def test_bench_smoke_writes_latest_json(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--mode", "smoke", "--no-redis", "--out", str(out),
+         "--work-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "latest.json").read_text())
+    assert set(results["meta"]) >= {"time", "host", "python", "versions", "mode"}
+    assert results["meta"]["mode"] == "smoke"
+    for key in REQUIRED:
+        assert isinstance(results[key], (int, float)), key
+    assert set(results["check_batch_ids_per_s"]) == {"100", "1000", "10000"}
+    assert set(results["propagation_ms"]) == {"1", "10", "100"}
+    for summary in [*results["propagation_ms"].values(), results["propagation_storm_ms"]]:
+        assert set(summary) == {"p50", "p99", "max"}
+    assert "redis" not in results
