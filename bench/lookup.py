@@ -42,9 +42,18 @@ def _loops(ids: list[int], refs: list[tuple[str, str]]):
         return body
 
     def call(fn, *extra):
-        def body():
-            for x in ids:
-                fn(x, *extra)
+        # Spelled out per arity: a star-args call would add its own cost
+        # (a tuple per call) that the floor does not pay.
+        if not extra:
+            def body():
+                for x in ids:
+                    fn(x)
+        else:
+            (arg,) = extra
+
+            def body():
+                for x in ids:
+                    fn(x, arg)
         return body
 
     def foreign_floor(keys):

@@ -67,7 +67,7 @@ class Mode:
     redis_seconds: float
 
 
-_LAYOUTS = {"1": {"per_process": 1}, "10": {"per_process": 5}, "100": {"per_process": 25}}
+_LAYOUTS = {"1": {"per_process": 1}, "10": {"per_process": 5}, "100": {"per_process": 25, "driver": "async"}}
 
 MODES = {
     "quick": Mode(

@@ -157,3 +157,13 @@ def test_readme_walkthrough_runs_as_written(server):
     assert outputs_of(r" --iat ") == ["bob-42 REVOKED (reason: cut-off rule)\n"]
     types = [[row.split("  ")[2] for row in out.splitlines()] for out in outputs_of(r" trace ")]
     assert types == [["rotate", "reuse_detected"], ["register", "cutoff"]]
+
+
+def test_readme_library_example_runs_as_written(server, tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Using the client library", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "127.0.0.1:50051" in code and "var/replica.bin" in code
+    code = code.replace("127.0.0.1:50051", server.address).replace("var/replica.bin", str(tmp_path / "r.bin"))
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "r.bin").exists()
