@@ -19,6 +19,13 @@ only the ranges it touches for rehashing, so keeping the digest costs time
 proportional to the change. Foreign keys are uniformly random 64-bit hashes,
 so their count and sum (mod 2**64) fingerprint them.
 
+Foreign keys are BLAKE2b hashes of (issuer, jti): uniformly random 64-bit
+values, which roaring bitmaps compress badly. They live in a Python set:
+on this machine kind `key in set()` took ~260 ns against ~540 ns for a
+BitMap64 of random ids, at ~60 against ~22 bytes per key; tokens revoked by
+issuer + jti are few next to registered ones, so lookup speed wins (see
+bench/README.md, scenario 1: the hash itself dominates either way).
+
 Pure: no I/O, no clock (callers pass `now`), no threads.
 """
 
