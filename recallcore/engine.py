@@ -35,6 +35,8 @@ from .writer import Writer
 
 log = logging.getLogger(__name__)
 
+WHY_CACHE = 4096  # recent (revoked_at, reason) answers kept in memory
+
 
 class Engine(Node):
     """The primary node: one store, its writer thread and its in-memory mirror."""
@@ -51,6 +53,7 @@ class Engine(Node):
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-reader")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task | None = None
+        self._why_cache: dict[int, tuple[int, str]] = {}
         self.closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -154,6 +157,15 @@ class Engine(Node):
         return await self._read(lambda txn: [txn.serial_for(r.issuer, r.jti) for r in refs])
 
     async def _why_revoked(self, serial: int, key: int) -> tuple[int, str]:
+        # Why a serial was revoked never changes (once it expires, Check says
+        # EXPIRED and does not ask), and a revoked token tends to be presented
+        # again and again: remember recent answers so repeats skip the hop to
+        # the reader thread. Foreign keys can expire and be revoked anew, so
+        # they are always read.
+        known = self._why_cache.get(serial) if serial else None
+        if known is not None:
+            return known
+
         def read(txn: Txn) -> tuple[int, str]:
             if serial:
                 seq = txn.revoked_by(serial)
@@ -163,7 +175,12 @@ class Engine(Node):
             info = _change_info(txn, seq)
             return info["revoked_at"], info["reason"]
 
-        return await self._read(read)
+        answer = await self._read(read)
+        if serial and answer[0]:
+            if len(self._why_cache) >= WHY_CACHE:
+                del self._why_cache[next(iter(self._why_cache))]
+            self._why_cache[serial] = answer
+        return answer
 
     async def history(self, after: int, limit: int) -> list[Delta] | None:
         from_ring = self.hub.since(after, limit)
