@@ -31,6 +31,7 @@ _OPTIONS = (
     ("--heartbeat-interval", "heartbeat_interval", float, "seconds of Watch silence before a heartbeat"),
     ("--log-keep", "log_keep", int, "changes the log keeps at least, for resuming Watch streams"),
     ("--log-keep-seconds", "log_keep_seconds", int, "the log also keeps every change younger than this"),
+    ("--clock-skew", "clock_skew", int, "seconds other clocks may differ: revocations outlive expiry by this"),
     ("--rotation-grace", "rotation_grace", int, "seconds a retried rotation gets the same successor"),
     ("--follow", "follow", str, "HOST:PORT of a primary: run as a read-only follower (no data dir)"),
 )

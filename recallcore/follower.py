@@ -27,7 +27,6 @@ from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.codec import bitmap_from
-from recallclient.jti import foreign_key, serial_from_jti
 from recallclient.replica_core import ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
 from recallclient.types import JtiRef, TokenState
@@ -82,6 +81,7 @@ class Follower(Node):
         self.primary = settings.follow
         self._core = _Core(self)
         self._vouched_at = float("-inf")
+        self._primary_interval = settings.heartbeat_interval
         self._task: asyncio.Task | None = None
         self.closed = False
 
@@ -91,6 +91,14 @@ class Follower(Node):
 
     def staleness(self) -> float:
         return time.monotonic() - self._vouched_at
+
+    ahead_wait = 5.0
+
+    def vouching(self) -> bool:
+        """Only while the primary vouches for this follower (within a few of
+        its heartbeat intervals) does it vouch for its own subscribers: cut
+        off from the primary, it lets them go stale."""
+        return self.ready and self.staleness() <= 3 * max(self._primary_interval, self.settings.heartbeat_interval)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="recallcore-follower")
@@ -134,7 +142,8 @@ class Follower(Node):
                 if event is grpc.aio.EOF:
                     return progressed
                 if event.HasField("heartbeat") and event.heartbeat.interval_ms:
-                    silence = max(5.0, 3 * event.heartbeat.interval_ms / 1000)
+                    self._primary_interval = event.heartbeat.interval_ms / 1000
+                    silence = max(5.0, 3 * self._primary_interval)
                 outcome = self._core.handle(event)
                 if outcome.kind in ("installed", "applied"):
                     progressed = True
@@ -147,26 +156,16 @@ class Follower(Node):
     # ---------------------------------------------------------------- hooks
 
     async def _serials_of(self, refs: list[JtiRef]) -> list[int]:
-        """Serials of canonical jtis. Without the primary's records the issuer
-        cannot be verified, so a jti revoked by (issuer, jti) key - another
-        issuer's token that only looks canonical - is left to the key."""
-        revocations = self.state.revocations
-        out = []
-        for ref in refs:
-            serial = serial_from_jti(ref.jti) or 0
-            if serial > revocations.registered_through or (
-                serial and revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti))
-            ):
-                serial = 0
-            out.append(serial)
-        return out
+        """None: the (issuer, jti) index stays on the primary; Node._resolve
+        still maps canonical jtis to their serials."""
+        return [0] * len(refs)
 
     async def _why_revoked(self, serial: int, key: int) -> tuple[int, str]:
         return 0, ""
 
     async def introspect(self, ref: int | JtiRef) -> dict:
         """What a follower knows: state, serial and expiry (records stay on the primary)."""
-        self._require_ready()
+        self.require_ready()
         result = await self.check(ref)
         out = {"state": result.state, "active": result.state == TokenState.ACTIVE}
         if result.serial:

@@ -89,6 +89,8 @@ class Hub:
             await future
         finally:
             timer.cancel()
+            if future in self._waiters:  # woken by the timer: not by a publish
+                self._waiters.remove(future)
 
     def _start(self, after: int) -> int | None:
         """Index of the ring's delta that follows `after`, or None."""

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 
 import numpy as np
-from recallclient.jti import foreign_key
+from recallclient.jti import foreign_key, serial_from_jti
 from recallclient.revoked_set import Delta
 from recallclient.types import CheckResult, JtiRef, Stats, TokenState
 
@@ -47,7 +47,15 @@ class Node:
         """True when the node can answer reads."""
         return True
 
-    def _require_ready(self) -> None:
+    # A subscriber ahead of this node: a follower waits this long for its
+    # primary's changes to arrive; a primary resets it at once.
+    ahead_wait = 0.0
+
+    def vouching(self) -> bool:
+        """True when this node may tell subscribers they are current."""
+        return True
+
+    def require_ready(self) -> None:
         if not self.ready:
             raise FailedPrecondition("this node has not synced with its primary yet; retry shortly")
 
@@ -82,12 +90,14 @@ class Node:
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            waiters.remove(future)
-            if not waiters and self._seq_waiters.get(seq) is waiters:
-                del self._seq_waiters[seq]
             raise DeadlineExceeded(
                 f"min_seq: this node is at seq {self.state.seq} and did not reach {seq} in time"
             ) from None
+        finally:
+            if future in waiters:  # timed out or cancelled: not woken
+                waiters.remove(future)
+                if not waiters and self._seq_waiters.get(seq) is waiters:
+                    del self._seq_waiters[seq]
 
     def _wake_seq_waiters(self) -> None:
         for seq in [s for s in self._seq_waiters if s <= self.state.seq]:
@@ -98,8 +108,27 @@ class Node:
     # ----------------------------------------------------------------- hooks
 
     async def _serials_of(self, refs: list[JtiRef]) -> list[int]:
-        """The serial each (issuer, jti) is registered under here, or 0."""
+        """The serial each exact (issuer, jti) is registered under here, or 0."""
         raise NotImplementedError
+
+    async def _resolve(self, refs: list[JtiRef]) -> list[int]:
+        """The serial of each token by (issuer, jti), or 0 for a foreign token.
+
+        The registration of exactly that pair wins. Otherwise, unless the
+        pair itself is revoked by key (another issuer's token that only looks
+        canonical), a canonical jti stands for the serial it encodes: an
+        issuer spelled differently (or left to the default at registration)
+        must not turn a revoked token into an UNKNOWN one.
+        """
+        found = await self._serials_of(refs)
+        revocations = self.state.revocations
+        out = []
+        for serial, ref in zip(found, refs):
+            if not serial and not revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
+                encoded = serial_from_jti(ref.jti) or 0
+                serial = encoded if encoded <= revocations.registered_through else 0
+            out.append(serial)
+        return out
 
     async def _why_revoked(self, serial: int, key: int) -> tuple[int, str]:
         """(revoked_at, reason) of a revoked serial (or foreign key when serial is 0)."""
@@ -132,8 +161,8 @@ class Node:
 
         `claims` of a token never registered here let cut-off rules apply to it.
         """
-        self._require_ready()
-        serial = ref if isinstance(ref, int) else (await self._serials_of([ref]))[0]
+        self.require_ready()
+        serial = ref if isinstance(ref, int) else (await self._resolve([ref]))[0]
         if serial:
             state = self.state.state(serial, int(self.clock()))
         else:
@@ -152,7 +181,7 @@ class Node:
 
         Raises InvalidArgument naming the first serial that is 0 or too large.
         """
-        self._require_ready()
+        self.require_ready()
         ids = np.frombuffer(validate.packed_serials(packed, self.settings), dtype=np.uint64)
         bad = (ids == 0) | (ids > validate.MAX_SERIAL)
         if bad.any():
@@ -164,8 +193,8 @@ class Node:
         """States of tokens by (issuer, jti), in order (claims as in `check`)."""
         if not refs:
             return []
-        self._require_ready()
-        serials = await self._serials_of(refs)
+        self.require_ready()
+        serials = await self._resolve(refs)
         now = int(self.clock())
         claims = claims or [None] * len(refs)
         return [

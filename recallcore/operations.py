@@ -77,7 +77,8 @@ def revoke_serials(txn: Txn, added: BitMap64, seq: int) -> dict[int, int]:
     """Write the revocation of `added` under `seq`.
 
     Returns the foreign keys (with expiry) of those registered under a
-    caller-chosen jti, which the change must also revoke by key.
+    caller-chosen jti and not yet revoked by key, which the change must also
+    revoke by key.
     """
     txn.update_bitmap("revoked", b"", added)
     txn.put_revocations(added, seq)
@@ -85,7 +86,9 @@ def revoke_serials(txn: Txn, added: BitMap64, seq: int) -> dict[int, int]:
     for serial in txn.bitmap_over("index", CUSTOM_JTI, added).to_array():
         record = txn.record(serial)
         if record is not None:
-            keys[foreign_key(record.issuer, record.jti)] = record.expires_at
+            key = foreign_key(record.issuer, record.jti)
+            if txn.foreign(key) is None:  # revoked by key already: keep that record
+                keys[key] = record.expires_at
     for key, expires_at in keys.items():
         txn.put_foreign(key, expires_at, seq)
     return keys
@@ -146,8 +149,10 @@ def store_tokens(txn: Txn, state: Mirror, fresh: list[tuple[int, str, TokenSpec]
         if jti != canonical_jti(serial):
             indexes[CUSTOM_JTI].add(serial)
         expiring[spec.expires_at].add(serial)
-        if rules.cut_off(spec.issuer, spec.subject, spec.client_id, spec.issued_at):
-            cut.add(serial)
+        if rules.cut_off(spec.issuer, spec.subject, spec.client_id, spec.issued_at) or (
+            rules.is_foreign_revoked(foreign_key(spec.issuer, jti))
+        ):
+            cut.add(serial)  # a rule covers it, or it was revoked by (issuer, jti) before registration
     for prefix, serials in indexes.items():
         txn.update_bitmap("index", prefix, serials)
     ids = np.array([s for s, _, _ in fresh], dtype=np.uint64)
@@ -176,7 +181,7 @@ def register(txn: Txn, state: Mirror, op: Register, now: int) -> tuple[RegisterR
         "first_serial": fresh[0][0], "last_serial": fresh[-1][0],
         **_names("subjects", [s.subject for s in specs]), **_names("clients", [s.client_id for s in specs]),
         "origin": ", ".join(distinct((s.origin for s in specs), 4)),
-        "cut_off": len(cut), **({"reason": "cut-off rule in force"} if cut else {}),
+        "cut_off": len(cut), **({"reason": "revoked before registration or by a cut-off rule"} if cut else {}),
     })
     return RegisterResult(tuple(results), seq), delta
 
@@ -206,17 +211,27 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
     serials -= state.revocations.revoked
     added = serials - state.expiry.expired_among(serials, now)
     new_foreign = {k: exp for k, exp in foreign.items() if not state.revocations.is_foreign_revoked(k)}
-    if not added and not new_foreign:
+    # Revoked again with a later expiry: keep it revoked that much longer.
+    extended = {}
+    for key, expires_at in foreign.items():
+        if key not in new_foreign:
+            stored = txn.foreign(key)
+            if stored is not None and expires_at > stored[0]:
+                extended[key] = (expires_at, stored[1])
+    if not added and not new_foreign and not extended:
         return RevokeResult(0, state.seq), None
     count = len(added) + len(new_foreign)
     seq = state.seq + 1
     for key, expires_at in new_foreign.items():
         txn.put_foreign(key, expires_at, seq)
+    for key, (expires_at, revoked_by) in extended.items():
+        txn.put_foreign(key, expires_at, revoked_by)
     new_foreign.update(revoke_serials(txn, added, seq))
     delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(new_foreign), time=now)
     commit_change(txn, state, delta, {
         "kind": "revoke", "actor": op.actor, "reason": op.reason, "origin": op.origin,
         "selector": op.selector.describe(), "count": count, **affected_names(txn, added),
+        **({"extended": len(extended)} if extended else {}),
     })
     return RevokeResult(count, seq), delta
 
@@ -227,10 +242,13 @@ def sweep(txn: Txn, state: Mirror, op: Sweep, now: int, settings: Settings) -> t
     Returns (seq of the change or 0, delta or None). Work per call is bounded
     by settings.purge_batch; the next sweep continues.
     """
-    removed = state.expiry.expired_among(state.revocations.revoked, now)
+    # Forget a revocation only clock_skew after expiry: a node or relying
+    # party whose clock lags must not see the token valid and unrevoked.
+    forget_before = now - settings.clock_skew
+    removed = state.expiry.expired_among(state.revocations.revoked, forget_before)
     if removed:
         txn.update_bitmap("revoked", b"", BitMap64(), removed)
-    foreign_due = txn.foreign_due(now, settings.purge_batch)
+    foreign_due = txn.foreign_due(forget_before, settings.purge_batch)
     for expires_at, key in foreign_due:
         txn.delete_foreign(key, expires_at)
     retired = frozenset(r for r in state.revocations.rules if r[2] + settings.max_token_lifetime <= now)

@@ -5,7 +5,9 @@ anything else is logged and answers INTERNAL. This is the one place where
 errors meet gRPC status codes.
 """
 
+import asyncio
 import functools
+import inspect
 import logging
 
 import grpc
@@ -16,26 +18,44 @@ from recallclient.types import JtiRef, TokenSpec
 from . import audit, validate, watch
 from .audit import AuditQuery
 from .engine import Engine
-from .errors import RecallError
+from .errors import InvalidArgument, RecallError
 from .model import Claims, Selector
 
 log = logging.getLogger(__name__)
 
 
+async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
+    if isinstance(exc, RecallError):
+        await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+    log.exception("%s failed", name)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
+
+
 def _rpc(method):
-    """Map RecallError to its status and bugs to INTERNAL."""
+    """Map RecallError to its status and bugs to INTERNAL (unary and streaming handlers)."""
+    name = method.__name__
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def streaming(self, request, context: grpc.aio.ServicerContext):
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except (grpc.aio.AbortError, grpc.RpcError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await _fail(context, name, exc)
+
+        return streaming
 
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
-        except RecallError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error")
+        except Exception as exc:
+            await _fail(context, name, exc)
 
     return handler
 
@@ -146,41 +166,39 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         return pb.CutoffResponse(seq=result.seq, count=result.count, before=result.before,
                                  retires_at=result.retires_at)
 
+    @_rpc
     async def AuditLog(self, request, context):
         """Matching audit records, then (with follow) new ones as they commit."""
-        try:
-            settings = self.engine.settings
-            validate.string(request.subject, "subject", settings)
-            validate.string(request.client_id, "client_id", settings)
-            if request.serial:
-                validate.serial(request.serial, "serial")
-            q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
-                           request.since, request.until, request.limit)
-            sent = 0
-            cursor = max(request.after_seq, self.engine.state.seq)  # the query sees at least this
-            for record in await self.engine.audit(q):
+        settings = self.engine.settings
+        validate.string(request.subject, "subject", settings)
+        validate.string(request.client_id, "client_id", settings)
+        if request.serial:
+            validate.serial(request.serial, "serial")
+        if request.after_seq > validate.MAX_SERIAL:
+            raise InvalidArgument(f"after_seq: {request.after_seq} is beyond any sequence")
+        q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
+                       request.since, request.until, request.limit)
+        sent = 0
+        cursor = max(request.after_seq, self.engine.state.seq)  # the query sees at least this
+        for record in await self.engine.audit(q):
+            yield audit.to_event(record)
+            sent += 1
+            cursor = max(cursor, record["seq"])
+        while request.follow and (not request.limit or sent < request.limit) and not self.engine.hub.closed:
+            if self.engine.state.seq <= cursor:
+                await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
+                continue
+            head = self.engine.state.seq
+            for record in await self.engine.audit_after(q, cursor):
+                if record["seq"] > head or (request.limit and sent >= request.limit):
+                    break
                 yield audit.to_event(record)
                 sent += 1
-                cursor = max(cursor, record["seq"])
-            while request.follow and (not request.limit or sent < request.limit) and not self.engine.hub.closed:
-                if self.engine.state.seq <= cursor:
-                    await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
-                    continue
-                head = self.engine.state.seq
-                for record in await self.engine.audit_after(q, cursor):
-                    if record["seq"] > head or (request.limit and sent >= request.limit):
-                        break
-                    yield audit.to_event(record)
-                    sent += 1
-                cursor = head
-        except RecallError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+            cursor = head
 
+    @_rpc
     async def Watch(self, request, context):
         """Stream encoded WatchEvents (registered without a response serializer)."""
-        try:
-            validate.string(request.store_id, "store_id", self.engine.settings)
-            async for payload in watch.stream(self.engine, request):
-                yield payload
-        except RecallError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+        validate.string(request.store_id, "store_id", self.engine.settings)
+        async for payload in watch.stream(self.engine, request):
+            yield payload

@@ -17,6 +17,7 @@ DEFAULT_MAP_SIZE = 64 << 20  # initial LMDB map size
 DEFAULT_MAX_MAP_SIZE = 64 << 30  # the map grows up to this, then writes fail
 DEFAULT_GROUP_COMMIT = 512  # operations committed in one transaction at most
 DEFAULT_PURGE_BATCH = 10_000  # token records purged per sweep at most
+DEFAULT_CLOCK_SKEW = 60  # seconds other clocks may lag or lead this one
 DEFAULT_ROTATION_GRACE = 10  # seconds a retry of the same rotation gets the same successor
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds of silence before a Watch heartbeat
 DEFAULT_WATCH_RING = 4096  # recent deltas kept in memory for Watch streams
@@ -48,6 +49,9 @@ class Settings:
     log_keep / log_keep_seconds: the change log keeps at least the newest
         log_keep changes, and every change younger than log_keep_seconds;
         older ones are compacted and a subscriber behind them gets a snapshot.
+    clock_skew: seconds other clocks may differ from this one: revocations
+        are forgotten only this long after expiry, and issue times later
+        than now + clock_skew are refused.
     rotation_grace: seconds during which a retry of the same rotation
         returns the same successor instead of counting as reuse.
     follow: HOST:PORT of a primary to follow (a read-only node); empty for a primary.
@@ -72,6 +76,7 @@ class Settings:
     log_keep: int = DEFAULT_LOG_KEEP
     log_keep_seconds: int = DEFAULT_LOG_KEEP_SECONDS
     rotation_grace: int = DEFAULT_ROTATION_GRACE
+    clock_skew: int = DEFAULT_CLOCK_SKEW
     follow: str = ""
 
     def __post_init__(self) -> None:
@@ -85,7 +90,7 @@ class Settings:
                      "max_scopes", "group_commit", "purge_batch", "watch_ring", "log_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
-        for name in ("audit_retention", "rotation_grace"):
+        for name in ("audit_retention", "rotation_grace", "clock_skew"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_ttl > self.max_token_lifetime:

@@ -68,8 +68,15 @@ def token_spec(spec: TokenSpec, field: str, settings: Settings, now: int) -> Tok
             raise InvalidArgument(f"{field}.{name}: {getattr(spec, name)} is after {MAX_TIME} (year 2106)")
     if spec.expires_at < 0:
         raise InvalidArgument(f"{field}.expires_at: must not be negative")
+    if spec.issued_at > now + settings.clock_skew:
+        raise InvalidArgument(
+            f"{field}.issued_at: {spec.issued_at} is in the future (now is {now}, "
+            f"clock_skew {settings.clock_skew}s)"
+        )
     issued_at = spec.issued_at or now
     expires_at = spec.expires_at or issued_at + settings.token_ttl
+    if expires_at > MAX_TIME:
+        raise InvalidArgument(f"{field}.expires_at: {expires_at} is after {MAX_TIME} (year 2106)")
     if expires_at <= issued_at:
         raise InvalidArgument(
             f"{field}.expires_at: {expires_at} is not after issued_at {issued_at}"

@@ -21,6 +21,7 @@ from recallclient.codec import bitmap_bytes, rule_to_proto
 from recallclient.revoked_set import split
 
 from .hub import delta_event, merge_all
+from .errors import DeadlineExceeded, Unavailable
 from .node import Node
 
 SNAPSHOT_BITS = 18
@@ -106,10 +107,25 @@ def heartbeat_event(node: Node, seq: int) -> bytes:
 
 
 async def _start(node: Node, request: pb.WatchRequest) -> tuple[str, int]:
-    """(reason to reset or "", the cursor to resume from or -1 for a snapshot)."""
-    head = node.state.seq
+    """(reason to reset or "", the cursor to resume from or -1 for a snapshot).
+
+    Raises FailedPrecondition on a node that has not synced, Unavailable on
+    one that cannot vouch for its state or stays behind the subscriber.
+    """
+    node.require_ready()
+    if not node.vouching():
+        raise Unavailable("this follower has lost touch with its primary; try another node")
     if request.store_id and request.store_id != node.store_id:
         return f"store changed: subscriber followed {request.store_id}, this is {node.store_id}", -1
+    if request.after_seq > node.state.seq and node.ahead_wait:
+        try:  # a follower behind the subscriber: let its primary's changes arrive
+            await node.wait_for_seq(request.after_seq, node.ahead_wait)
+        except DeadlineExceeded:
+            raise Unavailable(
+                f"this follower is at seq {node.state.seq}, behind the subscriber's {request.after_seq}; "
+                "try another node"
+            ) from None
+    head = node.state.seq
     if request.after_seq > head:
         return f"ahead: subscriber at seq {request.after_seq}, this node at {head}", -1
     if request.after_seq == 0:
@@ -155,7 +171,8 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                     continue
                 idle = time.monotonic() - last_sent
                 if idle >= interval:
-                    yield heartbeat_event(node, cursor)
+                    if node.vouching():  # else let the subscriber see its staleness grow
+                        yield heartbeat_event(node, cursor)
                     last_sent = time.monotonic()
                     continue
                 await node.hub.wait(interval - idle)

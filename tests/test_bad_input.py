@@ -1,5 +1,7 @@
 """Every RPC rejects bad input with the fitting status, names the field, and changes nothing."""
 
+import time
+
 import grpc
 import pytest
 from recallclient._proto.recall.v1 import recall_pb2 as pb
@@ -48,6 +50,8 @@ CASES = [
     ("Register", pb.RegisterRequest(tokens=[tok(issued_at=1000, expires_at=1000 + 10**9)]), INVALID, "tokens[0].expires_at"),
     ("Register", pb.RegisterRequest(tokens=[tok(type=7)]), INVALID, "tokens[0].type"),
     ("Register", pb.RegisterRequest(tokens=[tok(expires_at=2**32)]), INVALID, "tokens[0].expires_at"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issued_at=2**32 - 100)]), INVALID, "tokens[0].issued_at"),
+    ("Register", pb.RegisterRequest(tokens=[tok(issued_at=int(time.time()) + 86400)]), INVALID, "tokens[0].issued_at"),
     ("Register", pb.RegisterRequest(tokens=[tok(jti="rc1.999.abcd")]), INVALID, "tokens[0].jti"),
     ("Register", pb.RegisterRequest(tokens=[tok()], actor=LONG), INVALID, "actor"),
     ("Register", pb.RegisterRequest(tokens=[tok()] * (MAX_BATCH + 1)), EXHAUSTED, "tokens"),
@@ -104,6 +108,7 @@ CASES = [
     # streams
     ("AuditLog", pb.AuditRequest(subject=LONG), INVALID, "subject"),
     ("AuditLog", pb.AuditRequest(serial=BIG), INVALID, "serial"),
+    ("AuditLog", pb.AuditRequest(after_seq=2**64 - 1), INVALID, "after_seq"),
     ("Watch", pb.WatchRequest(store_id=LONG), INVALID, "store_id"),
     # Introspect
     ("Introspect", pb.IntrospectRequest(), INVALID, "serial"),

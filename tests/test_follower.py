@@ -16,7 +16,9 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from recallclient import RecallClient, RecallError, TokenSpec, TokenState, TokenType, canonical_jti
+from recallclient import RecallClient, RecallError, Replica, TokenSpec, TokenState, TokenType, canonical_jti
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient._proto.recall.v1 import recall_pb2_grpc
 
 from recallcore.server import SERVICE_NAME
 from recallcore.settings import Settings
@@ -300,3 +302,52 @@ def test_health_is_serving_once_the_follower_has_synced(servers, tmp_path, prima
     assert follower.engine.synced.is_set()
     with RecallClient(follower.address) as f:
         assert f.check(1).state == TokenState.UNKNOWN
+
+
+# ------------------------------------------------ a follower vouches only when it can
+
+
+def _first_event_or_error(address: str, request: pb.WatchRequest):
+    with grpc.insecure_channel(address) as channel:
+        call = recall_pb2_grpc.RecallStub(channel).Watch(request, timeout=SYNC_TIMEOUT)
+        try:
+            return next(iter(call))
+        except grpc.RpcError as exc:
+            return exc
+        finally:
+            call.cancel()
+
+
+def test_an_unsynced_follower_refuses_to_stream(servers, tmp_path):
+    lonely = start_follower(servers, tmp_path, free_address())  # its primary is not there
+    got = _first_event_or_error(lonely.address, pb.WatchRequest(store_id="some-store", after_seq=5))
+    assert isinstance(got, grpc.RpcError) and got.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_follower_cut_off_from_its_primary_stops_vouching(servers, tmp_path, primary, follower):
+    with RecallClient(primary.address) as p:
+        token = p.register_one("alice", "web")
+        caught_up(follower, p.revoke(serials=[token.serial]).seq)
+    with Replica(follower.address, max_staleness=4 * HEARTBEAT * 10) as replica:
+        assert replica.wait_for(follower.engine.state.seq, SYNC_TIMEOUT)
+        assert replica.is_revoked(token.serial)
+        servers.stop(primary)
+        never_issued = token.serial + 1000
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        while not replica.is_revoked(never_issued) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling what a caller sees, bounded by the deadline
+        assert replica.is_revoked(never_issued)  # stale: fails closed
+        assert replica.staleness >= replica.max_staleness
+    got = _first_event_or_error(follower.address, pb.WatchRequest())
+    assert isinstance(got, grpc.RpcError) and got.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_subscriber_ahead_of_a_follower_is_not_moved_back(servers, tmp_path, primary, follower):
+    with RecallClient(primary.address) as p:
+        token = p.register_one("alice", "web")
+        seq = p.revoke(serials=[token.serial]).seq
+    caught_up(follower, seq)
+    ahead = pb.WatchRequest(store_id=follower.engine.store_id, after_seq=seq + 5)
+    got = _first_event_or_error(follower.address, ahead)
+    assert isinstance(got, grpc.RpcError) and got.code() == grpc.StatusCode.UNAVAILABLE
+    assert "behind the subscriber" in got.details()

@@ -140,6 +140,8 @@ class ReplicaCore:
         if len(snap.chunks) < snap.count:
             return Outcome("chunk", self.state.seq)
         self._snapshot = None
+        if not event.store_id:
+            self._fail("snapshot from a node that names no store")
         state = RevokedSet(event.store_id)
         state.load(seq=snap.seq, revoked=snap.revoked, foreign=snap.foreign,
                    registered_through=chunk.registered_through, rules=snap.rules)
