@@ -91,6 +91,8 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     row("1 lookup", "core foreign (issuer+jti)", g("core_jti_check_ns"), "ns", "hash+in set", g("floor_jti_ns"))
     row("1 lookup", "Replica.is_revoked (serial)", g("replica_check_ns"), "ns", "x in BitMap64",
         g("replica_floor_bitmap_ns"))
+    row("1 lookup", "  vs a bare method call doing it", g("replica_check_ns"), "ns", "method",
+        g("replica_floor_method_ns"))
     row("1 lookup", "Replica.is_revoked (issuer+jti)", g("replica_jti_check_ns"), "ns", "hash+in set",
         g("replica_floor_jti_ns"))
     row("1 lookup", "Replica.is_revoked (canonical jti)", g("replica_canonical_jti_ns"), "ns", "x in BitMap64",
