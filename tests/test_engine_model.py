@@ -144,25 +144,28 @@ class EngineMachine(RuleBasedStateMachine):
             return TokenState.EXPIRED
         return TokenState.REVOKED if serial in self.revoked else TokenState.ACTIVE
 
-    def ref_state(self, issuer: str, jti: str) -> TokenState | None:
+    def ref_state(self, issuer: str, jti: str) -> TokenState:
         """The state by (issuer, jti): that of its serial while registered, else
-        REVOKED while its key is in the foreign set. None where the model takes
-        no position: an ACTIVE serial whose key is revoked, i.e. the pair was
-        revoked before it was registered (see test_engine.py::
-        test_revoke_before_register_is_not_lost)."""
+        REVOKED while its key is in the foreign set, else that of the serial a
+        canonical jti encodes (under any issuer), else UNKNOWN."""
         serial = self.jtis.get((issuer, jti))
         revoked_foreign = foreign_key(issuer, jti) in self.foreign
         if serial:
             state = self.state(serial)
-            return None if revoked_foreign and state == TokenState.ACTIVE else state
+            # A key revoked before registration revoked the serial with it.
+            assert not (revoked_foreign and state == TokenState.ACTIVE)
+            return state
         if revoked_foreign:
             return TokenState.REVOKED
         encoded = serial_from_jti(jti)  # a canonical jti under another issuer spelling: its serial
         return self.state(encoded) if encoded and encoded <= self.n else TokenState.UNKNOWN
 
     def model_sweep(self) -> tuple[set[int], set[int], list[int]]:
-        removed = {s for s in self.revoked if self.expired(s)}
-        due = sorted((exp, key) for key, (exp, _, _) in self.foreign.items() if exp <= self.now)
+        # Revocations are forgotten clock_skew after expiry; records are purged
+        # audit_retention after expiry (the two are independent).
+        forget_before = self.now - self.cfg.clock_skew
+        removed = {s for s in self.revoked if self.expiry(s) <= forget_before}
+        due = sorted((exp, key) for key, (exp, _, _) in self.foreign.items() if exp <= forget_before)
         due = due[: self.cfg.purge_batch]
         cutoff = self.now - self.cfg.audit_retention
         purge = [s for s in sorted(self.tokens)
@@ -182,12 +185,12 @@ class EngineMachine(RuleBasedStateMachine):
     # --------------------------------------------------------------- rules
 
     @initialize(retention=st.sampled_from([0, 30, 10**6]), purge_batch=st.sampled_from([2, 10_000]),
-                data=st.data())
-    def start(self, retention, purge_batch, data):
+                skew=st.sampled_from([0, 30]), data=st.data())
+    def start(self, retention, purge_batch, skew, data):
         self.cfg = Settings(
             data_dir=self.dir, listen="127.0.0.1:0", sweep_interval=3600,
             audit_retention=retention, purge_batch=purge_batch,
-            clock_skew=0,  # the model forgets revocations exactly at expiry
+            clock_skew=skew,
         )
         self.open()
         assert self.engine.state.seq == 0
@@ -260,7 +263,8 @@ class EngineMachine(RuleBasedStateMachine):
         if any(existing for *_, existing in expected):
             event("register: existing (issuer, jti)")
         # A pair revoked by (issuer, jti) before it was registered is registered revoked.
-        cut = {s for s, t in fresh if foreign_key(t.issuer, t.jti) in self.foreign and t.expires_at > self.now}
+        # (even one that has already expired: it is in the revoked set until swept).
+        cut = {s for s, t in fresh if foreign_key(t.issuer, t.jti) in self.foreign}
         if cut:
             event("register: revoked by key before registration")
         for serial, token in fresh:
@@ -335,7 +339,12 @@ class EngineMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
     def revoke_registered_by_jti(self, data):
-        serials = data.draw(st.lists(st.sampled_from(sorted(self.tokens)), min_size=1, max_size=3))
+        # Not by the canonical jti of a purged serial: whether that names the serial
+        # or a foreign token is in question (see test_engine.py, the xfail tests).
+        pool = [s for s, t in sorted(self.tokens.items()) if s not in self.purged or t.jti != canonical_jti(s)]
+        if not pool:
+            return
+        serials = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3))
         refs = [JtiRef(self.tokens[s].issuer, self.tokens[s].jti) for s in serials]
         self._revoke(Selector(tokens=tuple(refs)), set(), refs)
 
@@ -446,6 +455,8 @@ class EngineMachine(RuleBasedStateMachine):
         refs = [JtiRef(t.issuer, t.jti) for t in self.tokens.values()]
         refs += [JtiRef(i, j) for i, j in FOREIGN]
         refs += [JtiRef(DEFAULT_ISSUER, j) for j in JTIS]
+        # Canonical jtis under an issuer nothing was registered under: they name their serial.
+        refs += [JtiRef("https://other.example", canonical_jti(s)) for s in sorted({1, self.n, self.n + 1}) if s]
         engine = self.engine
 
         async def both():
@@ -454,11 +465,7 @@ class EngineMachine(RuleBasedStateMachine):
         singles, batch = self.run(both())
         assert [r.state for r in singles] == batch
         for ref, got in zip(refs, singles):
-            want = self.ref_state(ref.issuer, ref.jti)
-            if want is None:
-                event("check by jti: registered after a foreign revocation")
-                continue
-            assert got.state == want, ref
+            assert got.state == self.ref_state(ref.issuer, ref.jti), ref
             serial = self.jtis.get((ref.issuer, ref.jti), 0)
             if not serial and foreign_key(ref.issuer, ref.jti) not in self.foreign:
                 encoded = serial_from_jti(ref.jti) or 0
