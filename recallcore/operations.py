@@ -16,7 +16,7 @@ import numpy as np
 from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import delta_to_proto
-from recallclient.jti import canonical_jti, foreign_key, looks_canonical
+from recallclient.jti import canonical_jti, foreign_key, looks_canonical, serial_from_jti
 from recallclient.revoked_set import Delta
 from recallclient.types import Registered, RegisterResult, RevokeResult, TokenSpec
 
@@ -190,10 +190,20 @@ def _covered(txn: Txn, state: Mirror, sel: Selector, now: int, settings: Setting
     """Registered serials and foreign keys (with expiry) the selector names."""
     serials = BitMap64(s for s in sel.serials if s <= state.revocations.registered_through)
     foreign: dict[int, int] = {}
+    through = state.revocations.registered_through
     for ref in sel.tokens:
         serial = txn.serial_for(ref.issuer, ref.jti)
         if serial:
             serials.add(serial)
+            continue
+        encoded = serial_from_jti(ref.jti)
+        if encoded:
+            # A canonical jti names a serial of this store, whatever issuer
+            # spelling comes with it (as Check reads it): revoke that serial
+            # if issued, and never keep it as a foreign key that would later
+            # revoke the token issued under that serial.
+            if encoded <= through:
+                serials.add(encoded)
             continue
         expires_at = ref.expires_at or now + settings.max_token_lifetime
         if expires_at > now:
