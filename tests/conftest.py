@@ -14,6 +14,7 @@ from recallclient import RecallClient
 
 from recallcore.settings import Settings
 
+from .history import Servers, seeded_rng
 from .support import ServerThread
 
 
@@ -38,3 +39,15 @@ def server(settings: Settings):
 def client(server: ServerThread):
     with RecallClient(server.address) as c:
         yield c
+
+
+@pytest.fixture
+def rng():
+    return seeded_rng()
+
+
+@pytest.fixture
+def servers():
+    started = Servers()
+    yield started
+    started.close()

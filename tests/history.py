@@ -386,19 +386,6 @@ def seeded_rng() -> random.Random:
     return random.Random(seed)
 
 
-class FakeClock:
-    """An engine clock: whole seconds of real time at start, then moved only by `advance`."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class Servers:
     """The ServerThreads a test starts; close() stops those still running, oldest
     first (a primary before its followers, whose streams then end)."""

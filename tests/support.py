@@ -7,12 +7,26 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from recallcore.server import Server
 from recallcore.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
+
+
+class FakeClock:
+    """An engine clock: whole seconds of real time at start, then moved only by `advance`."""
+
+    def __init__(self) -> None:
+        self.now = int(time.time())
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: int) -> None:
+        self.now += seconds
 
 
 class ServerThread:

@@ -33,8 +33,7 @@ from recallcore.lifecycle import SCOPE_NAMES
 from recallcore.model import Selector
 from recallcore.settings import Settings
 
-from .support import ServerThread
-from .test_lifecycle import FakeClock
+from .support import FakeClock, ServerThread
 
 WAIT = 30.0  # deadline of every wait; never reached when things work
 IDP = "https://idp.example"

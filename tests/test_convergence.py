@@ -7,6 +7,7 @@ import random
 import threading
 
 from recallclient import AsyncReplica, RecallClient, Replica, TokenSpec
+
 from recallcore.settings import Settings
 
 from .support import ServerThread

@@ -9,9 +9,9 @@ import asyncio
 from array import array
 
 import pytest
-
 from recallclient.jti import canonical_jti
 from recallclient.types import JtiRef, TokenSpec, TokenState
+
 from recallcore.errors import InvalidArgument
 from recallcore.model import Selector
 from recallcore.settings import DEFAULT_ISSUER, Settings

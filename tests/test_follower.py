@@ -30,7 +30,6 @@ from .history import (
     assert_resumable,
     check_history,
     classify,
-    seeded_rng,
     server_state,
 )
 
@@ -38,18 +37,6 @@ HEARTBEAT = 0.05
 SYNC_TIMEOUT = 30.0
 ISSUER = "recallcore"  # the primary's Settings.issuer
 OTHER_ISSUER = "https://other-idp.example"
-
-
-@pytest.fixture
-def rng() -> random.Random:
-    return seeded_rng()
-
-
-@pytest.fixture
-def servers():
-    started = Servers()
-    yield started
-    started.close()
 
 
 @pytest.fixture

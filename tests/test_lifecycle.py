@@ -8,7 +8,6 @@ Cutoff, Rule: "tokens issued strictly before this time are revoked").
 """
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,7 +17,7 @@ from recallclient.revoked_set import SUBJECT
 
 from recallcore.settings import Settings
 
-from .support import ServerThread
+from .support import FakeClock, ServerThread
 
 GRACE = 10
 LIFETIME = 3600  # max_token_lifetime: when a rule retires
@@ -29,19 +28,6 @@ WAIT = 30.0  # deadline of every wait; never reached when things work
 
 ACTIVE, REVOKED, ROTATED = TokenState.ACTIVE, TokenState.REVOKED, TokenState.ROTATED
 EXPIRED, UNKNOWN = TokenState.EXPIRED, TokenState.UNKNOWN
-
-
-class FakeClock:
-    """The engine's clock: whole seconds of real time at start, then moved only by `advance`."""
-
-    def __init__(self) -> None:
-        self.now = int(time.time())
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: int) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

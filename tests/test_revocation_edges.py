@@ -4,12 +4,11 @@ later expiries, other issuer spellings, clock skew; and waiters that must not pi
 import asyncio
 
 import pytest
-
 from recallclient import JtiRef, RecallClient, TokenState
+
 from recallcore.settings import Settings
 
-from .support import ServerThread
-from .test_lifecycle import FakeClock
+from .support import FakeClock, ServerThread
 
 IDP = "https://idp.example"
 REVOKED, ACTIVE, EXPIRED, UNKNOWN = TokenState.REVOKED, TokenState.ACTIVE, TokenState.EXPIRED, TokenState.UNKNOWN

@@ -22,8 +22,7 @@ from recallclient.revoked_set import ALL, CLIENT, ISSUER, SUBJECT
 
 from recallcore.settings import Settings
 
-from .support import ServerThread
-from .test_lifecycle import FakeClock
+from .support import FakeClock, ServerThread
 
 WAIT = 30.0  # deadline of every stream and wait; never reached when things work
 LIFETIME = 3600  # max_token_lifetime: when a rule retires

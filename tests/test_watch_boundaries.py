@@ -20,7 +20,6 @@ from recallcore.settings import Settings
 from recallcore.watch import FOREIGN_PER_CHUNK, SNAPSHOT_SPAN
 
 from .history import (
-    FakeClock,
     ServerLog,
     Servers,
     StreamRecord,
@@ -33,6 +32,7 @@ from .history import (
     read_stream,
     server_state,
 )
+from .support import FakeClock
 
 HEARTBEAT = 0.05
 LOG_KEEP = 10

@@ -25,9 +25,7 @@ from recallclient.revoked_set import RevokedSet
 from recallcore import watch
 
 from .history import (
-    FakeClock,
     ServerLog,
-    Servers,
     StreamRecord,
     Subscriber,
     assert_resumable,
@@ -35,9 +33,9 @@ from .history import (
     check_history,
     classify,
     kinds,
-    seeded_rng,
     server_state,
 )
+from .support import FakeClock
 
 HEARTBEAT = 0.05
 WRITE_TIMEOUT = 60.0
@@ -46,18 +44,6 @@ OTHER_ISSUER = "https://other-idp.example"
 SUBJECTS = [f"user-{i}" for i in range(12)]
 CLIENTS = [f"app-{i}" for i in range(5)]
 FAMILIES = [f"family-{i}" for i in range(20)]
-
-
-@pytest.fixture
-def rng() -> random.Random:
-    return seeded_rng()
-
-
-@pytest.fixture
-def servers():
-    started = Servers()
-    yield started
-    started.close()
 
 
 @pytest.fixture
