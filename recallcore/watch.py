@@ -57,14 +57,16 @@ def snapshot_events(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
 
 
 def _build_snapshot(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
+    # One synchronous pass on the loop: nothing can change the mirror while it
+    # runs, so it reads the live structures instead of copying them.
     mirror = node.state
     revocations = mirror.revocations
     seq, through = revocations.seq, revocations.registered_through
-    revoked = BitMap64(revocations.revoked)
+    revoked = revocations.revoked
     foreign = sorted(revocations.foreign)
-    rotated = BitMap64(mirror.rotated) if with_expiries else None
+    rotated = mirror.rotated
     rules = [rule_to_proto(r) for r in sorted(revocations.rules)]
-    expiries = mirror.expiry.array[: through + 1].copy() if with_expiries else None
+    expiries = mirror.expiry.array[: through + 1] if with_expiries else None
     if with_expiries:
         parts = [(start, revoked & _span(start)) for start in range(0, through + 1, SNAPSHOT_SPAN)]
     else:
