@@ -120,10 +120,9 @@ class RecallService(recall_pb2_grpc.RecallServicer):
     async def CheckBatch(self, request, context):
         settings = self.engine.settings
         validate.count(len(request.serials) // 8 + len(request.tokens), "serials+tokens", settings)
-        refs = [validate.jti_ref(JtiRef(t.issuer, t.jti), f"tokens[{i}]", settings)
-                for i, t in enumerate(request.tokens)]
-        claims = []
+        refs, claims = [], []
         for i, t in enumerate(request.tokens):
+            refs.append(validate.jti_ref(JtiRef(t.issuer, t.jti), f"tokens[{i}]", settings))
             validate.claims(t.sub, t.client_id, t.issued_at, settings, f"tokens[{i}].")
             claims.append(Claims(t.sub, t.client_id, t.issued_at))
         if request.min_seq:

@@ -498,7 +498,7 @@ class EngineMachine(RuleBasedStateMachine):
 # No "explain" phase: its line tracing makes a failing run of this machine
 # (threads, LMDB) take minutes; the shrunk steps are explanation enough.
 EngineMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None,
+    max_examples=60, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
