@@ -207,7 +207,8 @@ def _covered(txn: Txn, state: Mirror, sel: Selector, now: int, settings: Setting
             continue
         expires_at = ref.expires_at or now + settings.max_token_lifetime
         if expires_at > now:
-            foreign[foreign_key(ref.issuer, ref.jti)] = expires_at
+            key = foreign_key(ref.issuer, ref.jti)
+            foreign[key] = max(foreign.get(key, 0), expires_at)  # named twice: the later expiry holds
     for kind in ("subject", "client_id", "family"):
         name = getattr(sel, kind)
         if name:
@@ -221,13 +222,15 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
     serials -= state.revocations.revoked
     added = serials - state.expiry.expired_among(serials, now)
     new_foreign = {k: exp for k, exp in foreign.items() if not state.revocations.is_foreign_revoked(k)}
-    # Revoked again with a later expiry: keep it revoked that much longer.
+    # Revoked again with a later explicit expiry: keep it revoked that much
+    # longer. (A defaulted expiry says nothing new about the token.)
     extended = {}
-    for key, expires_at in foreign.items():
-        if key not in new_foreign:
+    for ref in op.selector.tokens:
+        key = foreign_key(ref.issuer, ref.jti)
+        if ref.expires_at and key in foreign and key not in new_foreign:
             stored = txn.foreign(key)
-            if stored is not None and expires_at > stored[0]:
-                extended[key] = (expires_at, stored[1])
+            if stored is not None and ref.expires_at > stored[0]:
+                extended[key] = (ref.expires_at, stored[1])
     if not added and not new_foreign and not extended:
         return RevokeResult(0, state.seq), None
     count = len(added) + len(new_foreign)

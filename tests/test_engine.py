@@ -360,3 +360,11 @@ def test_revoking_the_canonical_jti_of_a_serial_not_issued_yet_does_not_revoke_i
     (token,) = h.register(spec("bob")).tokens
     assert token.serial == 2
     assert h.state(2) == ACTIVE
+
+
+def test_two_references_to_one_foreign_token_keep_the_later_expiry(h, clock):
+    result = h.revoke(tokens=(JtiRef(IDP, "dup", START + 60), JtiRef(IDP, "dup", START + 5)))
+    assert result.count == 1
+    clock.now = START + 10
+    h.run(h.engine.sweep())
+    assert h.state(JtiRef(IDP, "dup")) == REVOKED
