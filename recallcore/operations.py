@@ -229,8 +229,9 @@ def revoke(txn: Txn, state: Mirror, op: Revoke, now: int, settings: Settings) ->
         key = foreign_key(ref.issuer, ref.jti)
         if ref.expires_at and key in foreign and key not in new_foreign:
             stored = txn.foreign(key)
-            if stored is not None and ref.expires_at > stored[0]:
-                extended[key] = (ref.expires_at, stored[1])
+            later = max(ref.expires_at, extended.get(key, (0, 0))[0])
+            if stored is not None and later > stored[0]:
+                extended[key] = (later, stored[1])
     if not added and not new_foreign and not extended:
         return RevokeResult(0, state.seq), None
     count = len(added) + len(new_foreign)

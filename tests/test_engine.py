@@ -368,3 +368,12 @@ def test_two_references_to_one_foreign_token_keep_the_later_expiry(h, clock):
     clock.now = START + 10
     h.run(h.engine.sweep())
     assert h.state(JtiRef(IDP, "dup")) == REVOKED
+
+
+def test_extending_a_foreign_revocation_twice_in_one_call_keeps_the_later_expiry(h, clock):
+    h.revoke(tokens=(JtiRef(IDP, "dup", START + 1),))
+    again = h.revoke(tokens=(JtiRef(IDP, "dup", START + 60), JtiRef(IDP, "dup", START + 5)))
+    assert again.count == 0
+    clock.now = START + 10
+    h.run(h.engine.sweep())
+    assert h.state(JtiRef(IDP, "dup")) == REVOKED
