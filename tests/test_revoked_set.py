@@ -1,7 +1,7 @@
 """recallclient.revoked_set: the pure mirror, checked against plain sets.
 
-Unit tests of apply / merge / load / digest, Hypothesis properties for merge
-and digest, and a rule-based state machine (in the style of PyRoaringBitMap's
+Unit tests of apply / merge / load / digest / cut-off rules, Hypothesis
+properties for merge, digest and split, and a rule-based state machine (in the style of PyRoaringBitMap's
 test/test_state_machine.py) that compares a RevokedSet with a model made of
 Python sets after every step. Expiry (and so the four token states) lives in
 recallcore.mirror since 460a3e0; tests/test_engine*.py cover it through Engine.
@@ -19,7 +19,9 @@ from hypothesis.stateful import (
 )
 from pyroaring import BitMap64
 from recallclient.jti import foreign_key
-from recallclient.revoked_set import DIGEST_BITS, Delta, RevokedSet, SequenceGap
+from recallclient.revoked_set import (
+    ALL, CLIENT, DIGEST_BITS, ISSUER, SUBJECT, Delta, RevokedSet, SequenceGap, span, split,
+)
 
 MASK = 2**64 - 1
 
@@ -29,7 +31,17 @@ SERIALS = [*range(1, 13), 2**DIGEST_BITS - 1, 2**DIGEST_BITS, 2**40 + 1, 2**63, 
 # Foreign keys are what foreign_key() gives: uniformly random 64-bit values.
 FOREIGN = [foreign_key("https://idp.example", f"x{i}") for i in range(7)]
 
+# Cut-off rules (scope, value, before): overlapping scopes and two rules for one subject.
+RULES = [(SUBJECT, "alice", 100), (SUBJECT, "alice", 200), (SUBJECT, "bob", 150), (CLIENT, "web", 120),
+         (ISSUER, "https://idp", 50), (ALL, "", 80)]
+CLAIMS = [(issuer, subject, client, issued_at)
+          for issuer in ("", "https://idp", "https://other")
+          for subject in ("", "alice", "bob")
+          for client in ("", "web", "cli")
+          for issued_at in (0, 49, 50, 79, 80, 119, 120, 199, 200)]
+
 serial_sets = st.frozensets(st.sampled_from(SERIALS), max_size=6)
+rule_sets = st.frozensets(st.sampled_from(RULES), max_size=2)
 foreign_sets = st.frozensets(st.sampled_from(FOREIGN), max_size=4)
 buckets = st.lists(
     st.tuples(st.integers(min_value=1, max_value=40), st.frozensets(st.sampled_from(SERIALS[:12]), min_size=1, max_size=4)),
@@ -58,6 +70,9 @@ def deltas(draw, prev_seq: int) -> Delta:
         registered_through=draw(st.sampled_from([0, 0, 3, 8, 12])),
         expiring=tuple((exp, BitMap64(s)) for exp, s in draw(buckets)),
         time=draw(st.integers(min_value=0, max_value=100)),
+        rules_added=draw(rule_sets),
+        rules_removed=draw(rule_sets),
+        rotated=BitMap64(draw(st.frozensets(st.sampled_from(SERIALS[:12]), max_size=3))),
     )
 
 
@@ -69,16 +84,26 @@ def histories(draw, max_size: int = 6) -> list[Delta]:
     return out
 
 
-def fresh_digest(revoked, foreign) -> bytes:
+def fresh_digest(revoked, foreign, rules=()) -> bytes:
     """The digest of a set loaded with exactly these contents (nothing incremental)."""
     rs = RevokedSet("other")
-    rs.load(seq=99, revoked=BitMap64(revoked), foreign=set(foreign), registered_through=5)
+    rs.load(seq=99, revoked=BitMap64(revoked), foreign=set(foreign), registered_through=5, rules=rules)
     return rs.digest()
+
+
+def model_cut_off(rules, issuer: str, subject: str, client_id: str, issued_at: int) -> bool:
+    """The documented rule: revoked when issued before the latest `before` of
+    any rule that applies (ALL; or a non-empty claim equal to the rule's value)."""
+    claim = {SUBJECT: subject, CLIENT: client_id, ISSUER: issuer}
+    befores = [before for scope, value, before in rules
+               if scope == ALL or (claim[scope] and claim[scope] == value)]
+    return bool(befores) and issued_at < max(befores)
 
 
 def snapshot(rs: RevokedSet) -> tuple:
     """Everything observable about a RevokedSet, as plain values."""
-    return rs.seq, set(rs.revoked), set(rs.foreign), rs.registered_through, rs.digest(), rs.cardinality
+    return (rs.seq, set(rs.revoked), set(rs.foreign), rs.registered_through, set(rs.rules),
+            rs.digest(), rs.cardinality)
 
 
 def replay(history: list[Delta]) -> RevokedSet:
@@ -174,6 +199,9 @@ def test_merge_then_apply_equals_apply_both(data):
     assert merged_delta.expiring == first.expiring + second.expiring
     assert merged_delta.registered_through == max(first.registered_through, second.registered_through)
     assert merged_delta.time == second.time
+    assert merged_delta.rotated == first.rotated | second.rotated
+    for claims in CLAIMS[::7]:
+        assert merged.cut_off(*claims) == one_by_one.cut_off(*claims)
     # A merged delta is empty only when applying it changes nothing.
     if merged_delta.empty:
         assert snapshot(merged)[1:] == snapshot(replay(history))[1:]
@@ -224,10 +252,10 @@ def test_registered_through_never_goes_down():
 def test_digest_equal_iff_same_sets(a, b):
     left, right = replay(a), replay(b)
     # Kept incrementally, the digest equals the one computed from scratch...
-    assert left.digest() == fresh_digest(left.revoked, left.foreign)
-    assert right.digest() == fresh_digest(right.revoked, right.foreign)
+    assert left.digest() == fresh_digest(left.revoked, left.foreign, left.rules)
+    assert right.digest() == fresh_digest(right.revoked, right.foreign, right.rules)
     # ...and tells the sets apart exactly (seq and registered_through are not part of it).
-    same = set(left.revoked) == set(right.revoked) and left.foreign == right.foreign
+    same = (set(left.revoked), left.foreign, left.rules) == (set(right.revoked), right.foreign, right.rules)
     assert (left.digest() == right.digest()) == same
 
 
@@ -235,7 +263,8 @@ def test_digest_equal_iff_same_sets(a, b):
 def test_digest_depends_on_the_sets_not_the_path(history):
     final = replay(history)
     rebuilt = RevokedSet("s")
-    rebuilt.apply(delta(0, added=BitMap64(final.revoked), foreign_added=frozenset(final.foreign)))
+    rebuilt.apply(delta(0, added=BitMap64(final.revoked), foreign_added=frozenset(final.foreign),
+                        rules_added=frozenset(final.rules)))
     assert rebuilt.digest() == final.digest()
 
 
@@ -263,6 +292,56 @@ def test_digest_is_fixed_size_and_stable_between_calls():
     assert rs.digest() == empty
 
 
+# ---------------------------------------------------------- cut-off rules
+
+
+def test_cut_off_rules():
+    rs = RevokedSet("s")
+    assert not rs.cut_off("https://idp", "alice", "web", 0)  # no rules: nothing is cut off
+    rs.apply(delta(0, rules_added=frozenset({(SUBJECT, "alice", 100), (SUBJECT, "alice", 200)})))
+    assert rs.cut_off("", "alice", "", 199) and not rs.cut_off("", "alice", "", 200)  # the later rule holds
+    assert not rs.cut_off("", "bob", "", 10)
+    assert not rs.cut_off("", "", "", 10)  # an empty subject matches no subject rule
+    assert rs.cut_off("", "alice", "", 0)  # issued_at unknown: fails closed
+    rs.apply(delta(1, rules_added=frozenset({(CLIENT, "web", 300), (ALL, "", 50)})))
+    assert rs.cut_off("", "bob", "web", 299) and rs.cut_off("x", "", "", 49) and not rs.cut_off("x", "", "", 50)
+    rs.apply(delta(2, rules_removed=frozenset({(SUBJECT, "alice", 200), (CLIENT, "web", 300)})))
+    assert not rs.cut_off("", "alice", "web", 150) and rs.cut_off("", "alice", "web", 99)
+    before = rs.digest()
+    rs.apply(delta(3, rules_added=frozenset({(ISSUER, "https://idp", 500)}),
+                   rules_removed=frozenset({(ISSUER, "https://idp", 500)})))  # removed wins, like serials
+    assert rs.digest() == before and not rs.cut_off("https://idp", "", "", 60)
+
+
+def test_rules_are_part_of_the_digest_and_of_load():
+    rs = RevokedSet("s")
+    rs.apply(delta(0, added=bm(1)))
+    plain = rs.digest()
+    rs.apply(delta(1, rules_added=frozenset({(SUBJECT, "alice", 100)})))
+    assert rs.digest() != plain
+    assert rs.digest() == fresh_digest({1}, set(), {(SUBJECT, "alice", 100)})
+    assert fresh_digest({1}, set(), {(SUBJECT, "alice", 101)}) != rs.digest()
+    assert fresh_digest({1}, set(), {(CLIENT, "alice", 100)}) != rs.digest()
+
+
+@settings(max_examples=200)
+@given(st.frozensets(st.sampled_from(SERIALS + [2**16 - 1, 2**16, 2**17 + 3, MASK - 2**20]), max_size=10),
+       st.sampled_from([1, 12, 16, DIGEST_BITS]))
+def test_split_yields_every_range_once_in_order(values, bits):
+    bitmap = BitMap64(values)
+    parts = list(split(bitmap, bits))
+    expected: dict[int, set[int]] = {}
+    for v in values:
+        expected.setdefault(v >> bits, set()).add(v)
+    assert [(n, set(part)) for n, part in parts] == sorted(expected.items())
+
+
+def test_span_reaches_the_top_of_the_64_bit_space():
+    top = span(MASK - 2, 2**64)
+    assert set(top) == {MASK - 2, MASK - 1, MASK}
+    assert set(span(5, 8)) == {5, 6, 7}
+
+
 # ----------------------------------------------------------- state machine
 
 
@@ -278,10 +357,12 @@ class RevokedSetMachine(RuleBasedStateMachine):
         self.revoked: set[int] = set()
         self.foreign: set[int] = set()
         self.registered_through = 0
+        self.rules: set = set()
 
     def _model_apply(self, d: Delta) -> None:
         self.revoked = (self.revoked | set(d.added)) - set(d.removed)
         self.foreign = (self.foreign | d.foreign_added) - d.foreign_removed
+        self.rules = (self.rules | d.rules_added) - d.rules_removed
         self.registered_through = max(self.registered_through, d.registered_through)
         self.seq = d.seq
 
@@ -317,7 +398,11 @@ class RevokedSetMachine(RuleBasedStateMachine):
     def reload_from_own_snapshot(self):
         rs = self.rs
         rs.load(seq=rs.seq, revoked=rs.revoked, foreign=set(rs.foreign),
-                registered_through=rs.registered_through)
+                registered_through=rs.registered_through, rules=set(rs.rules))
+
+    @rule()
+    def copy_and_continue_with_the_copy(self):
+        self.rs = self.rs.copy()
 
     @precondition(lambda self: self.seq > 0)
     @rule(data=st.data())
@@ -327,7 +412,7 @@ class RevokedSetMachine(RuleBasedStateMachine):
         rs = self.rs
         replica = RevokedSet("store")
         replica.load(seq=rs.seq, revoked=rs.revoked, foreign=set(rs.foreign),
-                     registered_through=rs.registered_through)
+                     registered_through=rs.registered_through, rules=set(rs.rules))
         d = data.draw(deltas(self.seq))
         assert replica.apply(d) and rs.apply(d)
         self._model_apply(d)
@@ -346,8 +431,14 @@ class RevokedSetMachine(RuleBasedStateMachine):
             assert self.rs.is_foreign_revoked(key) == (key in self.foreign)
 
     @invariant()
+    def rules_agree(self):
+        assert self.rs.rules == self.rules
+        for claims in CLAIMS:
+            assert self.rs.cut_off(*claims) == model_cut_off(self.rules, *claims), claims
+
+    @invariant()
     def digest_agrees(self):
-        assert self.rs.digest() == fresh_digest(self.revoked, self.foreign)
+        assert self.rs.digest() == fresh_digest(self.revoked, self.foreign, self.rules)
 
 
 RevokedSetMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)

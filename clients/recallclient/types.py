@@ -68,8 +68,8 @@ class Registered:
 
 @dataclasses.dataclass(frozen=True)
 class RegisterResult:
-    """The answer to a Register call, tokens in request order; `seq` is 0
-    when every token already existed."""
+    """The answer to a Register call, tokens in request order; `seq` is the
+    change holding them (the current seq when every token already existed)."""
 
     tokens: tuple[Registered, ...]
     seq: int
