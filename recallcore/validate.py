@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from array import array
 
-from recallclient.jti import MAX_SERIAL, looks_canonical
+from recallclient.jti import MAX_SERIAL
 from recallclient.types import JtiRef, TokenSpec, TokenType
 
 from .errors import InvalidArgument, ResourceExhausted
@@ -177,11 +177,6 @@ def packed_serials(data: bytes, settings: Settings, field: str = "serials") -> a
     if sys.byteorder == "big":  # pragma: no cover - wire order is little-endian
         values.byteswap()
     return values
-
-
-def reserved_jti(jti: str) -> bool:
-    """True when a caller-chosen jti uses the form reserved for canonical jtis."""
-    return looks_canonical(jti)
 
 
 def rotate(ref: int | JtiRef, successor: TokenSpec, actor: str, origin: str, request_id: str,
