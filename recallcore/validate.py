@@ -200,7 +200,7 @@ def cutoff(scope: int, value: str, before: int, reason: str, actor: str, setting
     if scope == 4 and value:
         raise InvalidArgument("rule.value: must be empty for scope ALL")
     string(value, "rule.value", settings, required=scope != 4)
-    if before < 0 or before > now + 60:
+    if before < 0 or before > now + settings.clock_skew:
         raise InvalidArgument(f"rule.before: {before} is not a time between 0 and now")
     string(reason, "reason", settings)
     string(actor, "actor", settings)
