@@ -210,11 +210,13 @@ class Engine(Node):
         return await asyncio.get_running_loop().run_in_executor(self._reader, self.store.sizes)
 
     async def introspect(self, ref: int | JtiRef) -> dict:
-        """RFC 7662 fields plus the recall fields, for a token by serial or (issuer, jti)."""
-        now = int(self.clock())
+        """RFC 7662 fields plus the recall fields, for a token by serial or (issuer, jti).
+
+        The token is resolved as Check resolves it, so both always agree.
+        """
+        serial = ref if isinstance(ref, int) else (await self._resolve([ref]))[0]
 
         def read(txn: Txn) -> dict:
-            serial = ref if isinstance(ref, int) else txn.serial_for(ref.issuer, ref.jti)
             if not serial:
                 found = txn.foreign(foreign_key(ref.issuer, ref.jti))
                 out = {"iss": ref.issuer, "jti": ref.jti}
@@ -237,17 +239,10 @@ class Engine(Node):
             return out
 
         out = await self._read(read)
-        serial = out.get("serial", 0)
-        if serial:
-            state = self.state.state(serial, now)
-        elif self.state.revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
-            state = TokenState.REVOKED
-        else:
-            state = TokenState.UNKNOWN
+        state = self.state.state(serial, int(self.clock())) if serial else self._unregistered_state(ref, None)
         out["state"] = state
         out["active"] = state == TokenState.ACTIVE
         return out
-
 
 def _change_info(txn: Txn, seq: int) -> dict:
     audit = txn.audit(seq) if seq else None

@@ -95,3 +95,10 @@ def test_idle_streams_and_abandoned_waits_leave_nothing_behind(server, client):
         return len(engine.hub._waiters), len(engine._seq_waiters)
 
     assert server.call(scenario()) == (0, 0)
+
+
+def test_introspect_resolves_a_token_as_check_does(client):
+    token = client.register_one("alice", "web", ttl=600)
+    client.revoke(serials=[token.serial], reason="leaked")
+    info = client.introspect(issuer="https://idp.example/", jti=token.jti)
+    assert (info["active"], info["state"], info["serial"], info["reason"]) == (False, "REVOKED", token.serial, "leaked")
