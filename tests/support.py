@@ -109,6 +109,33 @@ class ServerProcess:
             stream.close()
 
 
+def interrupt_when(args: list[str], done: Callable[[list[str]], bool]) -> tuple[int, str, list[str]]:
+    """Run a command that streams lines until interrupted; after each stdout
+    line call done(lines so far), and SIGINT the command once it says True.
+
+    Returns (exit code, stderr, lines). The command is killed if it runs
+    past STARTUP_TIMEOUT.
+    """
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(STARTUP_TIMEOUT, proc.kill)
+    timer.start()
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if done(lines):
+                proc.send_signal(signal.SIGINT)
+                break
+        code = proc.wait(STARTUP_TIMEOUT)
+        proc.stdout.read()
+        err = proc.stderr.read()
+    finally:
+        timer.cancel()
+        proc.stdout.close()
+        proc.stderr.close()
+    return code, err, lines
+
+
 def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
     """Run a command to completion, capturing text output."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)

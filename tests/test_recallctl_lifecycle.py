@@ -9,10 +9,8 @@ printed (in-process: the Tee stdout wrapper; subprocess: reading its lines).
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -20,7 +18,7 @@ from recallclient import RecallClient, TokenSpec, TokenType, canonical_jti, cli
 
 from recallcore.settings import DEFAULT_MAX_TOKEN_LIFETIME
 
-from .support import STARTUP_TIMEOUT
+from .support import STARTUP_TIMEOUT, interrupt_when
 from .test_client_unit import closed_target
 from .test_recallctl_watch import Tee
 
@@ -381,26 +379,13 @@ def test_reuse_exits_3_as_a_process(server, client):
 
 def test_audit_follow_as_a_process_flushes_each_line_and_stops_on_sigint(server, client):
     serial = client.register_one("alice", "web").serial
-    proc = subprocess.Popen([str(RECALLCTL), "--target", server.address, "audit", "--follow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    timer = threading.Timer(STARTUP_TIMEOUT, proc.kill)
-    timer.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if len(lines) == 1:
-                client.revoke(serials=[serial], reason="password reset", actor="ops")
-            else:
-                proc.send_signal(signal.SIGINT)
-                break
-        code = proc.wait(STARTUP_TIMEOUT)
-        proc.stdout.read()
-        err = proc.stderr.read()
-    finally:
-        timer.cancel()
-        proc.stdout.close()
-        proc.stderr.close()
+
+    def done(lines: list[str]) -> bool:
+        if len(lines) == 1:
+            client.revoke(serials=[serial], reason="password reset", actor="ops")
+        return len(lines) > 1
+
+    code, err, lines = interrupt_when([str(RECALLCTL), "--target", server.address, "audit", "--follow"], done)
     assert (code, err) == (0, "")
     assert lines[0].startswith("1  ") and "  register  -  -  1  " in lines[0]
     assert lines[1].startswith("2  ") and '  revoke  ops  "password reset"  1  ' in lines[1]

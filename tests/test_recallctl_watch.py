@@ -8,10 +8,8 @@ which also checks the Ctrl-C exit code); the others are bounded by --count.
 
 import json
 import pathlib
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -19,7 +17,7 @@ from recallclient import RecallClient, TokenSpec, cli
 
 from recallcore.settings import Settings
 
-from .support import STARTUP_TIMEOUT
+from .support import STARTUP_TIMEOUT, interrupt_when
 
 RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
 OTHER = "https://other-idp.example"
@@ -144,28 +142,20 @@ def test_watch_bad_arguments_and_unreachable_server(capsys):
 
 def test_watch_subprocess_live_then_sigint(server, client):
     tokens, seq = setup_store(client)
-    proc = subprocess.Popen([str(RECALLCTL), "--target", server.address, "watch", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    timer = threading.Timer(STARTUP_TIMEOUT, proc.kill)
-    timer.start()
-    events, revoked = [], None
-    try:
-        for line in proc.stdout:
-            events.append(json.loads(line))
-            if len(events) == 1:
-                client.revoke(serials=[tokens[1].serial])
-                revoked = client.revoke(serials=[tokens[2].serial], tokens=[(OTHER, "x")]).seq
-            elif events[-1]["type"] == "heartbeat" and events[-1]["seq"] == revoked:
-                proc.send_signal(signal.SIGINT)
-                break
-        code = proc.wait(STARTUP_TIMEOUT)
-        proc.stdout.read()
-        err = proc.stderr.read()
-    finally:
-        timer.cancel()
-        proc.stdout.close()
-        proc.stderr.close()
+    revoked = None
+
+    def done(lines: list[str]) -> bool:
+        nonlocal revoked
+        event = json.loads(lines[-1])
+        if len(lines) == 1:
+            client.revoke(serials=[tokens[1].serial])
+            revoked = client.revoke(serials=[tokens[2].serial], tokens=[(OTHER, "x")]).seq
+            return False
+        return event["type"] == "heartbeat" and event["seq"] == revoked
+
+    code, err, lines = interrupt_when([str(RECALLCTL), "--target", server.address, "watch", "--json"], done)
     assert (code, err) == (0, "")
+    events = [json.loads(line) for line in lines]
     check_live_stream(events, seq, revoked)
 
 
