@@ -14,7 +14,7 @@ import time
 import numpy as np
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 
-from recallcore.mirror import Mirror
+from recallcore.core.mirror import Mirror
 
 from .measure import median_ns_per_item, progress
 from .procs import Server, run_async

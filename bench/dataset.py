@@ -33,19 +33,18 @@ from pyroaring import BitMap64
 from recallclient.revoked_set import Delta
 from recallclient.types import JtiRef, TokenSpec
 
-from recallcore import operations
-from recallcore.model import Register, Revoke, Selector
+from recallcore.core import operations
+from recallcore.core.model import Register, Revoke, Selector
 from recallcore.settings import Settings
-from recallcore.store import Store, Txn
+from recallcore.storage.lmdb import LmdbStore as Store
 
 SEED = 20240601
 REGISTER_BATCH = 1 << 22  # serials per logged registration (a multiple of the 4096-serial block)
-TIMES_SLICE = 1 << 16  # serials per set_times call (its cost grows with blocks x ids)
+TIMES_SLICE = 1 << 16  # serials per set_expiries call (its cost grows with blocks x ids)
 REVOKE_BATCH = 1 << 20
 MAP_SIZE = 1 << 36  # reserved address space; the file grows only as written
 FOREIGN_ISSUER = "https://other-idp.example"
 
-_commit_change = getattr(operations, "commit_change", None) or operations._commit_change
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +65,6 @@ def open_store(path: pathlib.Path) -> Store:
     return Store(path, map_size=MAP_SIZE, max_map_size=MAP_SIZE)
 
 
-def _set_times(txn: Txn, table: str, ids: np.ndarray, values: np.ndarray) -> None:
-    if hasattr(txn, "set_times"):
-        txn.set_times(table, ids, values)
-    elif table == "exp":  # older store format: expiries only
-        txn.set_expiries(ids, values)
-
-
 def revoked_blocks(registered: int, revoked: int, pool: int, block: int = REVOKE_BATCH):
     """Yield uint64 arrays of the serials the build revokes, in order (seeded)."""
     top = registered - pool  # serials 1..top may be revoked
@@ -88,21 +80,19 @@ def revoked_blocks(registered: int, revoked: int, pool: int, block: int = REVOKE
 def _register_range(store: Store, first: int, last: int, expires_at: int, issued_at: int, now: int) -> None:
     """Register serials first..last (their times, the highest serial, one logged change)."""
     mirror = _STATE[0]
-    with store.write() as raw:
-        txn = Txn(raw, store.dbs)
+    with store.write() as txn:
         for start in range(first, last + 1, TIMES_SLICE):
             ids = np.arange(start, min(start + TIMES_SLICE, last + 1), dtype=np.uint64)
-            _set_times(txn, "exp", ids, np.full(len(ids), expires_at, dtype=np.uint32))
-            _set_times(txn, "iat", ids, np.full(len(ids), issued_at, dtype=np.uint32))
-        txn.put_meta_int(b"serial", last)
+            txn.set_expiries(ids, np.full(len(ids), expires_at, dtype=np.uint32))
+            txn.set_issue_times(ids, np.full(len(ids), issued_at, dtype=np.uint32))
+        txn.set_registered_through(last)
         seq = mirror.seq + 1
-        if hasattr(txn, "put_issuance"):
-            txn.put_issuance(first, seq)
+        txn.put_issuance(first, seq)
         serials = BitMap64()
         serials.add_range(first, last + 1)
         delta = Delta(prev_seq=mirror.seq, seq=seq, registered_through=last,
                       expiring=((expires_at, serials),), time=now)
-        _commit_change(txn, mirror, delta, {"kind": "register", "actor": "bench", "count": last - first + 1,
+        operations.commit_change(txn, mirror, delta, {"kind": "register", "actor": "bench", "count": last - first + 1,
                                              "first_serial": first, "last_serial": last})
 
 
@@ -110,8 +100,8 @@ _STATE: list = []  # the writer-side mirror while building
 
 
 def _revoke(store: Store, settings: Settings, selector: Selector, now: int) -> None:
-    with store.write() as raw:
-        operations.revoke(Txn(raw, store.dbs), _STATE[0], Revoke(selector, reason="bench", actor="bench"),
+    with store.write() as txn:
+        operations.revoke(txn, _STATE[0], Revoke(selector, reason="bench", actor="bench"),
                           now, settings)
 
 
@@ -164,8 +154,8 @@ def check_equivalence(workdir: pathlib.Path, n: int = 3000) -> None:
         mirror = store.load()
         specs = tuple(TokenSpec(subject=f"s{i}", client_id="bench", issuer="bench",
                                 issued_at=now - 60, expires_at=now + 7 * 86400) for i in range(n))
-        with store.write() as raw:
-            operations.register(Txn(raw, store.dbs), mirror, Register(specs), now)
+        with store.write() as txn:
+            operations.register(txn, mirror, Register(specs), now)
     finally:
         store.close()
     loaded = []

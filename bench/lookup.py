@@ -15,7 +15,7 @@ import time
 from recallclient import Replica
 from recallclient.jti import canonical_jti, foreign_key
 
-from recallcore.mirror import Mirror
+from recallcore.core.mirror import Mirror
 
 from .measure import interleaved, progress
 

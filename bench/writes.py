@@ -30,8 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 
+from recallcore.core.model import Selector
 from recallcore.engine import Engine
-from recallcore.model import Selector
 from recallcore.settings import Settings
 
 from . import dataset

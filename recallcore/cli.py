@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import StoreError
+from .core.errors import StoreError
 from .server import serve
 from .settings import Settings
 

@@ -3,14 +3,15 @@
 Theory of operation. `Engine` lives on the asyncio event loop. Writes are
 validated here, queued to the writer thread and awaited; when a group
 commits, the writer hands its deltas back to the loop, which applies them to
-the in-memory mirror, publishes them to Watch streams (see node.py and
-hub.py), and only then resolves the callers' futures. So a caller that hears
+the in-memory mirror, publishes them to Watch streams (see replication/node.py
+and replication/hub.py), and only then resolves the callers' futures. So a caller that hears
 "done" can read its own write from this node, and a subscriber never sees a
 change that is not durable.
 
 Anything that needs a token record, the (issuer, jti) index, a revocation's
-reason or the stored change log reads LMDB on a reader thread; LMDB is never
-touched from the loop.
+reason or the stored change log reads the store (any engine behind
+recallcore.storage.base) on a reader thread; the store is never touched from
+the loop.
 """
 
 import asyncio
@@ -18,20 +19,20 @@ import concurrent.futures
 import logging
 from collections.abc import Callable
 
-from recallclient.codec import delta_from_proto
 from recallclient.jti import foreign_key
 from recallclient.revoked_set import Delta
 from recallclient.types import JtiRef, RegisterResult, RevokeResult, TokenSpec, TokenState
 
-from . import audit, validate
-from .audit import AuditQuery
-from .errors import RecallError, Unavailable
-from .model import CutoffResult, RotateResult, Selector, Sweep
-from .node import Node
-from .operations import now_seconds
+from .core import audit, validate
+from .core.audit import AuditQuery
+from .core.errors import RecallError, Unavailable
+from .core.model import CutoffResult, RotateResult, Selector, Sweep
+from .core.operations import now_seconds
+from .replication.node import Node
 from .settings import Settings
-from .store import Store, Txn
-from .writer import Writer
+from .storage import open_store
+from .storage.base import ReadTxn, Store
+from .storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ WHY_CACHE = 4096  # recent (revoked_at, reason) answers kept in memory
 class Engine(Node):
     """The primary node: one store, its writer thread and its in-memory mirror."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = now_seconds) -> None:
-        store = Store(settings.data_dir, map_size=settings.map_size, max_map_size=settings.max_map_size)
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = now_seconds,
+                 store: Store | None = None) -> None:
+        """Open the store `settings` name, or serve `store` (opened already; closed with the engine)."""
+        store = store if store is not None else open_store(settings)
         try:
             super().__init__(settings, store.load(), clock)
             self._writer = Writer(store, self.state.copy(), settings, clock, self._on_commit)
@@ -122,7 +125,7 @@ class Engine(Node):
 
     async def rotate(self, ref: int | JtiRef, successor: TokenSpec, actor: str = "", origin: str = "",
                      request_id: str = "") -> RotateResult:
-        """Rotate a refresh token (see lifecycle.py); raises InvalidArgument."""
+        """Rotate a refresh token (see core/lifecycle.py); raises InvalidArgument."""
         return await self._submit(validate.rotate(ref, successor, actor, origin, request_id, self.settings))
 
     async def cutoff(self, scope: int, value: str, before: int, reason: str = "", actor: str = "") -> CutoffResult:
@@ -146,7 +149,7 @@ class Engine(Node):
 
     # ---------------------------------------------------------------- reads
 
-    async def _read(self, fn: Callable[[Txn], object]):
+    async def _read(self, fn: Callable[[ReadTxn], object]):
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._in_txn, fn)
 
     def _in_txn(self, fn):
@@ -166,7 +169,7 @@ class Engine(Node):
         if known is not None:
             return known
 
-        def read(txn: Txn) -> tuple[int, str]:
+        def read(txn: ReadTxn) -> tuple[int, str]:
             if serial:
                 seq = txn.revoked_by(serial)
             else:
@@ -189,13 +192,13 @@ class Engine(Node):
 
         head = self.state.seq  # never past what the mirror (and so heartbeats) vouch for
 
-        def read(txn: Txn) -> list[Delta] | None:
+        def read(txn: ReadTxn) -> list[Delta] | None:
             out = []
             for seq in range(after + 1, min(after + limit, head) + 1):
-                msg = txn.delta(seq)
-                if msg is None:
+                delta = txn.delta(seq)
+                if delta is None:
                     break
-                out.append(delta_from_proto(msg))
+                out.append(delta)
             if after < self.state.seq and not out:
                 return None
             return out
@@ -216,7 +219,7 @@ class Engine(Node):
         """
         serial = ref if isinstance(ref, int) else (await self._resolve([ref]))[0]
 
-        def read(txn: Txn) -> dict:
+        def read(txn: ReadTxn) -> dict:
             if not serial:
                 found = txn.foreign(foreign_key(ref.issuer, ref.jti))
                 out = {"iss": ref.issuer, "jti": ref.jti}
@@ -244,7 +247,7 @@ class Engine(Node):
         out["active"] = state == TokenState.ACTIVE
         return out
 
-def _change_info(txn: Txn, seq: int) -> dict:
+def _change_info(txn: ReadTxn, seq: int) -> dict:
     audit = txn.audit(seq) if seq else None
     audit = audit or {}
     return {

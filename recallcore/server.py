@@ -11,9 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recallclient._proto.recall.v1 import recall_pb2
 
+from .api.grpc_service import RecallService
 from .engine import Engine
-from .follower import Follower
-from .service import RecallService
+from .replication.follower import Follower
 from .settings import Settings
 
 log = logging.getLogger(__name__)

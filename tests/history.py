@@ -31,7 +31,7 @@ from recallclient.codec import bitmap_from, delta_from_proto
 from recallclient.replica_core import Outcome, ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
 
-from recallcore.hub import merge_all
+from recallcore.replication.hub import merge_all
 
 from .support import ServerThread
 
@@ -148,11 +148,11 @@ class ServerLog:
     def capture(self, engine) -> "ServerLog":
         """Read the log of `engine` (a primary) in one read transaction; returns self."""
         with engine.store.read() as txn:
-            self.first, self.head = txn.log_first(), txn.meta_int(b"seq")
+            self.first, self.head = txn.log_first(), txn.head_seq()
             for seq in range(self.first or self.head + 1, self.head + 1):
-                msg = txn.delta(seq)
-                assert msg is not None, f"the log holds {self.first}..{self.head} but not {seq}"
-                self.changes[seq] = delta_from_proto(msg)
+                delta = txn.delta(seq)
+                assert delta is not None, f"the log holds {self.first}..{self.head} but not {seq}"
+                self.changes[seq] = delta
         self.store_id = engine.store_id
         return self
 

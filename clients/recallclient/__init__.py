@@ -8,23 +8,33 @@ dataclasses of `recallclient.types`. `Replica` (thread) and `AsyncReplica`
 raise `StaleReplica`.
 """
 
-from .aio import AsyncRecallClient
-from .client import RecallClient
-from .errors import RecallError
-from .jti import canonical_jti, foreign_key, serial_from_jti
-from .replica import AsyncReplica, Replica, StaleReplica
-from .types import (
-    BatchResult,
-    CheckResult,
-    JtiRef,
-    Registered,
-    RegisterResult,
-    RevokeResult,
-    Stats,
-    TokenSpec,
-    TokenState,
-    TokenType,
-)
+import importlib
+
+# Exports are loaded on first use, so that the protocol modules (jti,
+# revoked_set, types, codec) can be imported without grpc: the server's pure
+# core imports them.
+_EXPORTS = {
+    "AsyncRecallClient": "aio", "RecallClient": "client", "RecallError": "errors",
+    "canonical_jti": "jti", "foreign_key": "jti", "serial_from_jti": "jti",
+    "AsyncReplica": "replica", "Replica": "replica", "StaleReplica": "replica",
+    "BatchResult": "types", "CheckResult": "types", "JtiRef": "types", "Registered": "types",
+    "RegisterResult": "types", "RevokeResult": "types", "Stats": "types", "TokenSpec": "types",
+    "TokenState": "types", "TokenType": "types",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "AsyncRecallClient",

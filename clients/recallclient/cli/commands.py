@@ -1,0 +1,287 @@
+"""recallctl's parser, its core commands (register, revoke, check, introspect, stats,
+watch) and `main`; the lifecycle commands are in lifecycle.py, shared helpers in common.py."""
+
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._proto.recall.v1 import recall_pb2 as pb
+from .._proto.recall.v1 import recall_pb2_grpc
+from ..client import RecallClient
+from ..codec import bitmap_from
+from ..errors import RecallError, rpc_errors
+from ..types import CheckResult, TokenState, TokenType
+from . import lifecycle as cli_lifecycle
+from .common import (
+    DEFAULT_TARGET,
+    TARGET_ENV,
+    add_jti_options,
+    default_actor,
+    emit,
+    iso,
+    nonnegative_int,
+    positive_int,
+)
+
+_EPILOG = """exit codes:
+  0  success
+  1  the call failed; stderr holds "recallctl: CODE_NAME: message"
+  2  usage error; no call was made
+  3  rotate: reuse detected; the token's family is revoked
+  4  rotate: refused; the presented token is not active
+
+The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051."""
+
+_TIME_KEYS = ("exp", "iat", "revoked_at")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the recallctl argument parser."""
+    # SUPPRESS defaults: an option given after the command is not overwritten
+    # by the main parser's default, nor the reverse; `main` fills them in.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                        help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON object per result")
+
+    parser = argparse.ArgumentParser(
+        prog="recallctl", description="Register, revoke and check OAuth 2.0 tokens.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=summary, epilog=_EPILOG, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    reg = command("register", "register an issued token")
+    reg.add_argument("--subject", required=True)
+    reg.add_argument("--client", required=True, help="client_id")
+    add_jti_options(reg)
+    reg.add_argument("--scope", action="append", default=[],
+                     help="space-separated scopes (repeatable)")
+    reg.add_argument("--type", choices=["access", "refresh"], default="access")
+    reg.add_argument("--ttl", type=nonnegative_int, metavar="SECONDS",
+                     help="lifetime from now (default: the server's)")
+    reg.add_argument("--family", default="")
+    reg.add_argument("--origin", default="")
+    reg.add_argument("--actor", default="")
+
+    rev = command("revoke", "revoke tokens (the selectors combine as a union)")
+    rev.add_argument("--serial", type=positive_int, action="append", default=[],
+                     help="token serial (repeatable)")
+    add_jti_options(rev)
+    rev.add_argument("--exp", type=nonnegative_int, default=0, metavar="UNIX",
+                     help="expiry of a --jti token this store never registered")
+    rev.add_argument("--subject", default="")
+    rev.add_argument("--client", default="", help="client_id")
+    rev.add_argument("--family", default="")
+    rev.add_argument("--reason", default="")
+    rev.add_argument("--actor", default=None, help="who revokes (default: your user name)")
+
+    for name, summary in (("check", "print the state of tokens"),
+                       ("introspect", "print RFC 7662 introspection of tokens")):
+        sub = command(name, summary)
+        sub.add_argument("serials", nargs="*", type=positive_int, metavar="SERIAL")
+        add_jti_options(sub)
+        if name == "check":
+            sub.add_argument("--min-seq", type=nonnegative_int, default=0, metavar="N",
+                             help="wait until the server has applied seq N")
+            # Claims of a --jti token never registered here, so cut-off rules apply.
+            sub.add_argument("--sub", default="", help="with --jti: the token's subject")
+            sub.add_argument("--client", default="", help="with --jti: the token's client_id")
+            sub.add_argument("--iat", type=nonnegative_int, default=0, metavar="UNIX_TIME",
+                             help="with --jti: when the token was issued")
+
+    command("stats", "print counts and identity of the store")
+
+    watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C")
+    watch.add_argument("--after-seq", type=nonnegative_int, default=0, metavar="N",
+                       help="resume after seq N (0: start with a snapshot)")
+    watch.add_argument("--store-id", default="", metavar="ID",
+                       help="the store seq N belongs to (another store: reset, then snapshot)")
+    watch.add_argument("--count", type=positive_int, default=None, metavar="N",
+                       help="stop after N events")
+    cli_lifecycle.add_commands(command)
+    return parser
+
+
+def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (via parser.error) for argument combinations argparse cannot check."""
+    if args.command in ("revoke", "check", "introspect") and args.issuer and not args.jti:
+        parser.error(f"{args.command}: --issuer needs --jti")
+    if args.command == "revoke":
+        if args.exp and not args.jti:
+            parser.error("revoke: --exp needs --jti")
+        if not (args.serial or args.jti or args.subject or args.client or args.family):
+            parser.error("revoke: give --serial, --jti, --subject, --client or --family")
+    elif args.command in ("check", "introspect"):
+        if bool(args.serials) == bool(args.jti):
+            parser.error(f"{args.command}: give SERIAL ... or --jti (not both)")
+        if args.command == "check" and (args.sub or args.client or args.iat) and not args.jti:
+            parser.error("check: --sub, --client and --iat need --jti")
+    cli_lifecycle.validate(parser, args)
+
+
+def _aligned(obj: dict[str, Any]) -> str:
+    width = max(len(key) for key in obj) + 1
+    lines = []
+    for key, value in obj.items():
+        if key in _TIME_KEYS and isinstance(value, int) and value:
+            value = f"{value} ({iso(value)})"
+        lines.append(f"{key + ':':<{width}} {value}")
+    return "\n".join(lines)
+
+
+def _run_register(client: RecallClient, args: argparse.Namespace) -> None:
+    token = client.register_one(
+        args.subject, args.client, issuer=args.issuer, jti=args.jti,
+        scopes=[scope for text in args.scope for scope in text.split()],
+        type=TokenType.REFRESH if args.type == "refresh" else TokenType.ACCESS,
+        ttl=args.ttl, origin=args.origin, family=args.family, actor=args.actor,
+    )
+    human = f"registered serial {token.serial} jti {token.jti}"
+    emit(args, dataclasses.asdict(token), human + (" (existing)" if token.existing else ""))
+
+
+def _run_revoke(client: RecallClient, args: argparse.Namespace) -> None:
+    result = client.revoke(
+        serials=args.serial, tokens=[(args.issuer, args.jti, args.exp)] if args.jti else (),
+        subject=args.subject, client_id=args.client, family=args.family, reason=args.reason,
+        actor=default_actor() if args.actor is None else args.actor,
+    )
+    noun = "token" if result.count == 1 else "tokens"
+    emit(args, {"seq": result.seq, "count": result.count},
+         f"revoked {result.count} {noun} (seq {result.seq})")
+
+
+def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
+    obj: dict[str, Any] = {"serial": result.serial, "state": result.state.name}
+    human = f"{name} {result.state.name}"
+    if result.state is TokenState.REVOKED:
+        obj.update(revoked_at=result.revoked_at, reason=result.reason)
+        detail = f"at {iso(result.revoked_at)}" if result.revoked_at else ""
+        if result.reason:
+            detail = f"reason: {result.reason}" + (f", {detail}" if detail else "")
+        human += f" ({detail})" if detail else ""
+    obj["seq"] = result.seq
+    return obj, human
+
+
+def _run_check(client: RecallClient, args: argparse.Namespace) -> None:
+    if args.jti:
+        result = client.check(issuer=args.issuer, jti=args.jti, min_seq=args.min_seq,
+                              sub=args.sub, client_id=args.client, issued_at=args.iat)
+        emit(args, *_check_line(result, str(result.serial or args.jti)))
+        return
+    for serial in args.serials:
+        emit(args, *_check_line(client.check(serial, min_seq=args.min_seq), str(serial)))
+
+
+def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
+    if args.jti:
+        found = [client.introspect(issuer=args.issuer, jti=args.jti)]
+    else:
+        found = [client.introspect(serial) for serial in args.serials]
+    for index, obj in enumerate(found):
+        if index and not args.json:
+            print()
+        emit(args, obj, _aligned(obj))
+
+
+def _run_stats(client: RecallClient, args: argparse.Namespace) -> None:
+    obj = dataclasses.asdict(client.stats())
+    emit(args, obj, _aligned(obj))
+
+
+def _watch_line(event: pb.WatchEvent) -> tuple[dict[str, Any], str]:
+    """(JSON object, human line) describing one WatchEvent."""
+    kind = event.WhichOneof("event")
+    obj: dict[str, Any] = {"type": kind}
+    if kind == "snapshot":
+        snap = event.snapshot
+        obj.update(seq=snap.seq, index=snap.index, count=snap.count, cardinality=snap.cardinality,
+                   foreign_cardinality=snap.foreign_cardinality,
+                   registered_through=snap.registered_through, digest=snap.digest.hex())
+        human = (f"snapshot seq {snap.seq} chunk {snap.index + 1}/{snap.count}: "
+                 f"{snap.cardinality} revoked, {snap.foreign_cardinality} foreign")
+    elif kind == "delta":
+        delta = event.delta
+        added, removed = len(bitmap_from(delta.added)), len(bitmap_from(delta.removed))
+        obj.update(seq=delta.seq, prev_seq=delta.prev_seq, added=added, removed=removed,
+                   foreign_added=len(delta.foreign_added),
+                   foreign_removed=len(delta.foreign_removed),
+                   registered_through=delta.registered_through, time=delta.time)
+        human = (f"delta {delta.prev_seq}->{delta.seq}: +{added} -{removed} revoked, "
+                 f"+{len(delta.foreign_added)} -{len(delta.foreign_removed)} foreign")
+    elif kind == "heartbeat":
+        beat = event.heartbeat
+        obj.update(seq=beat.seq, cardinality=beat.cardinality,
+                   foreign_cardinality=beat.foreign_cardinality, digest=beat.digest.hex(),
+                   time=beat.time, interval_ms=beat.interval_ms)
+        human = (f"heartbeat seq {beat.seq}: {beat.cardinality} revoked, "
+                 f"{beat.foreign_cardinality} foreign")
+    else:
+        reset = event.reset
+        obj.update(seq=reset.current_seq, reason=reset.reason, oldest_seq=reset.oldest_seq,
+                   current_seq=reset.current_seq)
+        human = f"reset: {reset.reason} (current seq {reset.current_seq})"
+    obj.update(store_id=event.store_id, head_seq=event.head_seq)
+    return obj, human
+
+
+def _run_watch(client: RecallClient, args: argparse.Namespace) -> None:
+    request = pb.WatchRequest(store_id=args.store_id, after_seq=args.after_seq)
+    call = recall_pb2_grpc.RecallStub(client.channel).Watch(request)
+    seen = 0
+    try:
+        with rpc_errors():
+            for event in call:
+                obj, human = _watch_line(event)
+                print(json.dumps(obj) if args.json else human, flush=True)
+                seen += 1
+                if seen == args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        call.cancel()
+
+
+_COMMANDS: dict[str, Callable[[RecallClient, argparse.Namespace], int | None]] = {
+    "register": _run_register,
+    "revoke": _run_revoke,
+    "check": _run_check,
+    "introspect": _run_introspect,
+    "stats": _run_stats,
+    "watch": _run_watch,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run recallctl with `argv` (default: sys.argv[1:]).
+
+    Returns the exit code: 0 on success, 1 when a call fails (message on
+    stderr), 3 or 4 for a rotation that found reuse or was refused. Usage
+    errors raise SystemExit(2) from argparse.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    args.json = getattr(args, "json", False)
+    target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    try:
+        with RecallClient(target) as client:
+            code = (_COMMANDS | cli_lifecycle.COMMANDS)[args.command](client, args)
+    except RecallError as err:
+        print(f"recallctl: {err}", file=sys.stderr)
+        return 1
+    return code or 0

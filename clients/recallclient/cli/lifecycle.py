@@ -1,0 +1,193 @@
+"""recallctl commands of the token lifecycle: rotate, cutoff, audit and trace.
+
+`commands` builds the parser and runs every command; it registers these
+with `add_commands`, checks their argument combinations with `validate` and
+dispatches through `COMMANDS`. Each runner returns its exit code. The small
+argument and output helpers both use are in `common`.
+
+A rotation's outcome is an answer, not a failure, so it has exit codes of
+its own: 3 when the presented token was already rotated (reuse detected:
+its whole family is now revoked) and 4 when it was refused (revoked,
+expired or unknown). A caller that issues tokens from a script must not
+issue a successor on either.
+"""
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..client import RecallClient
+from ..requests import token_spec
+from . import common
+
+EXIT_REUSE = 3
+EXIT_REFUSED = 4
+
+_SCOPES = ("subject", "client", "issuer", "all")
+# The keys every audit record has; the rest are its detail.
+_AUDIT_KEYS = ("seq", "time", "type", "actor", "origin", "reason", "count")
+
+
+def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """Add rotate, cutoff, audit and trace through `command(name, summary)`,
+    which returns a new subcommand parser."""
+    rot = command("rotate", "rotate a refresh token: register its successor in its family")
+    rot.add_argument("serial", nargs="?", type=common.positive_int, metavar="SERIAL",
+                     help="the presented refresh token (or --issuer and --jti)")
+    common.add_jti_options(rot)
+    rot.add_argument("--ttl", type=common.nonnegative_int, metavar="SECONDS",
+                     help="successor lifetime from now (default: the presented token's)")
+    rot.add_argument("--request-id", default="", metavar="ID",
+                     help="identifies this rotation: a retry with the same ID gets the same successor")
+    rot.add_argument("--actor", default=None, help="who rotates (default: your user name)")
+    rot.add_argument("--origin", default="")
+
+    cut = command("cutoff", "revoke every token of a subject, client, issuer or everyone issued "
+                            "before a time (the kill switch)")
+    scope = cut.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--subject")
+    scope.add_argument("--client", help="client_id")
+    scope.add_argument("--issuer")
+    scope.add_argument("--all", action="store_true", help="every token of every issuer")
+    cut.add_argument("--before", type=common.nonnegative_int, default=0, metavar="UNIX_TIME",
+                     help="tokens issued before this time (default: now)")
+    cut.add_argument("--reason", default="")
+    cut.add_argument("--actor", default=None, help="who cuts off (default: your user name)")
+
+    aud = command("audit", "print audit records, oldest first")
+    aud.add_argument("--serial", type=common.positive_int, default=0, metavar="N",
+                     help="only the trace of this token")
+    aud.add_argument("--subject", default="")
+    aud.add_argument("--client", default="", help="client_id")
+    aud.add_argument("--since", type=common.nonnegative_int, default=0, metavar="UNIX_TIME")
+    aud.add_argument("--until", type=common.nonnegative_int, default=0, metavar="UNIX_TIME")
+    aud.add_argument("--after-seq", type=common.nonnegative_int, default=0, metavar="N",
+                     help="only records after seq N")
+    aud.add_argument("--limit", type=common.positive_int, default=0, metavar="N",
+                     help="at most N records (with --follow: in all)")
+    aud.add_argument("--follow", action="store_true",
+                     help="then print new records as they are committed, until Ctrl-C")
+    aud.add_argument("--count", type=common.positive_int, default=None, metavar="N",
+                     help="stop after N records")
+
+    trace = command("trace", "print the audit trace of one token: issued, rotated, revoked, expired")
+    trace.add_argument("serial", type=common.positive_int, metavar="SERIAL")
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (via parser.error) for argument combinations argparse cannot check."""
+    if args.command == "rotate":
+        if args.issuer and not args.jti:
+            parser.error("rotate: --issuer needs --jti")
+        if (args.serial is None) == (not args.jti):
+            parser.error("rotate: give SERIAL or --jti (not both)")
+    elif args.command == "audit" and args.until and args.since > args.until:
+        parser.error("audit: --since is after --until")
+
+
+def _run_rotate(client: RecallClient, args: argparse.Namespace) -> int:
+    successor = token_spec("", "", ttl=args.ttl) if args.ttl is not None else None
+    result = client.rotate(
+        args.serial, issuer=args.issuer, jti=args.jti, successor=successor,
+        request_id=args.request_id, origin=args.origin,
+        actor=common.default_actor() if args.actor is None else args.actor,
+    )
+    presented = args.serial or args.jti
+    if result.outcome in ("ROTATED", "RETRIED") and result.successor is not None:
+        new = result.successor
+        obj: dict[str, Any] = {"outcome": result.outcome, "serial": new.serial, "jti": new.jti,
+                               "family": result.family, "seq": result.seq}
+        verb = "rotated"
+        if result.outcome == "RETRIED":
+            obj["retried"] = True
+            verb = "retried the rotation of"
+        common.emit(args, obj, f"{verb} {presented}: successor serial {new.serial} jti {new.jti} "
+                            f"(family {result.family}, seq {result.seq})")
+        return 0
+    if result.outcome == "REUSE_DETECTED":
+        noun = "token" if result.count == 1 else "tokens"
+        obj = {"outcome": result.outcome, "reuse_detected": True, "count": result.count,
+               "family": result.family, "seq": result.seq}
+        common.emit(args, obj, f"REUSE DETECTED: {presented} was already rotated; family "
+                            f"{result.family} revoked ({result.count} {noun}, seq {result.seq})")
+        return EXIT_REUSE
+    obj = {"outcome": result.outcome, "state": result.state.name, "family": result.family,
+           "seq": result.seq}
+    common.emit(args, obj, f"refused: {presented} is {result.state.name}")
+    return EXIT_REFUSED
+
+
+def _run_cutoff(client: RecallClient, args: argparse.Namespace) -> int:
+    scope = next(name for name in _SCOPES if getattr(args, name))
+    value = "" if scope == "all" else getattr(args, scope)
+    result = client.cutoff(scope, value, before=args.before, reason=args.reason,
+                           actor=common.default_actor() if args.actor is None else args.actor)
+    noun = "token" if result.count == 1 else "tokens"
+    whom = "everyone" if scope == "all" else f"{scope} {value}"
+    obj = {"seq": result.seq, "count": result.count, "before": result.before,
+           "retires_at": result.retires_at}
+    common.emit(args, obj, f"cut off {whom} before {common.iso(result.before)}: {result.count} {noun} "
+                        f"revoked (seq {result.seq}); the rule retires at {common.iso(result.retires_at)}")
+    return 0
+
+
+def _word(text: str) -> str:
+    """`text` as one word of a human line: "-" when empty, quoted when it has spaces."""
+    return json.dumps(text) if any(c.isspace() for c in text) else text or "-"
+
+
+def _flat(key: str, value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for inner, item in value.items():
+            yield from _flat(f"{key}.{inner}", item)
+    elif value not in ("", 0, None, [], False):
+        yield f"{key}={_word(','.join(map(str, value)) if isinstance(value, list) else str(value))}"
+
+
+def audit_line(record: dict[str, Any]) -> str:
+    """The human line of one audit record:
+    seq  time  type  actor  reason  count  key=value of the origin and detail."""
+    detail = {"origin": record.get("origin", ""),
+              **{k: v for k, v in record.items() if k not in _AUDIT_KEYS}}
+    summary = " ".join(part for key, value in detail.items() for part in _flat(key, value))
+    return "  ".join([
+        str(record.get("seq", 0)), common.iso(record.get("time", 0)), _word(record.get("type", "")),
+        _word(record.get("actor", "")), _word(record.get("reason", "")),
+        str(record.get("count", 0)), summary,
+    ]).rstrip()
+
+
+def _run_audit(client: RecallClient, args: argparse.Namespace) -> int:
+    records = client.audit(
+        serial=args.serial, subject=args.subject, client_id=args.client, since=args.since,
+        until=args.until, after_seq=args.after_seq, limit=args.limit, follow=args.follow,
+    )
+    # The server stops a followed stream at --limit only between batches.
+    stop = min((n for n in (args.count, args.limit) if n), default=0)
+    seen = 0
+    try:
+        for record in records:
+            print(json.dumps(record) if args.json else audit_line(record), flush=True)
+            seen += 1
+            if seen == stop:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        records.close()  # cancels the call
+    return 0
+
+
+def _run_trace(client: RecallClient, args: argparse.Namespace) -> int:
+    query = {"subject": "", "client": "", "since": 0, "until": 0, "after_seq": 0, "limit": 0,
+             "follow": False, "count": None}
+    return _run_audit(client, argparse.Namespace(**{**vars(args), **query}))
+
+
+COMMANDS: dict[str, Callable[[RecallClient, argparse.Namespace], int]] = {
+    "rotate": _run_rotate,
+    "cutoff": _run_cutoff,
+    "audit": _run_audit,
+    "trace": _run_trace,
+}

@@ -1,0 +1,218 @@
+"""The gRPC adapter: decode a request, call the engine, encode the answer.
+
+Expected errors (RecallError) become their status with the error's message;
+anything else is logged and answers INTERNAL. This is the one place where
+errors meet gRPC status codes.
+"""
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+
+import grpc
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient._proto.recall.v1 import recall_pb2_grpc
+from recallclient.types import JtiRef, TokenSpec
+
+from ..core import validate
+from ..core.audit import AuditQuery
+from ..core.errors import InvalidArgument, RecallError
+from ..core.model import Claims, Selector
+from ..engine import Engine
+from ..replication import watch
+
+log = logging.getLogger(__name__)
+
+# The keys every audit record has; the rest of a record goes to AuditEvent.detail.
+_AUDIT_FIELDS = ("seq", "time", "kind", "actor", "origin", "reason", "count")
+
+
+def audit_event(record: dict) -> pb.AuditEvent:
+    """The AuditEvent of a stored audit record."""
+    rest = {k: v for k, v in record.items() if k not in _AUDIT_FIELDS}
+    return pb.AuditEvent(
+        seq=record.get("seq", 0), time=record.get("time", 0), type=record.get("kind", ""),
+        actor=record.get("actor", ""), origin=record.get("origin", ""), reason=record.get("reason", ""),
+        count=record.get("count", 0), detail=json.dumps(rest, sort_keys=True, separators=(",", ":")),
+    )
+
+
+async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
+    if isinstance(exc, RecallError):
+        await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+    log.exception("%s failed", name)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
+
+
+def _rpc(method):
+    """Map RecallError to its status and bugs to INTERNAL (unary and streaming handlers)."""
+    name = method.__name__
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def streaming(self, request, context: grpc.aio.ServicerContext):
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except (grpc.aio.AbortError, grpc.RpcError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await _fail(context, name, exc)
+
+        return streaming
+
+    @functools.wraps(method)
+    async def handler(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception as exc:
+            await _fail(context, name, exc)
+
+    return handler
+
+
+def _spec(msg: pb.TokenSpec) -> TokenSpec:
+    return TokenSpec(
+        subject=msg.subject, client_id=msg.client_id, issuer=msg.issuer, jti=msg.jti,
+        scopes=tuple(msg.scopes), type=msg.type, issued_at=msg.issued_at,
+        expires_at=msg.expires_at, origin=msg.origin, family=msg.family,
+    )
+
+
+def _selector(msg: pb.Selector) -> Selector:
+    return Selector(
+        serials=tuple(msg.serials),
+        tokens=tuple(JtiRef(t.issuer, t.jti, t.expires_at) for t in msg.tokens),
+        subject=msg.subject, client_id=msg.client_id, family=msg.family,
+    )
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e9 else None
+
+
+class RecallService(recall_pb2_grpc.RecallServicer):
+    """recall.v1.Recall over an Engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @_rpc
+    async def Register(self, request, context):
+        result = await self.engine.register([_spec(t) for t in request.tokens], request.actor)
+        return pb.RegisterResponse(
+            tokens=[
+                pb.RegisteredToken(serial=t.serial, jti=t.jti, canonical_jti=t.canonical_jti, existing=t.existing)
+                for t in result.tokens
+            ],
+            seq=result.seq,
+        )
+
+    @_rpc
+    async def Revoke(self, request, context):
+        result = await self.engine.revoke(_selector(request.selector), request.reason, request.actor, request.origin)
+        return pb.RevokeResponse(count=result.count, seq=result.seq)
+
+    @_rpc
+    async def Check(self, request, context):
+        settings = self.engine.settings
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, settings)
+        validate.claims(request.sub, request.client_id, request.issued_at, settings)
+        if request.min_seq:
+            await self.engine.wait_for_seq(request.min_seq, _timeout(context))
+        result = await self.engine.check(ref, Claims(request.sub, request.client_id, request.issued_at))
+        return pb.CheckResponse(
+            state=result.state, serial=result.serial, revoked_at=result.revoked_at,
+            reason=result.reason, seq=result.seq,
+        )
+
+    @_rpc
+    async def CheckBatch(self, request, context):
+        settings = self.engine.settings
+        validate.count(len(request.serials) // 8 + len(request.tokens), "serials+tokens", settings)
+        refs, claims = [], []
+        for i, t in enumerate(request.tokens):
+            refs.append(validate.jti_ref(JtiRef(t.issuer, t.jti), f"tokens[{i}]", settings))
+            validate.claims(t.sub, t.client_id, t.issued_at, settings, f"tokens[{i}].")
+            claims.append(Claims(t.sub, t.client_id, t.issued_at))
+        if request.min_seq:
+            await self.engine.wait_for_seq(request.min_seq, _timeout(context))
+        states = self.engine.check_packed(request.serials)
+        seq = self.engine.state.seq
+        token_states = await self.engine.check_refs(refs, claims)
+        return pb.CheckBatchResponse(states=states, token_states=token_states, seq=seq)
+
+    @_rpc
+    async def Introspect(self, request, context):
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
+        return pb.IntrospectResponse(**await self.engine.introspect(ref))
+
+    @_rpc
+    async def Stats(self, request, context):
+        stats = await self.engine.stats()
+        return pb.StatsResponse(**{f: getattr(stats, f) for f in pb.StatsResponse.DESCRIPTOR.fields_by_name})
+
+    @_rpc
+    async def Rotate(self, request, context):
+        ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
+        result = await self.engine.rotate(
+            ref, _spec(request.successor), request.actor, request.origin, request.request_id,
+        )
+        successor = result.successor
+        return pb.RotateResponse(
+            outcome=getattr(pb.RotateResponse, result.outcome), state=result.state, count=result.count,
+            seq=result.seq, family=result.family,
+            successor=pb.RegisteredToken(
+                serial=successor.serial, jti=successor.jti, canonical_jti=successor.canonical_jti,
+                existing=successor.existing,
+            ) if successor else None,
+        )
+
+    @_rpc
+    async def Cutoff(self, request, context):
+        rule = request.rule
+        result = await self.engine.cutoff(rule.scope, rule.value, rule.before, request.reason, request.actor)
+        return pb.CutoffResponse(seq=result.seq, count=result.count, before=result.before,
+                                 retires_at=result.retires_at)
+
+    @_rpc
+    async def AuditLog(self, request, context):
+        """Matching audit records, then (with follow) new ones as they commit."""
+        settings = self.engine.settings
+        validate.string(request.subject, "subject", settings)
+        validate.string(request.client_id, "client_id", settings)
+        if request.serial:
+            validate.serial(request.serial, "serial")
+        if request.after_seq > validate.MAX_SERIAL:
+            raise InvalidArgument(f"after_seq: {request.after_seq} is beyond any sequence")
+        q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
+                       request.since, request.until, request.limit)
+        sent = 0
+        cursor = max(request.after_seq, self.engine.state.seq)  # the query sees at least this
+        for record in await self.engine.audit(q):
+            yield audit_event(record)
+            sent += 1
+            cursor = max(cursor, record["seq"])
+        while request.follow and (not request.limit or sent < request.limit) and not self.engine.hub.closed:
+            if self.engine.state.seq <= cursor:
+                await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
+                continue
+            head = self.engine.state.seq
+            for record in await self.engine.audit_after(q, cursor):
+                if record["seq"] > head or (request.limit and sent >= request.limit):
+                    break
+                yield audit_event(record)
+                sent += 1
+            cursor = head
+
+    @_rpc
+    async def Watch(self, request, context):
+        """Stream encoded WatchEvents (registered without a response serializer)."""
+        validate.string(request.store_id, "store_id", self.engine.settings)
+        async for payload in watch.stream(self.engine, request):
+            yield payload

@@ -1,0 +1,494 @@
+"""The embedded engine: one LMDB environment in a data directory, behind the storage seam.
+
+Theory of operation. One LMDB environment in the data directory holds every
+table below; one write transaction is one group of operations (see
+writer.py), synced before anyone hears of it. A lock file held with flock
+keeps a second server off the same directory. Keys are big-endian so that
+LMDB's byte order is numeric order.
+
+Tables (named databases):
+  meta          b"format", b"store_id", b"seq", b"serial"
+  tokens        serial -> TokenSpec (protobuf) of a registered token
+  jtis          hash16(issuer, jti) -> serial
+  revoked       chunk -> BitMap64 of revoked serials in that chunk
+  exp, iat      serial >> 12 -> 4096 little-endian uint32 expiry / issue times (0 = none)
+  index         kind + hash16(name) + chunk -> BitMap64 (s subject, c client, f family,
+                i issuer; j + zeros: serials registered under a caller-chosen jti)
+  foreign       key -> expires_at, seq   (revoked tokens never registered)
+  foreign_exp   expires_at + key -> b""
+  revocations   serial -> seq of the change that revoked it
+  log           seq -> recall.v1.Delta
+  audit         seq -> JSON audit record of the change
+  rotated       chunk -> BitMap64 of rotated refresh tokens
+  rotations     serial -> successor, time, seq, request fingerprint
+  rules         scope + hash16(value) -> before, seq, value (cut-off rules in force)
+  issuance      first serial of a registration -> seq of that change
+A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
+only the chunks it touches.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+
+import lmdb
+import numpy as np
+from pyroaring import BitMap64
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient.codec import delta_from_proto, delta_to_proto
+from recallclient.revoked_set import Delta, split
+from recallclient.types import TokenSpec, TokenType
+
+from ..core.digest import name_hash
+from ..core.errors import StoreError
+from .base import Rotation, Rule, Store, StoreFull, WriteTxn
+
+FORMAT = b"recallcore/1"
+CHUNK_BITS = 16
+EXP_BITS = 12
+_U64 = struct.Struct(">Q")
+_U64X2 = struct.Struct(">QQ")
+_TABLES = (
+    "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
+    "foreign", "foreign_exp", "revocations", "log", "audit",
+    "rotated", "rotations", "rules", "issuance",
+)
+_OURS = {"data.mdb", "lock.mdb", "LOCK"}
+# Key prefix of each index kind in table "index"; "custom_jti" has one list, named by zeros.
+_INDEX_PREFIX = {"subject": b"s", "client_id": b"c", "family": b"f", "issuer": b"i"}
+_CUSTOM_JTI = b"j" + bytes(16)
+_EMPTY = BitMap64()
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def from_u64(data: bytes) -> int:
+    return _U64.unpack(data)[0]
+
+
+def split_chunks(bitmap: BitMap64):
+    """Yield (chunk, part of `bitmap` in that chunk) in chunk order."""
+    return split(bitmap, CHUNK_BITS)
+
+
+def _index_key(kind: str, name: str) -> bytes:
+    return _CUSTOM_JTI if kind == "custom_jti" else _INDEX_PREFIX[kind] + name_hash(name)
+
+
+def _encode_record(spec: TokenSpec) -> bytes:
+    return pb.TokenSpec(
+        jti=spec.jti, issuer=spec.issuer, subject=spec.subject, client_id=spec.client_id,
+        scopes=spec.scopes, type=int(spec.type), issued_at=spec.issued_at,
+        expires_at=spec.expires_at, origin=spec.origin, family=spec.family,
+    ).SerializeToString()
+
+
+def _decode_record(data: bytes) -> TokenSpec:
+    m = pb.TokenSpec.FromString(data)
+    return TokenSpec(
+        subject=m.subject, client_id=m.client_id, issuer=m.issuer, jti=m.jti, scopes=tuple(m.scopes),
+        type=TokenType(m.type) if m.type in (TokenType.ACCESS, TokenType.REFRESH) else m.type,
+        issued_at=m.issued_at, expires_at=m.expires_at, origin=m.origin, family=m.family,
+    )
+
+
+class LmdbTxn(WriteTxn):
+    """The storage interface over one LMDB transaction (read-only or the write one)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self.raw = txn
+        self.db = dbs
+
+    # meta
+    def _meta_int(self, name: bytes) -> int:
+        value = self.raw.get(name, db=self.db["meta"])
+        return from_u64(value) if value is not None else 0
+
+    def head_seq(self) -> int:
+        return self._meta_int(b"seq")
+
+    def registered_through(self) -> int:
+        return self._meta_int(b"serial")
+
+    def set_head_seq(self, seq: int) -> None:
+        self.raw.put(b"seq", u64(seq), db=self.db["meta"])
+
+    def set_registered_through(self, serial: int) -> None:
+        self.raw.put(b"serial", u64(serial), db=self.db["meta"])
+
+    # token records and the (issuer, jti) index
+    def record(self, serial: int) -> TokenSpec | None:
+        data = self.raw.get(u64(serial), db=self.db["tokens"])
+        return _decode_record(data) if data is not None else None
+
+    def put_record(self, serial: int, spec: TokenSpec) -> None:
+        self.raw.put(u64(serial), _encode_record(spec), db=self.db["tokens"], append=True)
+
+    def update_record(self, serial: int, spec: TokenSpec) -> None:
+        self.raw.put(u64(serial), _encode_record(spec), db=self.db["tokens"])
+
+    def delete_record(self, serial: int) -> None:
+        self.raw.delete(u64(serial), db=self.db["tokens"])
+
+    def serial_for(self, issuer: str, jti: str) -> int:
+        data = self.raw.get(name_hash(issuer, jti), db=self.db["jtis"])
+        return from_u64(data) if data is not None else 0
+
+    def put_jti(self, issuer: str, jti: str, serial: int) -> None:
+        self.raw.put(name_hash(issuer, jti), u64(serial), db=self.db["jtis"])
+
+    def delete_jti(self, issuer: str, jti: str) -> None:
+        self.raw.delete(name_hash(issuer, jti), db=self.db["jtis"])
+
+    # chunked bitmaps: the revoked and rotated sets, the name indexes
+    def _bitmap(self, table: str, prefix: bytes = b"") -> BitMap64:
+        """The union of every chunk stored under `prefix` in `table`."""
+        out = BitMap64()
+        with self.raw.cursor(db=self.db[table]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                out |= BitMap64.deserialize(value)
+        return out
+
+    def _update_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64) -> None:
+        """Add and remove serials in the chunks under `prefix`; drop empty chunks."""
+        db = self.db[table]
+        touched = {c for c, _ in split_chunks(add)} | {c for c, _ in split_chunks(remove)}
+        for chunk in sorted(touched):
+            key = prefix + u64(chunk)
+            data = self.raw.get(key, db=db)
+            bitmap = BitMap64.deserialize(data) if data is not None else BitMap64()
+            span = BitMap64()
+            span.add_range(chunk << CHUNK_BITS, (chunk + 1) << CHUNK_BITS)
+            bitmap |= add & span
+            bitmap -= remove & span
+            if bitmap:
+                bitmap.run_optimize()
+                self.raw.put(key, bitmap.serialize(), db=db)
+            elif data is not None:
+                self.raw.delete(key, db=db)
+
+    def index(self, kind: str, name: str) -> BitMap64:
+        return self._bitmap("index", _index_key(kind, name))
+
+    def index_among(self, kind: str, name: str, of: BitMap64) -> BitMap64:
+        prefix = _index_key(kind, name)
+        out = BitMap64()
+        db = self.db["index"]
+        for chunk, part in split_chunks(of):
+            data = self.raw.get(prefix + u64(chunk), db=db)
+            if data is not None:
+                out |= BitMap64.deserialize(data) & part
+        return out
+
+    def update_index(self, kind: str, name: str, add: BitMap64, remove: BitMap64 = _EMPTY) -> None:
+        self._update_bitmap("index", _index_key(kind, name), add, remove)
+
+    def revoked_serials(self) -> BitMap64:
+        return self._bitmap("revoked")
+
+    def rotated_serials(self) -> BitMap64:
+        return self._bitmap("rotated")
+
+    def update_revoked(self, add: BitMap64, remove: BitMap64 = _EMPTY) -> None:
+        self._update_bitmap("revoked", b"", add, remove)
+
+    def update_rotated(self, add: BitMap64, remove: BitMap64 = _EMPTY) -> None:
+        self._update_bitmap("rotated", b"", add, remove)
+
+    # per-serial times (tables "exp" and "iat"): blocks of 4096 little-endian uint32
+    def _set_times(self, table: str, ids: np.ndarray, values: np.ndarray) -> None:
+        db = self.db[table]
+        blocks = ids >> EXP_BITS
+        for block in np.unique(blocks):
+            key = u64(int(block))
+            data = self.raw.get(key, db=db)
+            stored = np.frombuffer(data, dtype="<u4").copy() if data is not None else np.zeros(1 << EXP_BITS, "<u4")
+            mine = blocks == block
+            stored[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)] = values[mine]
+            self.raw.put(key, stored.tobytes(), db=db)
+
+    def set_expiries(self, ids: np.ndarray, values: np.ndarray) -> None:
+        self._set_times("exp", ids, values)
+
+    def set_issue_times(self, ids: np.ndarray, values: np.ndarray) -> None:
+        self._set_times("iat", ids, values)
+
+    def expiries(self) -> np.ndarray:
+        with self.raw.cursor(db=self.db["exp"]) as cur:
+            blocks = [(from_u64(k), v) for k, v in cur.iternext()]
+        size = (blocks[-1][0] + 1) << EXP_BITS if blocks else 1 << EXP_BITS
+        out = np.zeros(size, dtype=np.uint32)
+        for block, data in blocks:
+            out[block << EXP_BITS : (block + 1) << EXP_BITS] = np.frombuffer(data, dtype="<u4")
+        return out
+
+    def issue_times(self, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(ids), dtype=np.uint32)
+        blocks = ids >> EXP_BITS
+        for block in np.unique(blocks):
+            data = self.raw.get(u64(int(block)), db=self.db["iat"])
+            if data is not None:
+                mine = blocks == block
+                out[mine] = np.frombuffer(data, dtype="<u4")[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)]
+        return out
+
+    # rules, rotations, issuance
+    def put_rule(self, rule: Rule, seq: int) -> None:
+        scope, value, before = rule
+        self.raw.put(bytes([scope]) + name_hash(value), _U64X2.pack(before, seq) + value.encode(), db=self.db["rules"])
+
+    def delete_rule(self, rule: Rule) -> None:
+        scope, value, _ = rule
+        self.raw.delete(bytes([scope]) + name_hash(value), db=self.db["rules"])
+
+    def rules(self) -> list[Rule]:
+        with self.raw.cursor(db=self.db["rules"]) as cur:
+            return [(k[0], v[16:].decode(), _U64X2.unpack(v[:16])[0]) for k, v in cur.iternext()]
+
+    def rotation(self, serial: int) -> Rotation | None:
+        data = self.raw.get(u64(serial), db=self.db["rotations"])
+        if data is None:
+            return None
+        successor, when, seq = struct.unpack(">QQQ", data[:24])
+        return successor, when, seq, data[24:]
+
+    def put_rotation(self, serial: int, successor: int, when: int, seq: int, fingerprint: bytes) -> None:
+        self.raw.put(u64(serial), struct.pack(">QQQ", successor, when, seq) + fingerprint, db=self.db["rotations"])
+
+    def delete_rotation(self, serial: int) -> None:
+        self.raw.delete(u64(serial), db=self.db["rotations"])
+
+    def put_issuance(self, first_serial: int, seq: int) -> None:
+        self.raw.put(u64(first_serial), u64(seq), db=self.db["issuance"], append=True)
+
+    def issued_by(self, serial: int) -> int:
+        with self.raw.cursor(db=self.db["issuance"]) as cur:
+            if cur.set_range(u64(serial + 1)):
+                found = cur.prev()
+            else:
+                found = cur.last()
+            return from_u64(cur.value()) if found else 0
+
+    # revocation records
+    def revoked_by(self, serial: int) -> int:
+        data = self.raw.get(u64(serial), db=self.db["revocations"])
+        return from_u64(data) if data is not None else 0
+
+    def put_revocations(self, serials: BitMap64, seq: int) -> None:
+        value = u64(seq)
+        db = self.db["revocations"]
+        self.raw.cursor(db=db).putmulti(((u64(s), value) for s in serials.to_array()), overwrite=True)
+
+    def delete_revocation(self, serial: int) -> None:
+        self.raw.delete(u64(serial), db=self.db["revocations"])
+
+    # foreign tokens
+    def foreign(self, key: int) -> tuple[int, int] | None:
+        data = self.raw.get(u64(key), db=self.db["foreign"])
+        return _U64X2.unpack(data) if data is not None else None
+
+    def put_foreign(self, key: int, expires_at: int, seq: int) -> None:
+        old = self.foreign(key)
+        if old is not None:
+            self.raw.delete(_U64X2.pack(old[0], key), db=self.db["foreign_exp"])
+        self.raw.put(u64(key), _U64X2.pack(expires_at, seq), db=self.db["foreign"])
+        self.raw.put(_U64X2.pack(expires_at, key), b"", db=self.db["foreign_exp"])
+
+    def foreign_due(self, upto: int, limit: int) -> list[tuple[int, int]]:
+        out = []
+        with self.raw.cursor(db=self.db["foreign_exp"]) as cur:
+            for key in cur.iternext(values=False):
+                expires_at, fkey = _U64X2.unpack(key)
+                if expires_at > upto or len(out) >= limit:
+                    break
+                out.append((expires_at, fkey))
+        return out
+
+    def delete_foreign(self, key: int, expires_at: int) -> None:
+        self.raw.delete(u64(key), db=self.db["foreign"])
+        self.raw.delete(_U64X2.pack(expires_at, key), db=self.db["foreign_exp"])
+
+    def foreign_keys(self) -> Iterator[int]:
+        with self.raw.cursor(db=self.db["foreign"]) as cur:
+            for key in cur.iternext(values=False):
+                yield from_u64(key)
+
+    # change log and audit
+    def put_change(self, delta: Delta, audit: dict) -> None:
+        self.raw.put(u64(delta.seq), delta_to_proto(delta).SerializeToString(), db=self.db["log"], append=True)
+        self.raw.put(u64(delta.seq), json.dumps(audit, separators=(",", ":")).encode(),
+                     db=self.db["audit"], append=True)
+
+    def compact_log(self, upto: int, before: int, limit: int) -> int:
+        deleted = 0
+        with self.raw.cursor(db=self.db["log"]) as cur:
+            while deleted < limit and cur.first():
+                seq = from_u64(cur.key())
+                if seq > upto or pb.Delta.FromString(cur.value()).time >= before:
+                    break
+                cur.delete()
+                deleted += 1
+        return deleted
+
+    def compact_audit(self, before: int, limit: int) -> int:
+        deleted = 0
+        with self.raw.cursor(db=self.db["audit"]) as cur:
+            while deleted < limit and cur.first():
+                if json.loads(cur.value()).get("time", 0) >= before:
+                    break
+                cur.delete()
+                deleted += 1
+        return deleted
+
+    def audit_after(self, after: int) -> Iterator[dict]:
+        with self.raw.cursor(db=self.db["audit"]) as cur:
+            if not cur.set_range(u64(after + 1)):
+                return
+            for _, value in cur:
+                yield json.loads(value)
+
+    def log_first(self) -> int:
+        with self.raw.cursor(db=self.db["log"]) as cur:
+            return from_u64(cur.key()) if cur.first() else 0
+
+    def delta(self, seq: int) -> Delta | None:
+        data = self.raw.get(u64(seq), db=self.db["log"])
+        return delta_from_proto(pb.Delta.FromString(data)) if data is not None else None
+
+    def audit(self, seq: int) -> dict | None:
+        data = self.raw.get(u64(seq), db=self.db["audit"])
+        return json.loads(data) if data is not None else None
+
+
+class LmdbStore(Store):
+    """An open data directory. Close it to release the lock."""
+
+    def __init__(self, data_dir: pathlib.Path, *, map_size: int, max_map_size: int) -> None:
+        self.path = pathlib.Path(data_dir)
+        self.max_map_size = max_map_size
+        self._lock_file = self._lock()
+        try:
+            self._check_foreign()
+            existed = (self.path / "data.mdb").exists()
+            try:
+                self.env = lmdb.open(
+                    str(self.path), map_size=map_size, max_dbs=len(_TABLES) + 1,
+                    sync=True, metasync=True, subdir=True, readahead=False,
+                )
+                if existed:
+                    self._refuse_foreign_tables()
+                self.dbs = {name: self.env.open_db(name.encode()) for name in _TABLES}
+            except lmdb.Error as exc:
+                raise StoreError(
+                    f"{self.path} does not hold a readable recallcore store: {exc}"
+                ) from exc
+            self.store_id = self._identity(existed)
+        except BaseException:
+            if getattr(self, "env", None) is not None:
+                self.env.close()
+            self._lock_file.close()
+            raise
+        # Readers take this lock around a transaction; resizing the map takes
+        # it too (LMDB forbids set_mapsize while this process has one open).
+        self.resize_lock = threading.Lock()
+
+    def _lock(self):
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {self.path}: {exc}") from exc
+        lock_file = open(self.path / "LOCK", "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreError(
+                    f"data directory {self.path} is in use by another recallcore server "
+                    f"(pid {holder}); stop it or choose another --data-dir"
+                ) from exc
+            raise
+        lock_file.truncate(0)
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        return lock_file
+
+    def _check_foreign(self) -> None:
+        others = sorted(p.name for p in self.path.iterdir() if p.name not in _OURS)
+        if others and not (self.path / "data.mdb").exists():
+            raise StoreError(
+                f"{self.path} is not a recallcore data directory (it holds {', '.join(others[:5])}); "
+                "choose an empty or new directory"
+            )
+
+    def _identity(self, existed: bool) -> str:
+        with self.env.begin(write=True) as txn:
+            fmt = txn.get(b"format", db=self.dbs["meta"])
+            if fmt is None:
+                if existed and any(txn.stat(self.dbs[name])["entries"] for name in _TABLES):
+                    raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
+                store_id = uuid.uuid4().hex
+                txn.put(b"format", FORMAT, db=self.dbs["meta"])
+                txn.put(b"store_id", store_id.encode(), db=self.dbs["meta"])
+                return store_id
+            if fmt != FORMAT:
+                raise StoreError(
+                    f"{self.path} holds store format {fmt!r}; this server reads {FORMAT!r}"
+                )
+            return txn.get(b"store_id", db=self.dbs["meta"]).decode()
+
+    def _refuse_foreign_tables(self) -> None:
+        """Raise StoreError, before writing anything, if the environment holds others' data."""
+        ours = {name.encode() for name in _TABLES}
+        with self.env.begin() as txn, txn.cursor() as cur:
+            names = set(cur.iternext(values=False))
+        if names - ours:
+            raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[LmdbTxn]:
+        """A read transaction (any thread but the event loop's)."""
+        with self.resize_lock, self.env.begin(buffers=False) as txn:
+            yield LmdbTxn(txn, self.dbs)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[LmdbTxn]:
+        """The write transaction; only the writer thread calls this. Synced on a clean exit."""
+        try:
+            with self.env.begin(write=True) as txn:
+                yield LmdbTxn(txn, self.dbs)
+        except lmdb.MapFullError as exc:
+            raise StoreFull(str(exc)) from exc
+
+    def grow(self) -> bool:
+        """Double the map size up to the limit; False when already at the limit."""
+        current = self.env.info()["map_size"]
+        if current >= self.max_map_size:
+            return False
+        with self.resize_lock:
+            self.env.set_mapsize(min(current * 2, self.max_map_size))
+        return True
+
+    def sizes(self) -> tuple[int, int]:
+        """(bytes in use, map size)."""
+        info = self.env.info()
+        return (info["last_pgno"] + 1) * self.env.stat()["psize"], info["map_size"]
+
+    def close(self) -> None:
+        self.env.close()
+        self._lock_file.close()

@@ -1,0 +1,145 @@
+"""The writer thread: every write transaction of a store, group-committed.
+
+Theory of operation. Operations arrive on a bounded queue from any thread.
+The writer takes the first waiting operation and every other one already
+queued (up to `group_commit`), runs them one after another in a single write
+transaction against its own mirror of the revocation state, and commits once:
+one fsync for the whole group. Only after the commit returns does it report
+the group's deltas and results through `on_commit`, so nothing reaches a
+reader or a subscriber before it is durable.
+
+When the store is full (StoreFull) the transaction is rolled back, the store
+grows and the group is retried; when it cannot grow (LMDB: past
+`max_map_size`) every operation in the group fails with RESOURCE_EXHAUSTED
+and nothing changes. An unexpected error aborts the group
+and the operations are retried one by one, so only the culprit fails. After
+any abort the writer's mirror is reloaded from the store.
+"""
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from recallclient.revoked_set import Delta
+
+from ..core import lifecycle, operations
+from ..core.errors import RecallError, ResourceExhausted, Unavailable
+from ..core.mirror import Mirror
+from ..core.model import Cutoff, Operation, Register, Revoke, Rotate, Sweep
+from ..settings import Settings
+from .base import Store, StoreFull, WriteTxn
+
+log = logging.getLogger(__name__)
+
+# (operation, caller's token) in; (token, result or exception) out.
+Outcome = tuple[Any, Any]
+OnCommit = Callable[[list[Delta], list[Outcome]], None]
+
+_STOP = object()
+
+
+class Writer:
+    """Owns the write side of a store; `submit` from any thread."""
+
+    def __init__(self, store: Store, state: Mirror, settings: Settings, clock: Callable[[], float],
+                 on_commit: OnCommit) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.on_commit = on_commit
+        self.state = state  # the writer's own mirror: a copy of the loop's, never shared
+        self._queue: queue.Queue = queue.Queue(maxsize=65536)
+        self._thread = threading.Thread(target=self._run, name="recallcore-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, op: Operation, token: Any) -> None:
+        """Queue `op`; its outcome is reported with `token` after commit.
+
+        Raises Unavailable when the queue is full (the caller may retry).
+        """
+        try:
+            self._queue.put_nowait((op, token))
+        except queue.Full:
+            raise Unavailable("too many writes waiting; retry later") from None
+
+    def stop(self) -> None:
+        """Finish every queued operation, then end the thread (blocks)."""
+        if self._thread.ident is None:  # never started
+            return
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            group = [self._queue.get()]
+            while len(group) < self.settings.group_commit:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in group:
+                stopping = True
+                group = [item for item in group if item is not _STOP]
+            if group:
+                self._commit(group)
+
+    def _commit(self, group: list[tuple[Operation, Any]]) -> None:
+        while True:
+            now = int(self.clock())
+            try:
+                deltas, outcomes = self._run_group(group, now)
+            except StoreFull:
+                self.state = self.store.load()
+                if self.store.grow():
+                    log.info("store grown to %d bytes", self.store.sizes()[1])
+                    continue
+                full = ResourceExhausted(
+                    f"store is full: the LMDB map reached max_map_size "
+                    f"({self.settings.max_map_size} bytes); raise --max-map-size"
+                )
+                self.on_commit([], [(token, full) for _, token in group])
+                return
+            except Exception as exc:
+                self.state = self.store.load()
+                if len(group) > 1:
+                    for item in group:
+                        self._commit([item])
+                    return
+                log.exception("write failed")
+                self.on_commit([], [(group[0][1], exc)])
+                return
+            self.on_commit(deltas, outcomes)
+            return
+
+    def _run_group(self, group: list[tuple[Operation, Any]], now: int) -> tuple[list[Delta], list[Outcome]]:
+        deltas: list[Delta] = []
+        outcomes: list[Outcome] = []
+        with self.store.write() as txn:
+            for op, token in group:
+                try:
+                    result, delta = self._apply(txn, op, now)
+                except RecallError as exc:
+                    outcomes.append((token, exc))
+                    continue
+                outcomes.append((token, result))
+                if delta is not None:
+                    deltas.append(delta)
+        return deltas, outcomes
+
+    def _apply(self, txn: WriteTxn, op: Operation, now: int) -> tuple[Any, Delta | None]:
+        if isinstance(op, Register):
+            return operations.register(txn, self.state, op, now)
+        if isinstance(op, Revoke):
+            return operations.revoke(txn, self.state, op, now, self.settings)
+        if isinstance(op, Sweep):
+            return operations.sweep(txn, self.state, op, now, self.settings)
+        if isinstance(op, Rotate):
+            return lifecycle.rotate(txn, self.state, op, now, self.settings)
+        if isinstance(op, Cutoff):
+            return lifecycle.cutoff(txn, self.state, op, now, self.settings)
+        raise TypeError(f"unknown operation {op!r}")
