@@ -34,6 +34,10 @@ _OPTIONS = (
     ("--clock-skew", "clock_skew", int, "seconds other clocks may differ: revocations outlive expiry by this"),
     ("--rotation-grace", "rotation_grace", int, "seconds a retried rotation gets the same successor"),
     ("--follow", "follow", str, "HOST:PORT of a primary: run as a read-only follower (no data dir)"),
+    ("--max-staleness", "max_staleness", float,
+     "follower: seconds without a vouch from the primary before it answers UNAVAILABLE"),
+    ("--freshness-skew", "freshness_skew", float,
+     "follower: seconds the primary's clock may differ from this one when judging its vouches"),
 )
 
 

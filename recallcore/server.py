@@ -84,17 +84,32 @@ class Server:
         await self.engine.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
-        if self.engine.synced.is_set():
-            await self._serving_when_synced()
+        if self.settings.follow:
+            self._health_task = asyncio.create_task(self._track_health(), name="recallcore-health")
         else:
-            self._health_task = asyncio.create_task(self._serving_when_synced())
+            await self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{host}:{bound}"
         return self.address
 
-    async def _serving_when_synced(self) -> None:
-        """recall.v1.Recall is SERVING once the node can answer (a follower: once synced)."""
-        await self.engine.synced.wait()
-        await self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    async def _track_health(self) -> None:
+        """A follower's recall.v1.Recall is SERVING while it can answer: once synced, and
+        while within max_staleness; the server as a whole ("") follows it once synced."""
+        period = min(0.25, self.settings.max_staleness / 4)
+        shown, served = None, False
+        while True:
+            answering = self.engine.answering()
+            if answering != shown:
+                status = health_pb2.HealthCheckResponse.SERVING if answering else \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                names = (SERVICE_NAME, "") if self.engine.synced.is_set() else (SERVICE_NAME,)
+                for name in names:
+                    await self._set_health(name, status)
+                if served:
+                    log.warning("follower %s: %s (staleness %.1f s)", self.address,
+                                "serving again" if answering else "too stale to answer: NOT_SERVING",
+                                self.engine.staleness())
+                shown, served = answering, served or answering
+            await asyncio.sleep(period)
 
     async def _set_health(self, name: str, status) -> None:
         await self.health.set(name, status)
@@ -103,6 +118,7 @@ class Server:
         """Stop accepting calls, let in-flight calls finish, close the store."""
         if self._health_task is not None:
             self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
         if self.grpc is not None:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)

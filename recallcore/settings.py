@@ -23,6 +23,8 @@ DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds of silence before a Watch heartbeat
 DEFAULT_WATCH_RING = 4096  # recent deltas kept in memory for Watch streams
 DEFAULT_LOG_KEEP = 1_000_000  # changes kept in the log for resuming Watch streams...
 DEFAULT_LOG_KEEP_SECONDS = 7 * 86400  # ...and for at least this long
+DEFAULT_MAX_STALENESS = 5.0  # seconds a follower answers after its primary last vouched for it
+DEFAULT_FRESHNESS_SKEW = 0.5  # seconds another node's clock may differ when judging a vouch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,13 @@ class Settings:
     rotation_grace: seconds during which a retry of the same rotation
         returns the same successor instead of counting as reuse.
     follow: HOST:PORT of a primary to follow (a read-only node); empty for a primary.
+    max_staleness: a follower whose primary has not vouched for it for this
+        many seconds answers Check, CheckBatch and Introspect UNAVAILABLE and
+        reports NOT_SERVING, until a fresh vouch arrives.
+    freshness_skew: seconds the primary's clock may differ from this node's
+        when judging how fresh its vouch is (followers; see
+        recallclient.freshness). Not the tokens' clock_skew: this one should
+        be small, hosts on NTP agree within milliseconds.
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -78,6 +87,8 @@ class Settings:
     rotation_grace: int = DEFAULT_ROTATION_GRACE
     clock_skew: int = DEFAULT_CLOCK_SKEW
     follow: str = ""
+    max_staleness: float = DEFAULT_MAX_STALENESS
+    freshness_skew: float = DEFAULT_FRESHNESS_SKEW
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
@@ -95,9 +106,11 @@ class Settings:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_ttl > self.max_token_lifetime:
             raise ValueError("token_ttl: must not exceed max_token_lifetime")
-        for name in ("sweep_interval", "heartbeat_interval"):
+        for name in ("sweep_interval", "heartbeat_interval", "max_staleness"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+        if self.freshness_skew < 0:
+            raise ValueError("freshness_skew: must not be negative")
         if self.log_keep_seconds < 0:
             raise ValueError("log_keep_seconds: must not be negative")
         if self.follow:

@@ -3,7 +3,9 @@
 import asyncio
 import os
 import pathlib
+import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -139,3 +141,93 @@ def interrupt_when(args: list[str], done: Callable[[list[str]], bool]) -> tuple[
 def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
     """Run a command to completion, capturing text output."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def free_address() -> str:
+    """A 127.0.0.1:PORT nothing listens on (for a server that must come back on the same address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+class FreezableProxy:
+    """A TCP proxy on 127.0.0.1:0 to `target` whose links can be frozen.
+
+    Frozen, it keeps every connection open and accepts new ones but moves no
+    byte either way: to both ends the link looks alive and silent, as a
+    partitioned network does before any timeout. `thaw` moves the bytes
+    again. One thread, bounded: it stops at `close`.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.frozen = threading.Event()
+        self._closed = threading.Event()
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self._thread = threading.Thread(target=self._run, name="test-proxy", daemon=True)
+        self._thread.start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(STARTUP_TIMEOUT)
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._listener, selectors.EVENT_READ)
+            try:
+                while not self._closed.is_set():
+                    if self.frozen.is_set():
+                        time.sleep(0.01)
+                        continue
+                    for key, _ in sel.select(0.05):
+                        if key.fileobj is self._listener:
+                            self._accept(sel)
+                        else:
+                            self._pump(sel, key.fileobj)
+            finally:
+                for sock in [self._listener, *self._pairs]:
+                    sock.close()
+
+    def _accept(self, sel) -> None:
+        client, _ = self._listener.accept()
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        for a, b in ((client, upstream), (upstream, client)):
+            a.setblocking(False)
+            self._pairs[a] = b
+            sel.register(a, selectors.EVENT_READ)
+
+    def _pump(self, sel, sock: socket.socket) -> None:
+        other = self._pairs.get(sock)
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data and other is not None:
+            try:
+                other.setblocking(True)
+                other.sendall(data)
+                other.setblocking(False)
+                return
+            except OSError:
+                pass
+        for end in (sock, other):
+            if end is not None and end in self._pairs:
+                sel.unregister(end)
+                del self._pairs[end]
+                end.close()

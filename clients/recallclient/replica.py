@@ -29,6 +29,7 @@ from collections.abc import Callable
 import grpc
 
 from . import replica_file
+from .freshness import DEFAULT_MAX_SKEW, Freshness
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
 from .jti import foreign_key, serial_from_jti
@@ -40,6 +41,11 @@ CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # grpc's own reconnect backoff grows to 120 s by default: cap it, so a
+    # replica is back within about a second of its server.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 )
 ON_STALE = ("fail_closed", "raise")
 _NOTIFIED = frozenset({"installed", "applied", "reset"})  # kinds listeners see
@@ -67,6 +73,10 @@ class _ReplicaBase:
     which `is_revoked` follows `on_stale` ("fail_closed": everything is
     revoked; "raise": StaleReplica). `path`: the replica file, for warm
     starts. `backoff`: (first, largest) reconnect delay in seconds.
+    `clock_skew`: seconds the server's clock may differ from this host's;
+    staleness counts from the time the server stamped on its vouch (see
+    freshness.py), and a vouch stamped further off than this is ignored and
+    logged.
     `channel`: a channel you own (left open). `on_change`: a first listener
     (see add_listener). Raises ValueError for a bad argument.
     """
@@ -74,7 +84,7 @@ class _ReplicaBase:
     def __init__(self, target: Target, *, max_staleness: float = 5.0, on_stale: str = "fail_closed",
                  path: str | os.PathLike | None = None, backoff: tuple[float, float] = (0.05, 5.0),
                  channel: grpc.Channel | grpc.aio.Channel | None = None,
-                 on_change: Listener | None = None) -> None:
+                 on_change: Listener | None = None, clock_skew: float = DEFAULT_MAX_SKEW) -> None:
         if not max_staleness > 0:
             raise ValueError("max_staleness: must be positive")
         if on_stale not in ON_STALE:
@@ -92,8 +102,8 @@ class _ReplicaBase:
         self._foreign = self._core.state.foreign
         self._stale = True
         self._done_seq = 0  # the seq whose outcome was fully recorded (waiters see this)
-        self._vouched_at = -math.inf  # monotonic
-        self._vouched_wall = 0.0
+        self._fresh = Freshness(clock_skew)  # when the server last vouched, by its own stamp
+        self._ignored_logged = -math.inf
         self._flag_lock = threading.Lock()
         self._interval = 0.0  # the server's heartbeat interval, seconds
         self._last_event = time.monotonic()
@@ -155,7 +165,7 @@ class _ReplicaBase:
     @property
     def staleness(self) -> float:
         """Seconds since the server last vouched for this replica (inf before)."""
-        return time.monotonic() - self._vouched_at
+        return self._fresh.staleness(time.monotonic())
 
     @property
     def seq(self) -> int:
@@ -193,9 +203,9 @@ class _ReplicaBase:
         self._core = ReplicaCore(saved.state)
         self._revoked, self._foreign = saved.state.revoked, saved.state.foreign
         self._done_seq = saved.state.seq
-        age = time.time() - saved.vouched_at
-        if saved.vouched_at and age >= 0:  # a clock that went back: unknown, so stale
-            self._vouch(time.monotonic() - age, saved.vouched_at)
+        with self._flag_lock:  # a saved time in the future (a clock that went back) stays stale
+            self._fresh.restore(saved.vouched_at, time.time(), time.monotonic())
+            self._stale = self._fresh.staleness(time.monotonic()) > self.max_staleness
 
     def _request(self) -> pb.WatchRequest:
         self._last_event = time.monotonic()
@@ -219,7 +229,7 @@ class _ReplicaBase:
                 log.warning("server heartbeat interval %.1f s >= max_staleness %.1f s: the replica "
                             "will go stale between heartbeats", self._interval, self.max_staleness)
         if outcome.current and kind in _VOUCHING:
-            self._vouch(time.monotonic(), time.time())
+            self._vouch(outcome.vouched_at)
         if kind in _NOTIFIED:
             for listener in list(self._listeners):
                 try:
@@ -230,16 +240,21 @@ class _ReplicaBase:
         self._notify()
         return self._save_due(kind == "installed")
 
-    def _vouch(self, at: float, wall: float) -> None:
+    def _vouch(self, sent_at: float) -> None:
+        """Count the server's vouch stamped `sent_at` (its clock), if it may count."""
         with self._flag_lock:
-            self._vouched_at, self._vouched_wall = at, wall
-            self._stale = time.monotonic() - at > self.max_staleness
+            now = time.monotonic()
+            counted = self._fresh.vouch(sent_at, self._interval or 1.0, time.time(), now)
+            self._stale = self._fresh.staleness(now) > self.max_staleness
+        if not counted and self._fresh.reason and now - self._ignored_logged > 10:
+            self._ignored_logged = now
+            log.warning("ignored the server's vouch (%d so far): %s", self._fresh.ignored, self._fresh.reason)
 
     def _tick(self, streaming: bool) -> bool:
         """Re-evaluate `_stale`; True when the open stream has been silent too long."""
         now = time.monotonic()
         with self._flag_lock:
-            self._stale = now - self._vouched_at > self.max_staleness
+            self._stale = self._fresh.staleness(now) > self.max_staleness
         silent = now - self._last_event
         if not streaming or silent <= max(self.max_staleness, 3 * self._interval):
             return False
@@ -254,11 +269,11 @@ class _ReplicaBase:
         return random.uniform(low, ceiling)
 
     def _save_due(self, installed: bool = False) -> bool:
-        return self._file is not None and self._file.due(self._core.state, self._vouched_wall, installed)
+        return self._file is not None and self._file.due(self._core.state, self._fresh.vouched_wall, installed)
 
     def _save_now(self) -> None:
         if self._file is not None:
-            self._file.write(self._core.state, self._vouched_wall)
+            self._file.write(self._core.state, self._fresh.vouched_wall)
 
     def _setup(self) -> None:
         raise NotImplementedError

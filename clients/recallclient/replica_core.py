@@ -34,6 +34,8 @@ class Outcome:
     kind: "chunk", "installed", "applied", "skipped", "vouched" or "reset".
     seq: the replica's sequence after the event.
     current: the node said this sequence was its newest when it sent the event.
+    vouched_at: when it was (Unix seconds, the node's clock; 0 = not said): a
+        current event counts for freshness from then (see freshness.py).
     delta: the delta applied ("applied" only).
     reason: why the node reset ("reset" only).
     """
@@ -41,6 +43,7 @@ class Outcome:
     kind: str
     seq: int
     current: bool = False
+    vouched_at: float = 0.0
     delta: Delta | None = None
     reason: str = ""
 
@@ -109,9 +112,10 @@ class ReplicaCore:
         except SequenceGap as gap:
             self._fail(str(gap))
         current = event.head_seq == self.state.seq
+        at = event.vouched_at_us / 1e6
         if not applied:
-            return Outcome("skipped", self.state.seq, current)
-        return Outcome("applied", self.state.seq, current, delta=delta)
+            return Outcome("skipped", self.state.seq, current, at)
+        return Outcome("applied", self.state.seq, current, at, delta=delta)
 
     def _heartbeat(self, event: pb.WatchEvent) -> Outcome:
         beat = event.heartbeat
@@ -121,7 +125,8 @@ class ReplicaCore:
             self._fail(f"heartbeat at seq {beat.seq}, replica at {self.state.seq}")
         if beat.digest != self.state.digest():
             self._fail(f"digest differs from the node's at seq {beat.seq}")
-        return Outcome("vouched", self.state.seq, current=event.head_seq == beat.seq)
+        return Outcome("vouched", self.state.seq, current=event.head_seq == beat.seq,
+                       vouched_at=event.vouched_at_us / 1e6)
 
     def _chunk(self, event: pb.WatchEvent) -> Outcome:
         chunk = event.snapshot
@@ -150,7 +155,8 @@ class ReplicaCore:
             self._fail(f"snapshot at seq {snap.seq} does not match its digest")
         self._install(state, snap.chunks)
         self._resync = False
-        return Outcome("installed", self.state.seq, current=event.head_seq == snap.seq)
+        return Outcome("installed", self.state.seq, current=event.head_seq == snap.seq,
+                       vouched_at=event.vouched_at_us / 1e6)
 
     # hooks for subclasses that keep more than the revoked set
 

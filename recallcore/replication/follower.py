@@ -6,8 +6,21 @@ can answer Check with all four states. Events go through the same
 `ReplicaCore` that client replicas use; its hooks apply deltas to this
 node's mirror (which publishes them to the follower's own subscribers) and
 install snapshots (which resets them). A lost connection is retried with
-jittered backoff and resumes from the last applied sequence; a stream that
-stays silent longer than a few heartbeat intervals is dropped and retried.
+capped, jittered backoff (grpc's own reconnect backoff is capped the same
+way, so a follower is back within about a second of its primary) and
+resumes from the last applied sequence; a stream that stays silent longer
+than a few heartbeat intervals is dropped and retried.
+
+Freshness. The follower is as fresh as its primary's last vouch, counted
+from the time the primary stamped on it (recallclient.freshness): a vouch
+that waited in a socket buffer while this process was paused does not make
+it fresh. Past `max_staleness` it answers reads UNAVAILABLE (Node.
+require_ready); it passes on to its own subscribers the primary's stamp,
+never a fresher one, and stops sending them heartbeats after a few silent
+intervals. A watchdog notices when the process itself stalled (a pause, a
+long GC, swapping): the connection is then suspect, so it is dropped and
+reopened at once, and the follower answers by its staleness until a fresh
+vouch arrives.
 
 The follower keeps no disk state: it holds the last `watch_ring` deltas for
 its own subscribers to resume from, and anything older gets a snapshot.
@@ -27,6 +40,7 @@ from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.codec import bitmap_from
+from recallclient.freshness import Freshness
 from recallclient.replica_core import ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
 from recallclient.types import JtiRef, TokenState
@@ -39,12 +53,19 @@ from .node import Node
 
 log = logging.getLogger(__name__)
 
-BACKOFF = (0.05, 5.0)
+BACKOFF = (0.05, 1.0)  # seconds: first and largest delay between attempts (full jitter)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # grpc's own reconnect backoff grows to 120 s by default: a primary back
+    # after a long outage would wait that long for this follower.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
+STALL = 1.0  # seconds the event loop may go unscheduled before the connection is suspect
+WATCHDOG_PERIOD = 0.1
 
 
 def _expiries(chunks: list[pb.SnapshotChunk], through: int) -> np.ndarray:
@@ -80,9 +101,14 @@ class Follower(Node):
         super().__init__(settings, Mirror(RevokedSet(), ExpiryIndex()), clock)
         self.primary = settings.follow
         self._core = _Core(self)
-        self._vouched_at = float("-inf")
+        self._fresh = Freshness(settings.freshness_skew)
         self._primary_interval = settings.heartbeat_interval
         self._task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._call: grpc.aio.UnaryStreamCall | None = None
+        self._dropped = False  # the watchdog cancelled self._call
+        self._ignored_logged = float("-inf")
+        self.stalls = 0  # times the process was found to have stalled
         self.closed = False
 
     @property
@@ -90,7 +116,11 @@ class Follower(Node):
         return bool(self.store_id)
 
     def staleness(self) -> float:
-        return time.monotonic() - self._vouched_at
+        return self._fresh.staleness(time.monotonic())
+
+    def vouch_time_us(self) -> int:
+        """The primary's stamp on its last vouch that counted: never fresher than that."""
+        return int(self._fresh.vouched_wall * 1e6) if self.vouching() else 0
 
     ahead_wait = 5.0
 
@@ -98,16 +128,39 @@ class Follower(Node):
         """Only while the primary vouches for this follower (within a few of
         its heartbeat intervals) does it vouch for its own subscribers: cut
         off from the primary, it lets them go stale."""
-        return self.ready and self.staleness() <= 3 * max(self._primary_interval, self.settings.heartbeat_interval)
+        within = 3 * max(self._primary_interval, self.settings.heartbeat_interval)
+        return self.ready and self.staleness() <= min(within, self.settings.max_staleness)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="recallcore-follower")
+        self._watchdog = asyncio.create_task(self._watch_for_stalls(), name="recallcore-follower-watchdog")
 
     async def close(self) -> None:
         self.closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._watchdog) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch_for_stalls(self) -> None:
+        """Drop the connection when this process was not scheduled for longer than STALL.
+
+        What arrives on it next may have waited in the socket buffer through
+        the stall, and the primary may have died meanwhile: reconnect at once
+        rather than wait for keepalive or silence to tell.
+        """
+        last = time.monotonic()
+        while not self.closed:
+            await asyncio.sleep(WATCHDOG_PERIOD)
+            now = time.monotonic()
+            if now - last > STALL:
+                self.stalls += 1
+                log.warning("this process stalled for %.1f s; reconnecting to %s (staleness %.1f s)",
+                            now - last, self.primary, self.staleness())
+                if self._call is not None:
+                    self._dropped = True
+                    self._call.cancel()
+            last = now
 
     async def _follow(self) -> None:
         delay = BACKOFF[0]
@@ -121,12 +174,13 @@ class Follower(Node):
                     log.warning("resynchronising with %s: %s", self.primary, exc)
                 except grpc.aio.AioRpcError as exc:
                     log.info("primary %s: %s %s", self.primary, exc.code().name, exc.details())
-                await asyncio.sleep(random.uniform(0, delay))
+                await asyncio.sleep(random.uniform(0, delay))  # full jitter
                 delay = min(delay * 2, BACKOFF[1])
 
     async def _stream(self, stub: recall_pb2_grpc.RecallStub) -> bool:
         """Follow one Watch call until it ends; True when it made progress."""
-        call = stub.Watch(self._core.request())
+        self._dropped = False
+        call = self._call = stub.Watch(self._core.request())
         silence = max(5.0, 3 * self.settings.heartbeat_interval)
         progressed = False
         try:
@@ -139,6 +193,13 @@ class Follower(Node):
                 except TimeoutError:
                     log.warning("primary %s silent for %.1fs; reconnecting", self.primary, silence)
                     return progressed
+                except asyncio.CancelledError:
+                    # The watchdog cancelled the call after a stall: follow anew.
+                    # A cancellation of this task itself goes on up.
+                    if self._dropped and not asyncio.current_task().cancelling():
+                        self._dropped = False
+                        return progressed
+                    raise
                 if event is grpc.aio.EOF:
                     return progressed
                 if event.HasField("heartbeat") and event.heartbeat.interval_ms:
@@ -148,10 +209,19 @@ class Follower(Node):
                 if outcome.kind in ("installed", "applied"):
                     progressed = True
                 if outcome.current:
-                    self._vouched_at = time.monotonic()
+                    self._vouch(outcome.vouched_at)
             return progressed
         finally:
+            self._call = None
             call.cancel()
+
+    def _vouch(self, sent_at: float) -> None:
+        now = time.monotonic()
+        if not self._fresh.vouch(sent_at, self._primary_interval, time.time(), now) and self._fresh.reason:
+            if now - self._ignored_logged > 10:
+                self._ignored_logged = now
+                log.warning("ignored a vouch of primary %s (%d so far): %s",
+                            self.primary, self._fresh.ignored, self._fresh.reason)
 
     # ---------------------------------------------------------------- hooks
 

@@ -12,6 +12,7 @@ has.
 """
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -20,7 +21,7 @@ from recallclient.revoked_set import Delta
 from recallclient.types import CheckResult, JtiRef, Stats, TokenState
 
 from ..core import validate
-from ..core.errors import DeadlineExceeded, FailedPrecondition
+from ..core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from ..core.mirror import Mirror
 from ..core.model import Claims
 from ..settings import Settings
@@ -37,6 +38,7 @@ class Node:
         self.hub = Hub(settings.watch_ring)
         self._seq_waiters: dict[int, list[asyncio.Future]] = {}
         self.synced = asyncio.Event()  # set once the node can answer reads
+        self.wall_ns: Callable[[], int] = time.time_ns  # the clock vouches are stamped with
 
     @property
     def store_id(self) -> str:
@@ -55,9 +57,32 @@ class Node:
         """True when this node may tell subscribers they are current."""
         return True
 
+    def vouch_time_us(self) -> int:
+        """When this node can vouch its state was current (Unix microseconds); 0 when it cannot.
+
+        A primary: now. A follower: when its primary last vouched for it.
+        """
+        return self.wall_ns() // 1000
+
+    def answering(self) -> bool:
+        """True when this node may answer reads: ready and within max_staleness."""
+        return self.ready and self.staleness() <= self.settings.max_staleness
+
     def require_ready(self) -> None:
+        """Raise unless this node may answer reads.
+
+        FailedPrecondition before a follower's first sync; Unavailable, giving
+        the staleness, past max_staleness (gateways then apply their own
+        fail-closed policy, or ask another node).
+        """
         if not self.ready:
             raise FailedPrecondition("this node has not synced with its primary yet; retry shortly")
+        stale = self.staleness()
+        if stale > self.settings.max_staleness:
+            raise Unavailable(
+                f"this follower cannot vouch for its state: its primary last vouched {stale:.1f} s ago "
+                f"(max_staleness {self.settings.max_staleness:g} s); ask another node or retry"
+            )
 
     # --------------------------------------------------------------- changes
 

@@ -9,7 +9,9 @@ cursor and the node's head goes out as one event (shared bytes from the hub
 when the hub holds it, else a page read from the stored history); when
 there is nothing to send for `heartbeat_interval` it sends a heartbeat
 vouching for the cursor with the set's digest. Every event is encoded
-bytes, so the gRPC method is registered with no response serializer.
+bytes, so the gRPC method is registered with no response serializer; each
+goes out stamped with the moment the node can vouch for (`vouched_at_us`,
+appended as one more field, so shared payloads stay shared).
 """
 
 import time
@@ -96,6 +98,12 @@ def _build_snapshot(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
     ]
 
 
+def stamped(node: Node, payload: bytes) -> bytes:
+    """`payload` with the node's vouch time appended (a protobuf field merges on decode)."""
+    at = node.vouch_time_us()
+    return payload + pb.WatchEvent(vouched_at_us=at).SerializeToString() if at else payload
+
+
 def heartbeat_event(node: Node, seq: int) -> bytes:
     revocations = node.state.revocations
     return pb.WatchEvent(
@@ -149,8 +157,9 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                 yield reset_event(node.store_id, reason, await node.oldest_resumable(), node.state.seq)
             if cursor < 0:
                 cursor, chunks = snapshot_events(node, request.with_expiries)
-                for chunk in chunks:
+                for chunk in chunks[:-1]:
                     yield chunk
+                yield stamped(node, chunks[-1])  # the last chunk installs: it vouches
             reason = ""
             last_sent = time.monotonic()
             while epoch == node.hub.epoch and not node.hub.closed:
@@ -168,13 +177,13 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                             break
                         merged = merge_all(page)
                         payload, cursor = delta_event(node.store_id, merged, node.state.seq), merged.seq
-                    yield payload
+                    yield stamped(node, payload)
                     last_sent = time.monotonic()
                     continue
                 idle = time.monotonic() - last_sent
                 if idle >= interval:
                     if node.vouching():  # else let the subscriber see its staleness grow
-                        yield heartbeat_event(node, cursor)
+                        yield stamped(node, heartbeat_event(node, cursor))
                     last_sent = time.monotonic()
                     continue
                 await node.hub.wait(interval - idle)

@@ -386,20 +386,22 @@ class Reset(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., oldest_seq: _Optional[int] = ..., current_seq: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("store_id", "snapshot", "delta", "heartbeat", "reset", "head_seq")
+    __slots__ = ("store_id", "snapshot", "delta", "heartbeat", "reset", "head_seq", "vouched_at_us")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    VOUCHED_AT_US_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     snapshot: SnapshotChunk
     delta: Delta
     heartbeat: Heartbeat
     reset: Reset
     head_seq: int
-    def __init__(self, store_id: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., head_seq: _Optional[int] = ...) -> None: ...
+    vouched_at_us: int
+    def __init__(self, store_id: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., head_seq: _Optional[int] = ..., vouched_at_us: _Optional[int] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
     __slots__ = ("serial", "issuer", "jti", "successor", "actor", "origin", "request_id")
