@@ -29,9 +29,9 @@ from collections.abc import Callable
 import grpc
 
 from . import replica_file
-from .freshness import DEFAULT_MAX_SKEW, Freshness
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
+from .freshness import DEFAULT_MAX_SKEW, Freshness
 from .jti import foreign_key, serial_from_jti
 from .replica_core import Outcome, ReplicaCore, Resync
 

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from recallclient.freshness import Freshness
 
 INTERVAL = 1.0
