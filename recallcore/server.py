@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recallclient._proto.recall.v1 import recall_pb2
 
-from .api.grpc_service import RecallService
+from .api.grpc_service import RecallService, decoder
 from .engine import Engine
 from .replication.follower import Follower
 from .settings import Settings
@@ -37,7 +37,7 @@ def _add_recall_service(servicer: RecallService, server: grpc.aio.Server) -> Non
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
+            request_deserializer=decoder(request_type),
             response_serializer=None if method.name in PRE_ENCODED else response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

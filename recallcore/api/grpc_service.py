@@ -10,8 +10,10 @@ import functools
 import inspect
 import json
 import logging
+import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec
@@ -39,6 +41,54 @@ def audit_event(record: dict) -> pb.AuditEvent:
     )
 
 
+class Undecodable:
+    """A request whose bytes did not decode: its handler answers INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class _RateLimitedLog:
+    """One log line per `every` seconds at most, counting the ones held back."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last = -float("inf")
+        self._held = 0
+
+    def warning(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._held += 1
+            return
+        held, self._held, self._last = self._held, 0, now
+        log.warning(message + (f" ({held} more since the last report)" if held else ""), *args)
+
+
+_undecodable_log = _RateLimitedLog()
+
+
+def decoder(message_type):
+    """The request deserializer for `message_type`: bad bytes give an Undecodable, not a traceback."""
+
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            why = str(exc) or "malformed protobuf"
+            _undecodable_log.warning("undecodable %s: %s", message_type.DESCRIPTOR.name, why)
+            return Undecodable(why)
+
+    return decode
+
+
+def _decoded(request) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(f"request could not be decoded: {request.error}")
+
+
 async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
     if isinstance(exc, RecallError):
         await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
@@ -54,6 +104,7 @@ def _rpc(method):
         @functools.wraps(method)
         async def streaming(self, request, context: grpc.aio.ServicerContext):
             try:
+                _decoded(request)
                 async for item in method(self, request, context):
                     yield item
             except (grpc.aio.AbortError, grpc.RpcError, asyncio.CancelledError):
@@ -66,6 +117,7 @@ def _rpc(method):
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
         try:
+            _decoded(request)
             return await method(self, request, context)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise

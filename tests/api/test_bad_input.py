@@ -1,5 +1,6 @@
 """Every RPC rejects bad input with the fitting status, names the field, and changes nothing."""
 
+import logging
 import time
 
 import grpc
@@ -156,3 +157,36 @@ def test_every_rpc_with_input_has_cases():
     covered = {case[0] for case in CASES}
     without_input = {"Stats"}
     assert {m.name for m in service.methods} - without_input <= covered
+
+
+# Bytes that are no protobuf of the method's request type: strings that are
+# not UTF-8 (RegisterRequest.tokens[0].jti, WatchRequest.store_id), and a
+# varint that never ends (any method).
+UNDECODABLE = [
+    ("Register", b"\x0a\x04\x0a\x02\xff\xfe"),
+    ("Watch", b"\x0a\x02\xff\xfe"),
+    *((method, b"\x08" + b"\xff" * 11) for method in ("Register", "Revoke", "Check", "CheckBatch", "Watch")),
+]
+
+
+def test_an_undecodable_request_is_invalid_argument_changes_nothing_and_logs_one_line(data_dir, caplog):
+    srv = ServerThread(Settings(data_dir=data_dir, listen="127.0.0.1:0", sweep_interval=3600))
+    try:
+        with grpc.insecure_channel(srv.address) as channel:
+            for method, payload in UNDECODABLE:
+                stream = method in STREAMING
+                call = (channel.unary_stream if stream else channel.unary_unary)(f"/recall.v1.Recall/{method}")
+                for _ in range(10):
+                    with pytest.raises(grpc.RpcError) as err:
+                        answer = call(payload, timeout=10)
+                        if stream:
+                            next(iter(answer))
+                    assert err.value.code() == INVALID, (method, err.value.code())
+                    assert err.value.details().startswith("request could not be decoded"), err.value.details()
+            stats = recall_pb2_grpc.RecallStub(channel).Stats(pb.StatsRequest())
+            assert stats.seq == 0 and stats.registered == 0
+    finally:
+        srv.stop()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and lines[0].startswith("undecodable"), lines  # 70 bad requests, one line
+    assert not any(r.exc_info for r in caplog.records)
