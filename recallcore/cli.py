@@ -36,6 +36,7 @@ _OPTIONS = (
     ("--follow", "follow", str, "HOST:PORT of a primary: run as a read-only follower (no data dir)"),
     ("--max-staleness", "max_staleness", float,
      "follower: seconds without a vouch from the primary before it answers UNAVAILABLE"),
+    ("--max-wait", "max_wait", float, "longest a read waits for its min_seq, whatever its deadline"),
     ("--freshness-skew", "freshness_skew", float,
      "follower: seconds the primary's clock may differ from this one when judging its vouches"),
 )

@@ -25,7 +25,7 @@ from recallclient.types import JtiRef, RegisterResult, RevokeResult, TokenSpec, 
 
 from .core import audit, validate
 from .core.audit import AuditQuery
-from .core.errors import RecallError, Unavailable
+from .core.errors import OutOfRange, RecallError, Unavailable
 from .core.model import CutoffResult, RotateResult, Selector, Sweep
 from .core.operations import now_seconds
 from .replication.node import Node
@@ -89,6 +89,14 @@ class Engine(Node):
             except RecallError as exc:
                 log.warning("sweep failed: %s", exc)
             await asyncio.sleep(self.settings.sweep_interval)
+
+    def _refuse_unknown_seq(self, seq: int) -> None:
+        # Every write is applied here before it is acknowledged: a seq above
+        # the head was never given to anyone by this store.
+        raise OutOfRange(
+            f"min_seq: {seq} is beyond this primary's newest change (seq {self.state.seq}); "
+            "no write of this store was acknowledged with it"
+        )
 
     # --------------------------------------------------------------- writes
 

@@ -25,6 +25,7 @@ DEFAULT_LOG_KEEP = 1_000_000  # changes kept in the log for resuming Watch strea
 DEFAULT_LOG_KEEP_SECONDS = 7 * 86400  # ...and for at least this long
 DEFAULT_MAX_STALENESS = 5.0  # seconds a follower answers after its primary last vouched for it
 DEFAULT_FRESHNESS_SKEW = 0.5  # seconds another node's clock may differ when judging a vouch
+DEFAULT_MAX_WAIT = 30.0  # seconds a read waits for its min_seq at most, whatever its deadline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Settings:
     max_staleness: a follower whose primary has not vouched for it for this
         many seconds answers Check, CheckBatch and Introspect UNAVAILABLE and
         reports NOT_SERVING, until a fresh vouch arrives.
+    max_wait: the longest a Check or CheckBatch waits for its min_seq on a
+        follower, deadline or not (a primary refuses a min_seq above its head
+        at once).
     freshness_skew: seconds the primary's clock may differ from this node's
         when judging how fresh its vouch is (followers; see
         recallclient.freshness). Not the tokens' clock_skew: this one should
@@ -89,6 +93,7 @@ class Settings:
     follow: str = ""
     max_staleness: float = DEFAULT_MAX_STALENESS
     freshness_skew: float = DEFAULT_FRESHNESS_SKEW
+    max_wait: float = DEFAULT_MAX_WAIT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
@@ -106,7 +111,7 @@ class Settings:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_ttl > self.max_token_lifetime:
             raise ValueError("token_ttl: must not exceed max_token_lifetime")
-        for name in ("sweep_interval", "heartbeat_interval", "max_staleness"):
+        for name in ("sweep_interval", "heartbeat_interval", "max_staleness", "max_wait"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
         if self.freshness_skew < 0:

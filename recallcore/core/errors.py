@@ -34,6 +34,12 @@ class Unavailable(RecallError):
     status = "UNAVAILABLE"
 
 
+class OutOfRange(RecallError):
+    """A sequence beyond anything this node has committed (e.g. min_seq above a primary's head)."""
+
+    status = "OUT_OF_RANGE"
+
+
 class DeadlineExceeded(RecallError):
     """Waited up to the deadline for a sequence that did not arrive."""
 

@@ -106,9 +106,16 @@ class Node:
         self.synced.set()
 
     async def wait_for_seq(self, seq: int, timeout: float | None) -> None:
-        """Return once the mirror has applied `seq`; DeadlineExceeded after `timeout`."""
+        """Return once the mirror has applied `seq`.
+
+        Raises DeadlineExceeded after `timeout` (None: the caller set no
+        deadline), and after settings.max_wait in any case: a sequence no
+        write ever acknowledged must not park the call forever.
+        """
         if seq <= self.state.seq:
             return
+        self._refuse_unknown_seq(seq)
+        timeout = self.settings.max_wait if timeout is None else min(timeout, self.settings.max_wait)
         future = asyncio.get_running_loop().create_future()
         waiters = self._seq_waiters.setdefault(seq, [])
         waiters.append(future)
@@ -123,6 +130,9 @@ class Node:
                 waiters.remove(future)
                 if not waiters and self._seq_waiters.get(seq) is waiters:
                     del self._seq_waiters[seq]
+
+    def _refuse_unknown_seq(self, seq: int) -> None:
+        """Raise when `seq` cannot arrive here by waiting (a primary: above its head)."""
 
     def _wake_seq_waiters(self) -> None:
         for seq in [s for s in self._seq_waiters if s <= self.state.seq]:

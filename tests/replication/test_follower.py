@@ -338,3 +338,26 @@ def test_a_subscriber_ahead_of_a_follower_is_not_moved_back(servers, tmp_path, p
     got = _first_event_or_error(follower.address, ahead)
     assert isinstance(got, grpc.RpcError) and got.code() == grpc.StatusCode.UNAVAILABLE
     assert "behind the subscriber" in got.details()
+
+
+def test_a_min_seq_never_acknowledged_is_refused_by_the_primary_and_capped_on_a_follower(
+        servers, tmp_path, primary):
+    follower = servers.start(dataclasses.replace(
+        Settings(data_dir=tmp_path / "f", listen="127.0.0.1:0", follow=primary.address,
+                 heartbeat_interval=HEARTBEAT), max_wait=0.5))
+    follower.call(asyncio.wait_for(follower.engine.synced.wait(), SYNC_TIMEOUT), SYNC_TIMEOUT + 5)
+    far = 2**64 - 1
+    with RecallClient(primary.address, timeout=None) as p, RecallClient(follower.address, timeout=None) as f:
+        serial = p.register_one("alice", "app").serial
+        head = p.stats().seq
+        for call in (lambda: p.check(serial, min_seq=far), lambda: p.check_batch([serial], min_seq=head + 1)):
+            with pytest.raises(RecallError) as failure:
+                call()  # no deadline: answered at once, not parked
+            assert failure.value.code == grpc.StatusCode.OUT_OF_RANGE
+            assert "beyond this primary's newest change" in failure.value.details
+        assert p.check(serial, min_seq=head).state == TokenState.ACTIVE
+        for call in (lambda: f.check(serial, min_seq=far), lambda: f.check_batch([serial], min_seq=far)):
+            with pytest.raises(RecallError) as failure:
+                call()  # no deadline: the follower's max_wait ends it
+            assert failure.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "did not reach" in failure.value.details
