@@ -37,6 +37,18 @@ from .storage.writer import Writer
 log = logging.getLogger(__name__)
 
 WHY_CACHE = 4096  # recent (revoked_at, reason) answers kept in memory
+OFF_LOOP = 1000  # items in one request past which converting and checking it runs on a worker thread
+
+
+async def off_loop(size: int, fn: Callable, *args):
+    """fn(*args); on a worker thread when `size` items would hold the event loop too long.
+
+    (100,000 tokens take seconds to check; on a thread the loop keeps
+    answering Check between its GIL turns.)
+    """
+    if size <= OFF_LOOP:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 class Engine(Node):
@@ -123,13 +135,14 @@ class Engine(Node):
 
     async def register(self, tokens: list[TokenSpec], actor: str = "") -> RegisterResult:
         """Register tokens; raises InvalidArgument / ResourceExhausted."""
-        return await self._submit(validate.register(tokens, actor, self.settings, int(self.clock())))
+        op = await off_loop(len(tokens), validate.register, tokens, actor, self.settings, int(self.clock()))
+        return await self._submit(op)
 
     async def revoke(self, selector: Selector, reason: str = "", actor: str = "", origin: str = "") -> RevokeResult:
         """Revoke what `selector` covers; raises InvalidArgument / ResourceExhausted."""
-        return await self._submit(
-            validate.revoke(selector, reason, actor, self.settings, int(self.clock()), origin)
-        )
+        size = len(selector.serials) + len(selector.tokens)
+        op = await off_loop(size, validate.revoke, selector, reason, actor, self.settings, int(self.clock()), origin)
+        return await self._submit(op)
 
     async def rotate(self, ref: int | JtiRef, successor: TokenSpec, actor: str = "", origin: str = "",
                      request_id: str = "") -> RotateResult:

@@ -20,9 +20,9 @@ from recallclient.types import JtiRef, TokenSpec
 
 from ..core import validate
 from ..core.audit import AuditQuery
-from ..core.errors import InvalidArgument, RecallError
+from ..core.errors import InvalidArgument, RecallError, ResourceExhausted
 from ..core.model import Claims, Selector
-from ..engine import Engine
+from ..engine import Engine, off_loop
 from ..replication import watch
 
 log = logging.getLogger(__name__)
@@ -127,12 +127,19 @@ def _rpc(method):
     return handler
 
 
-def _spec(msg: pb.TokenSpec) -> TokenSpec:
+def _spec(msg: pb.TokenSpec, field: str, settings) -> TokenSpec:
+    """The TokenSpec of a message; its scope count is checked before they are copied."""
+    if len(msg.scopes) > settings.max_scopes:
+        raise ResourceExhausted(f"{field}.scopes: {len(msg.scopes)} scopes exceed the limit of {settings.max_scopes}")
     return TokenSpec(
         subject=msg.subject, client_id=msg.client_id, issuer=msg.issuer, jti=msg.jti,
         scopes=tuple(msg.scopes), type=msg.type, issued_at=msg.issued_at,
         expires_at=msg.expires_at, origin=msg.origin, family=msg.family,
     )
+
+
+def _specs(tokens, settings) -> list[TokenSpec]:
+    return [_spec(t, f"tokens[{i}]", settings) for i, t in enumerate(tokens)]
 
 
 def _selector(msg: pb.Selector) -> Selector:
@@ -154,9 +161,15 @@ class RecallService(recall_pb2_grpc.RecallServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    # Counts are checked on the message itself, before anything is converted:
+    # an oversized request costs what decoding it did, nothing more.
+
     @_rpc
     async def Register(self, request, context):
-        result = await self.engine.register([_spec(t) for t in request.tokens], request.actor)
+        settings = self.engine.settings
+        validate.count(len(request.tokens), "tokens", settings)
+        tokens = await off_loop(len(request.tokens), _specs, request.tokens, settings)
+        result = await self.engine.register(tokens, request.actor)
         return pb.RegisterResponse(
             tokens=[
                 pb.RegisteredToken(serial=t.serial, jti=t.jti, canonical_jti=t.canonical_jti, existing=t.existing)
@@ -167,7 +180,11 @@ class RecallService(recall_pb2_grpc.RecallServicer):
 
     @_rpc
     async def Revoke(self, request, context):
-        result = await self.engine.revoke(_selector(request.selector), request.reason, request.actor, request.origin)
+        sel = request.selector
+        size = len(sel.serials) + len(sel.tokens)
+        validate.count(size, "selector.serials+tokens", self.engine.settings)
+        selector = await off_loop(size, _selector, sel)
+        result = await self.engine.revoke(selector, request.reason, request.actor, request.origin)
         return pb.RevokeResponse(count=result.count, seq=result.seq)
 
     @_rpc
@@ -213,7 +230,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
     async def Rotate(self, request, context):
         ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
         result = await self.engine.rotate(
-            ref, _spec(request.successor), request.actor, request.origin, request.request_id,
+            ref, _spec(request.successor, "successor", self.engine.settings), request.actor, request.origin,
+            request.request_id,
         )
         successor = result.successor
         return pb.RotateResponse(
