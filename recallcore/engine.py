@@ -230,8 +230,15 @@ class Engine(Node):
         first = await self._read(lambda txn: txn.log_first())
         return first - 1 if first else self.state.seq
 
-    async def sizes(self) -> tuple[int, int]:
-        return await asyncio.get_running_loop().run_in_executor(self._reader, self.store.sizes)
+    async def sizes(self) -> tuple[int, int, int, bool]:
+        revocations = self.state.revocations
+        unrevoked = revocations.registered_through - len(revocations.revoked)
+
+        def read() -> tuple[int, int, int, bool]:
+            used, mapped = self.store.sizes()
+            return used, mapped, self.store.limit(), bool(self.store.registrations_refused(unrevoked, 1))
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, read)
 
     async def introspect(self, ref: int | JtiRef) -> dict:
         """RFC 7662 fields plus the recall fields, for a token by serial or (issuer, jti).

@@ -288,6 +288,15 @@ class MemoryStore(Store):
         used = self._committed.entries()
         return used, self.capacity if self.capacity is not None else used
 
+    def limit(self) -> int:
+        return self.max_capacity or 0
+
+    def registrations_refused(self, unrevoked: int, new: int) -> str:
+        # In entries: revoking a token writes about one, registering one about six.
+        if self.max_capacity is None or self._committed.entries() + unrevoked + 7 * new <= self.max_capacity:
+            return ""
+        return f"store nearly full: {self._committed.entries()} of {self.max_capacity} entries; --max-map-size"
+
     def close(self) -> None:
         self.is_open = False
 

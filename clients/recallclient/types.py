@@ -119,6 +119,8 @@ class Stats:
     data_bytes: int
     map_bytes: int
     staleness: float = 0.0
+    max_map_bytes: int = 0
+    registrations_refused: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ..settings import Settings
 from ..storage.base import WriteTxn
 from . import validate
 from .digest import name_hash
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ResourceExhausted
 from .mirror import Mirror, as_array
 from .model import Cutoff, CutoffResult, Rotate, RotateResult
 from .operations import affected_names, assign_serials, commit_change, revoke_serials, store_tokens
@@ -52,8 +52,14 @@ def _fingerprint(op: Rotate) -> bytes:
     return name_hash(op.request_id, s.jti, s.issuer, s.subject, s.client_id, " ".join(s.scopes))
 
 
-def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Settings) -> tuple[RotateResult, Delta | None]:
-    """Rotate, retry, detect reuse or refuse; see the module docstring."""
+def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Settings,
+           no_room: str = "") -> tuple[RotateResult, Delta | None]:
+    """Rotate, retry, detect reuse or refuse; see the module docstring.
+
+    `no_room`: why the store takes no registrations now (then a rotation
+    that would issue a successor raises ResourceExhausted; retries and reuse
+    detection, which register nothing, go on).
+    """
     ref = op.ref
     serial = ref if isinstance(ref, int) else txn.serial_for(ref.issuer, ref.jti)
     record = txn.record(serial) if serial else None
@@ -73,6 +79,8 @@ def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Setting
     if current != TokenState.ACTIVE:
         return RotateResult("REFUSED", None, current, 0, state.seq, record.family), None
 
+    if no_room:
+        raise ResourceExhausted(no_room)
     family = record.family or canonical_jti(serial)  # an id, never a caller's opaque jti
     s = op.successor
     issued_at = s.issued_at or now

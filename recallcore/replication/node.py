@@ -177,9 +177,9 @@ class Node:
         """The oldest sequence a subscriber can resume after."""
         return self.hub.oldest() or self.state.seq
 
-    async def sizes(self) -> tuple[int, int]:
-        """(bytes of data in use, bytes reserved)."""
-        return 0, 0
+    async def sizes(self) -> tuple[int, int, int, bool]:
+        """(bytes of data in use, bytes reserved, the most it may grow to, registrations refused)."""
+        return 0, 0, 0, False
 
     # ----------------------------------------------------------------- reads
 
@@ -239,7 +239,7 @@ class Node:
 
     async def stats(self) -> Stats:
         """Counts of the mirror and sizes of the store."""
-        data_bytes, map_bytes = await self.sizes()
+        data_bytes, map_bytes, max_map_bytes, refused = await self.sizes()
         revocations = self.state.revocations
         revoked, expired, active = self.state.counts(int(self.clock()))
         return Stats(
@@ -253,6 +253,8 @@ class Node:
             data_bytes=data_bytes,
             map_bytes=map_bytes,
             staleness=self.staleness(),
+            max_map_bytes=max_map_bytes,
+            registrations_refused=refused,
         )
 
     def staleness(self) -> float:

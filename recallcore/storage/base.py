@@ -262,6 +262,19 @@ class Store(abc.ABC):
         """(bytes in use, bytes reserved)."""
 
     @abc.abstractmethod
+    def limit(self) -> int:
+        """The most the store can grow to (bytes; 0: no known limit)."""
+
+    @abc.abstractmethod
+    def registrations_refused(self, unrevoked: int, new: int) -> str:
+        """Why registering `new` more tokens must be refused now, or "" when it may go on.
+
+        The rest of the store is kept for revocations: enough to revoke all
+        `unrevoked` tokens plus those `new` ones (the kill switch must work
+        on a full store) and the change records that go with them.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the store; no transaction may be open."""
 

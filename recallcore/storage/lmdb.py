@@ -61,6 +61,14 @@ _TABLES = (
     "rotated", "rotations", "rules", "issuance",
 )
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
+# What stays free for revocations once registrations are refused (see
+# registrations_refused): a fixed part for change and audit records, and per
+# unrevoked token what revoking it writes (a revocation record, ~24 bytes in
+# a half-full B-tree page, and a foreign key for a caller-chosen jti), with
+# margin; a registration writes its record, jti, times and index entries.
+RESERVE_FIXED = 64 << 20
+REVOCATION_BYTES = 64
+REGISTRATION_BYTES = 512
 # Key prefix of each index kind in table "index"; "custom_jti" has one list, named by zeros.
 _INDEX_PREFIX = {"subject": b"s", "client_id": b"c", "family": b"f", "issuer": b"i"}
 _CUSTOM_JTI = b"j" + bytes(16)
@@ -488,6 +496,20 @@ class LmdbStore(Store):
         """(bytes in use, map size)."""
         info = self.env.info()
         return (info["last_pgno"] + 1) * self.env.stat()["psize"], info["map_size"]
+
+    def limit(self) -> int:
+        return self.max_map_size
+
+    def registrations_refused(self, unrevoked: int, new: int) -> str:
+        used, _ = self.sizes()
+        reserve = min(self.max_map_size // 32, RESERVE_FIXED) + REVOCATION_BYTES * (unrevoked + new)
+        if used + reserve + REGISTRATION_BYTES * new <= self.max_map_size:
+            return ""
+        return (
+            f"store nearly full: {used} of {self.max_map_size} bytes in use, and {reserve} are kept so that "
+            "every token can still be revoked; registrations are refused, revocations and cut-offs still "
+            "work. Raise --max-map-size (expired tokens are purged after --audit-retention)"
+        )
 
     def close(self) -> None:
         self.env.close()

@@ -11,7 +11,11 @@ reader or a subscriber before it is durable.
 When the store is full (StoreFull) the transaction is rolled back, the store
 grows and the group is retried; when it cannot grow (LMDB: past
 `max_map_size`) every operation in the group fails with RESOURCE_EXHAUSTED
-and nothing changes. An unexpected error aborts the group
+and nothing changes. Before that, the store keeps a reserve: once what
+is left is only enough to revoke every unrevoked token (and record it), a
+registration (or a rotation that would register a successor) fails with
+RESOURCE_EXHAUSTED saying so, while revocations and cut-offs go on: a store
+filled with registrations never blocks the kill switch. An unexpected error aborts the group
 and the operations are retried one by one, so only the culprit fails. After
 any abort the writer's mirror is reloaded from the store.
 """
@@ -51,6 +55,7 @@ class Writer:
         self.on_commit = on_commit
         self.state = state  # the writer's own mirror: a copy of the loop's, never shared
         self._queue: queue.Queue = queue.Queue(maxsize=65536)
+        self._registering = 0  # tokens the running group registered so far
         self._thread = threading.Thread(target=self._run, name="recallcore-writer", daemon=True)
 
     def start(self) -> None:
@@ -119,6 +124,7 @@ class Writer:
     def _run_group(self, group: list[tuple[Operation, Any]], now: int) -> tuple[list[Delta], list[Outcome]]:
         deltas: list[Delta] = []
         outcomes: list[Outcome] = []
+        self._registering = 0  # tokens this group registered so far (not in the store's size yet)
         with self.store.write() as txn:
             for op, token in group:
                 try:
@@ -131,15 +137,25 @@ class Writer:
                     deltas.append(delta)
         return deltas, outcomes
 
+    def _refused(self, new: int) -> str:
+        """Why `new` registrations must wait for room (the store keeps room to revoke everything)."""
+        revocations = self.state.revocations
+        unrevoked = revocations.registered_through - len(revocations.revoked)
+        return self.store.registrations_refused(unrevoked, self._registering + new)
+
     def _apply(self, txn: WriteTxn, op: Operation, now: int) -> tuple[Any, Delta | None]:
         if isinstance(op, Register):
+            refused = self._refused(len(op.tokens))
+            if refused:
+                raise ResourceExhausted(refused)
+            self._registering += len(op.tokens)
             return operations.register(txn, self.state, op, now)
         if isinstance(op, Revoke):
             return operations.revoke(txn, self.state, op, now, self.settings)
         if isinstance(op, Sweep):
             return operations.sweep(txn, self.state, op, now, self.settings)
         if isinstance(op, Rotate):
-            return lifecycle.rotate(txn, self.state, op, now, self.settings)
+            return lifecycle.rotate(txn, self.state, op, now, self.settings, self._refused(1))
         if isinstance(op, Cutoff):
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
         raise TypeError(f"unknown operation {op!r}")

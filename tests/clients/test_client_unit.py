@@ -40,7 +40,7 @@ from recallclient._proto.recall.v1 import recall_pb2_grpc
 REVOKED_AT = 1795773600  # 2026-11-27T10:00:00Z
 STATS = pb.StatsResponse(
     registered=10, revoked=2, active=7, expired=1, foreign_revoked=3, seq=17,
-    store_id="store-a", data_bytes=4096, map_bytes=1 << 20,
+    store_id="store-a", data_bytes=4096, map_bytes=1 << 20, max_map_bytes=1 << 30,
 )
 
 
@@ -290,7 +290,7 @@ def test_introspect_inactive_keeps_only_set_recall_fields(fake_client, fake):
 
 
 def test_stats(fake_client):
-    assert fake_client.stats() == Stats(10, 2, 7, 1, 3, 17, "store-a", 4096, 1 << 20)
+    assert fake_client.stats() == Stats(10, 2, 7, 1, 3, 17, "store-a", 4096, 1 << 20, max_map_bytes=1 << 30)
 
 
 def test_server_error_becomes_recall_error(fake_client, fake):

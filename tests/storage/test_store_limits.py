@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from recallclient import RecallClient, RecallError, TokenSpec, TokenState, canonical_jti
+from recallclient import RecallClient, RecallError, TokenSpec, TokenState, TokenType, canonical_jti
 
 from recallcore.settings import Settings
 
@@ -37,35 +37,40 @@ def start(data_dir: pathlib.Path) -> Iterator[Callable[..., ServerThread]]:
             server.stop()
 
 
-def specs(n: int, start: int = 0) -> list[TokenSpec]:
-    return [TokenSpec(f"user-{i % 50}", f"app-{i % 7}") for i in range(start, start + n)]
+def specs(n: int, start: int = 0, custom_jti: bool = False) -> list[TokenSpec]:
+    return [TokenSpec(f"user-{i % 50}", f"app-{i % 7}", jti=f"custom-{i}" if custom_jti else "")
+            for i in range(start, start + n)]
 
 
-def assert_full(client: RecallClient, call: Callable) -> None:
-    """`call` fails as the store being full, and leaves no trace."""
+def assert_full(client: RecallClient, call: Callable, says: str = "max_map_size") -> None:
+    """`call` fails as the store being full (`says` in its message), and leaves no trace."""
     before = client.stats()
     with pytest.raises(RecallError) as failed:
         call()
     assert failed.value.code_name == "RESOURCE_EXHAUSTED"
-    assert "max_map_size" in failed.value.details
+    assert says in failed.value.details, failed.value.details
     assert client.stats() == before
     assert client.check_batch([before.registered + 1]).states == (TokenState.UNKNOWN,)
 
 
-def fill(client: RecallClient) -> int:
-    """Register in ever smaller batches until even one token does not fit; return the count."""
-    registered = 0
+REFUSED = "registrations are refused"
+
+
+def fill(client: RecallClient, start: int = 0, custom_jti: bool = False) -> int:
+    """Register in ever smaller batches until even one token is refused; return the count."""
+    registered = start
     for size in (500, 100, 20, 5, 1):
         for _ in range(1000):
             try:
-                result = client.register(specs(size, registered))
+                result = client.register(specs(size, registered, custom_jti))
             except RecallError as err:
                 assert err.code_name == "RESOURCE_EXHAUSTED", err
+                assert REFUSED in err.details, err.details
                 break
             assert [t.serial for t in result.tokens] == list(range(registered + 1, registered + size + 1))
             registered += size
         else:
-            pytest.fail(f"the map never filled with batches of {size}")
+            pytest.fail(f"registrations were never refused with batches of {size}")
     return registered
 
 
@@ -82,28 +87,51 @@ def concurrently(address: str, tokens: list[TokenSpec], threads: int) -> None:
     raise failures[0]
 
 
-def test_a_full_map_fails_writes_cleanly_and_still_answers_reads(start):
+@pytest.mark.parametrize("custom_jti", [False, True], ids=["canonical-jtis", "caller-chosen-jtis"])
+def test_a_store_filled_with_registrations_still_takes_the_kill_switch(start, custom_jti):
+    """(Revoking a token with a caller-chosen jti also revokes its key: the most a revocation writes.)"""
     server = start(MIB, MIB)
     with RecallClient(server.address, timeout=CALL_TIMEOUT) as client:
-        registered = fill(client)
-        assert_full(client, lambda: client.register(specs(1, registered)))
-        assert_full(client, lambda: client.register(specs(500, registered)))
-        assert_full(client, lambda: client.revoke(serials=range(1, registered + 1)))
-        assert_full(client, lambda: concurrently(server.address, specs(50, registered), 4))
+        refresh = client.register_one("rachel", "app", type=TokenType.REFRESH)
+        rotated = client.rotate(refresh.serial, request_id="r1")
+        registered = fill(client, 2, custom_jti)
+        # Registrations are refused first, clearly, and change nothing.
+        assert_full(client, lambda: client.register(specs(1, registered)), REFUSED)
+        assert_full(client, lambda: concurrently(server.address, specs(50, registered), 4), REFUSED)
+        assert_full(client, lambda: client.rotate(rotated.successor.serial, request_id="r2"), REFUSED)
+        stats = client.stats()
+        assert stats.registrations_refused and (stats.max_map_bytes, stats.map_bytes) == (MIB, MIB)
+        assert set(client.check_batch(range(1, registered + 1)).states) == {TokenState.ACTIVE, TokenState.ROTATED}
+        # Reuse detection registers nothing: it still revokes the family.
+        assert client.rotate(refresh.serial).outcome == "REUSE_DETECTED"
+        # The kill switch: every token, and a subject's, in the room that was kept.
+        assert client.cutoff("subject", "user-3").count > 0
+        cut = client.cutoff("all", reason="breach")
+        assert cut.count > 0
+        assert set(client.check_batch(range(1, registered + 1)).states) == {TokenState.REVOKED}
+        assert client.introspect(5)["reason"] == "breach"
+        # Foreign revocations keep working until the map itself is full; then nothing changes.
+        batch = 0
+        for size in (200, 20, 1):
+            while True:
+                before = client.stats()
+                try:
+                    client.revoke(tokens=[("https://other.example", f"x-{batch}-{i}") for i in range(size)])
+                except RecallError as err:
+                    assert err.code_name == "RESOURCE_EXHAUSTED" and "max_map_size" in err.details, err
+                    assert client.stats() == before  # a write that did not fit left no trace
+                    break
+                batch += 1
+                assert batch < 10_000, "the map never filled"
         full = client.stats()
-        assert (full.registered, full.revoked, full.map_bytes) == (registered, 0, MIB)
-        assert set(client.check_batch(range(1, registered + 1)).states) == {TokenState.ACTIVE}
-        assert client.check(registered).state == TokenState.ACTIVE
-        assert client.check(issuer=DEFAULT_ISSUER, jti=canonical_jti(1)).serial == 1
-        assert client.introspect(1)["active"] is True
+        assert client.check(registered).state == TokenState.REVOKED
     server.stop()
 
     server = start(MIB, 4 * MIB)
     with RecallClient(server.address, timeout=CALL_TIMEOUT) as client:
         assert client.stats().seq == full.seq
+        assert not client.stats().registrations_refused
         assert client.register_one("late", "app").serial == registered + 1
-        result = client.revoke(serials=range(1, registered + 2))
-        assert (result.count, result.seq) == (registered + 1, full.seq + 2)
 
 
 def test_the_map_grows_under_concurrent_writers_and_readers(start):
