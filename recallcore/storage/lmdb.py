@@ -23,14 +23,18 @@ Tables (named databases):
   rotations     serial -> successor, time, seq, request fingerprint
   rules         scope + hash16(value) -> before, seq, value (cut-off rules in force)
   issuance      first serial of a registration -> seq of that change
+  sums          tag + key -> CRC-32 of the value under key in revoked (r), rotated (o)
+                or exp (e); checked at start (see lmdb_checks.py)
 A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
-only the chunks it touches.
+only the chunks it touches. Format 2 adds "sums"; a format-1 store gets them
+when first opened.
 """
 
 import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import struct
@@ -48,9 +52,11 @@ from recallclient.types import TokenSpec, TokenType
 
 from ..core.digest import name_hash
 from ..core.errors import StoreError
+from . import lmdb_checks as checks
 from .base import Rotation, Rule, Store, StoreFull, WriteTxn
 
-FORMAT = b"recallcore/1"
+FORMAT = b"recallcore/2"
+FORMAT_1 = b"recallcore/1"  # before "sums": migrated when opened
 CHUNK_BITS = 16
 EXP_BITS = 12
 _U64 = struct.Struct(">Q")
@@ -58,9 +64,10 @@ _U64X2 = struct.Struct(">QQ")
 _TABLES = (
     "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
-    "rotated", "rotations", "rules", "issuance",
+    "rotated", "rotations", "rules", "issuance", "sums",
 )
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
+log = logging.getLogger(__name__)
 # What stays free for revocations once registrations are refused (see
 # registrations_refused): a fixed part for change and audit records, and per
 # unrevoked token what revoking it writes (a revocation record, ~24 bytes in
@@ -112,9 +119,34 @@ def _decode_record(data: bytes) -> TokenSpec:
 class LmdbTxn(WriteTxn):
     """The storage interface over one LMDB transaction (read-only or the write one)."""
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database], path: pathlib.Path) -> None:
         self.raw = txn
         self.db = dbs
+        self.path = path
+
+    # values of the checked tables, with their sums
+    def _put_checked(self, table: str, key: bytes, value: bytes) -> None:
+        self.raw.put(key, value, db=self.db[table])
+        self.raw.put(checks.sum_key(table, key), checks.checksum(value), db=self.db["sums"])
+
+    def _delete_checked(self, table: str, key: bytes) -> None:
+        self.raw.delete(key, db=self.db[table])
+        self.raw.delete(checks.sum_key(table, key), db=self.db["sums"])
+
+    def _verified(self, table: str, key: bytes, value: bytes) -> bytes:
+        checks.verify(self.path, table, key, value, self.raw.get(checks.sum_key(table, key), db=self.db["sums"]))
+        return value
+
+    def add_checksums(self) -> int:
+        """Write the sum of every value of the checked tables (a format-1 store); returns how many."""
+        count = 0
+        for table in checks.CHECKED:
+            with self.raw.cursor(db=self.db[table]) as cur:
+                pairs = list(cur.iternext())
+            for key, value in pairs:
+                self.raw.put(checks.sum_key(table, key), checks.checksum(value), db=self.db["sums"])
+                count += 1
+        return count
 
     # meta
     def _meta_int(self, name: bytes) -> int:
@@ -159,15 +191,21 @@ class LmdbTxn(WriteTxn):
 
     # chunked bitmaps: the revoked and rotated sets, the name indexes
     def _bitmap(self, table: str, prefix: bytes = b"") -> BitMap64:
-        """The union of every chunk stored under `prefix` in `table`."""
+        """The union of every chunk stored under `prefix` in `table` (each checked, if its table is)."""
         out = BitMap64()
+        checked = table in checks.CHECKED
         with self.raw.cursor(db=self.db[table]) as cur:
             if not cur.set_range(prefix):
                 return out
             for key, value in cur:
                 if not key.startswith(prefix):
                     break
-                out |= BitMap64.deserialize(value)
+                if checked:
+                    self._verified(table, key, value)
+                try:
+                    out |= BitMap64.deserialize(value)
+                except ValueError as exc:
+                    raise checks.corrupt(self.path, table, key, f"not a bitmap ({exc})") from None
         return out
 
     def _update_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64) -> None:
@@ -184,9 +222,15 @@ class LmdbTxn(WriteTxn):
             bitmap -= remove & span
             if bitmap:
                 bitmap.run_optimize()
-                self.raw.put(key, bitmap.serialize(), db=db)
+                if table in checks.CHECKED:
+                    self._put_checked(table, key, bitmap.serialize())
+                else:
+                    self.raw.put(key, bitmap.serialize(), db=db)
             elif data is not None:
-                self.raw.delete(key, db=db)
+                if table in checks.CHECKED:
+                    self._delete_checked(table, key)
+                else:
+                    self.raw.delete(key, db=db)
 
     def index(self, kind: str, name: str) -> BitMap64:
         return self._bitmap("index", _index_key(kind, name))
@@ -226,7 +270,10 @@ class LmdbTxn(WriteTxn):
             stored = np.frombuffer(data, dtype="<u4").copy() if data is not None else np.zeros(1 << EXP_BITS, "<u4")
             mine = blocks == block
             stored[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)] = values[mine]
-            self.raw.put(key, stored.tobytes(), db=db)
+            if table in checks.CHECKED:
+                self._put_checked(table, key, stored.tobytes())
+            else:
+                self.raw.put(key, stored.tobytes(), db=db)
 
     def set_expiries(self, ids: np.ndarray, values: np.ndarray) -> None:
         self._set_times("exp", ids, values)
@@ -236,7 +283,10 @@ class LmdbTxn(WriteTxn):
 
     def expiries(self) -> np.ndarray:
         with self.raw.cursor(db=self.db["exp"]) as cur:
-            blocks = [(from_u64(k), v) for k, v in cur.iternext()]
+            blocks = [(from_u64(k), self._verified("exp", k, v)) for k, v in cur.iternext()]
+        for block, data in blocks:
+            if len(data) != 4 << EXP_BITS:
+                raise checks.corrupt(self.path, "exp", u64(block), f"{len(data)} bytes, not {4 << EXP_BITS}")
         size = (blocks[-1][0] + 1) << EXP_BITS if blocks else 1 << EXP_BITS
         out = np.zeros(size, dtype=np.uint32)
         for block, data in blocks:
@@ -397,6 +447,8 @@ class LmdbStore(Store):
                     sync=True, metasync=True, subdir=True, readahead=False,
                 )
                 if existed:
+                    info = self.env.info()  # from the meta pages: safe to read on a short file
+                    checks.check_file_size(self.path, info["last_pgno"], self.env.stat()["psize"])
                     self._refuse_foreign_tables()
                 self.dbs = {name: self.env.open_db(name.encode()) for name in _TABLES}
             except lmdb.Error as exc:
@@ -454,9 +506,13 @@ class LmdbStore(Store):
                 txn.put(b"format", FORMAT, db=self.dbs["meta"])
                 txn.put(b"store_id", store_id.encode(), db=self.dbs["meta"])
                 return store_id
-            if fmt != FORMAT:
+            if fmt == FORMAT_1:
+                count = LmdbTxn(txn, self.dbs, self.path).add_checksums()
+                txn.put(b"format", FORMAT, db=self.dbs["meta"])
+                log.info("%s: store format 1 upgraded to %s (%d checksums added)", self.path, FORMAT.decode(), count)
+            elif fmt != FORMAT:
                 raise StoreError(
-                    f"{self.path} holds store format {fmt!r}; this server reads {FORMAT!r}"
+                    f"{self.path} holds store format {fmt!r}; this server reads {FORMAT!r} and {FORMAT_1!r}"
                 )
             return txn.get(b"store_id", db=self.dbs["meta"]).decode()
 
@@ -472,14 +528,14 @@ class LmdbStore(Store):
     def read(self) -> Iterator[LmdbTxn]:
         """A read transaction (any thread but the event loop's)."""
         with self.resize_lock, self.env.begin(buffers=False) as txn:
-            yield LmdbTxn(txn, self.dbs)
+            yield LmdbTxn(txn, self.dbs, self.path)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[LmdbTxn]:
         """The write transaction; only the writer thread calls this. Synced on a clean exit."""
         try:
             with self.env.begin(write=True) as txn:
-                yield LmdbTxn(txn, self.dbs)
+                yield LmdbTxn(txn, self.dbs, self.path)
         except lmdb.MapFullError as exc:
             raise StoreFull(str(exc)) from exc
 

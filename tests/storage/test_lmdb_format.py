@@ -5,7 +5,7 @@ release before the storage seam, and expected.json what that release
 answered from it: states by serial and by (issuer, jti), an introspection,
 the audit trail and a token's trace, the cut-off rules. The test opens a
 copy with today's code at the fixture's time and asks the same questions,
-then writes on top of it.
+then writes on top of it. Opening it upgrades it to format 2 (checksums).
 """
 
 import asyncio
@@ -13,6 +13,7 @@ import json
 import pathlib
 import shutil
 
+import lmdb
 import pytest
 from recallclient.types import JtiRef, TokenSpec, TokenState, TokenType
 
@@ -71,3 +72,13 @@ def test_a_store_of_the_previous_format_opens_and_answers_as_before(copied, expe
             await engine.close()
 
     asyncio.run(scenario())
+    # It was upgraded to format 2 on the way: every checked value now has its checksum.
+    env = lmdb.open(str(copied), max_dbs=32, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == b"recallcore/2"
+            sums = txn.stat(env.open_db(b"sums", txn=txn))["entries"]
+            checked = sum(txn.stat(env.open_db(t.encode(), txn=txn))["entries"] for t in ("revoked", "rotated", "exp"))
+            assert sums == checked > 0
+    finally:
+        env.close()
