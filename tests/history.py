@@ -36,7 +36,7 @@ from recallcore.replication.hub import merge_all
 from .support import ServerThread
 
 RETRY = 0.05  # seconds between attempts to reach a node that is down
-RESETS = ("compacted", "ahead", "store changed", "upstream reset")
+RESETS = ("compacted", "ahead", "store changed", "diverged", "upstream reset")
 
 
 # ------------------------------------------------------------------ records

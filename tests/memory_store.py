@@ -37,6 +37,7 @@ _EMPTY = BitMap64()
 @dataclasses.dataclass
 class _Tables:
     seq: int = 0
+    history: bytes = b""
     serial: int = 0
     records: dict[int, TokenSpec] = dataclasses.field(default_factory=dict)
     jtis: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
@@ -77,11 +78,14 @@ class MemoryTxn(WriteTxn):
     def head_seq(self) -> int:
         return self.t.seq
 
+    def head_history(self) -> bytes:
+        return self.t.history
+
     def registered_through(self) -> int:
         return self.t.serial
 
-    def set_head_seq(self, seq: int) -> None:
-        self.t.seq = seq
+    def set_head(self, seq: int, history: bytes) -> None:
+        self.t.seq, self.t.history = seq, history
 
     def set_registered_through(self, serial: int) -> None:
         self.t.serial = serial

@@ -1,5 +1,8 @@
 """Conversions between recall.v1 messages and the library's values."""
 
+import dataclasses
+import hashlib
+
 from pyroaring import BitMap64
 
 from ._proto.recall.v1 import recall_pb2 as pb
@@ -34,7 +37,15 @@ def delta_to_proto(delta: Delta) -> pb.Delta:
         rules_added=[rule_to_proto(r) for r in sorted(delta.rules_added)],
         rules_removed=[rule_to_proto(r) for r in sorted(delta.rules_removed)],
         rotated=bitmap_bytes(delta.rotated),
+        history=delta.history,
     )
+
+
+def chain_history(previous: bytes, delta: Delta) -> Delta:
+    """`delta` with its history: BLAKE2b-128 of the previous history and the delta's wire form."""
+    h = hashlib.blake2b(previous, digest_size=16)
+    h.update(delta_to_proto(dataclasses.replace(delta, history=b"")).SerializeToString(deterministic=True))
+    return dataclasses.replace(delta, history=h.digest())
 
 
 def rule_to_proto(rule: tuple[int, str, int]) -> pb.Rule:
@@ -61,4 +72,5 @@ def delta_from_proto(msg: pb.Delta) -> Delta:
         rules_added=frozenset(rule_from_proto(r) for r in msg.rules_added),
         rules_removed=frozenset(rule_from_proto(r) for r in msg.rules_removed),
         rotated=bitmap_from(msg.rotated),
+        history=msg.history,
     )

@@ -73,6 +73,7 @@ class ReplicaCore:
         after = 0 if self._resync else self.state.seq
         return pb.WatchRequest(
             store_id=self.state.store_id, after_seq=after, with_expiries=self.with_expiries,
+            history=self.state.history if after else b"",
         )
 
     def forget(self) -> None:
@@ -149,7 +150,7 @@ class ReplicaCore:
             self._fail("snapshot from a node that names no store")
         state = RevokedSet(event.store_id)
         state.load(seq=snap.seq, revoked=snap.revoked, foreign=snap.foreign,
-                   registered_through=chunk.registered_through, rules=snap.rules)
+                   registered_through=chunk.registered_through, rules=snap.rules, history=chunk.history)
         if (len(state.revoked), len(state.foreign)) != (chunk.cardinality, chunk.foreign_cardinality) \
                 or state.digest() != chunk.digest:
             self._fail(f"snapshot at seq {snap.seq} does not match its digest")

@@ -19,6 +19,8 @@ over the old one, so a reader sees the old file or the new one, never half:
     foreign   u64 count + count × u64 keys
     rules     u32 count + per cut-off rule: u32 scope, i64 before,
               u32 length + UTF-8 value
+    history   u32 length + the store's history at seq (version 2 on; see
+              recall.v1.Delta.history), so a resume is checked against it
     checksum  16 bytes: BLAKE2b-128 of everything before it
 
 `load` answers None (and logs why) for a missing, truncated, corrupt or
@@ -41,7 +43,8 @@ from .revoked_set import RevokedSet
 log = logging.getLogger(__name__)
 
 MAGIC = b"RCREPLIC"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 1 has no history: a resume from it is not checked
 SAVE_INTERVAL = 30.0  # seconds between saves of a replica that keeps changing
 
 _U32 = struct.Struct("<I")
@@ -89,6 +92,7 @@ def encode(state: RevokedSet, vouched_at: float = 0.0) -> bytes:
     for scope, value, before in rules:
         text = value.encode()
         parts += (_RULE.pack(scope, before), _U32.pack(len(text)), text)
+    parts += (_U32.pack(len(state.history)), state.history)
     body = b"".join(parts)
     return body + _checksum(body)
 
@@ -117,8 +121,8 @@ def decode(data: bytes) -> Saved:
     reader = _Reader(body)
     reader.take(len(MAGIC))
     (version,) = reader.unpack(_U32)
-    if version != VERSION:
-        raise _Corrupt(f"version {version}, this library reads version {VERSION}")
+    if version not in READS:
+        raise _Corrupt(f"version {version}, this library reads versions {READS}")
     if _checksum(body) != bytes(checksum):
         raise _Corrupt("checksum mismatch")
     (size,) = reader.unpack(_U32)
@@ -136,11 +140,12 @@ def decode(data: bytes) -> Saved:
         scope, before = reader.unpack(_RULE)
         (size,) = reader.unpack(_U32)
         rules.append((scope, bytes(reader.take(size)).decode(), before))
+    history = bytes(reader.take(reader.unpack(_U32)[0])) if version >= 2 else b""
     if reader.at != len(body):
         raise _Corrupt("trailing bytes")
     state = RevokedSet(store_id)
     extra = {"rules": rules} if rules else {}  # sets without cut-off rules take no rules=
-    state.load(seq=seq, revoked=revoked, foreign=keys, registered_through=through, **extra)
+    state.load(seq=seq, revoked=revoked, foreign=keys, registered_through=through, history=history, **extra)
     return Saved(state, vouched_at)
 
 

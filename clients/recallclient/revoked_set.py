@@ -102,6 +102,7 @@ class Delta:
     rules_added: frozenset[Rule] = frozenset()
     rules_removed: frozenset[Rule] = frozenset()
     rotated: BitMap64 = dataclasses.field(default_factory=BitMap64)
+    history: bytes = b""  # the store's history after this change (see recall.v1.Delta.history)
 
     def merge(self, later: "Delta") -> "Delta":
         """Return one delta equal to applying `self` then `later`."""
@@ -124,6 +125,7 @@ class Delta:
             rules_added=(self.rules_added - later.rules_removed) | later.rules_added,
             rules_removed=(self.rules_removed - later.rules_added) | later.rules_removed,
             rotated=self.rotated | later.rotated,
+            history=later.history,
         )
 
     @property
@@ -156,6 +158,7 @@ class RevokedSet:
         self._foreign_sum = 0
         self.rules: set[Rule] = set()
         self._cutoffs: dict[tuple[int, str], int] = {}
+        self.history = b""  # the store's history at seq (b"": not known)
 
     # ------------------------------------------------------------- loading
 
@@ -167,9 +170,11 @@ class RevokedSet:
         foreign: Iterable[int] = (),
         registered_through: int = 0,
         rules: Iterable[Rule] = (),
+        history: bytes = b"",
     ) -> None:
         """Replace the whole state (a snapshot or the store's contents)."""
         self.seq = seq
+        self.history = history
         self.revoked = BitMap64(revoked)
         self.foreign = set(foreign)
         self.registered_through = registered_through
@@ -190,6 +195,7 @@ class RevokedSet:
         other._foreign_sum = self._foreign_sum
         other.rules = set(self.rules)
         other._cutoffs = dict(self._cutoffs)
+        other.history = self.history
         return other
 
     # ------------------------------------------------------------ changing
@@ -223,6 +229,7 @@ class RevokedSet:
         if delta.registered_through > self.registered_through:
             self.registered_through = delta.registered_through
         self.seq = delta.seq
+        self.history = delta.history
         return True
 
     def _index_rules(self) -> None:

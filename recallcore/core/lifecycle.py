@@ -111,7 +111,7 @@ def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Setting
         prev_seq=state.seq, seq=seq, registered_through=successor, rotated=rotated,
         expiring=tuple(sorted(expiring.items())), added=cut, foreign_added=frozenset(keys), time=now,
     )
-    commit_change(txn, state, delta, {
+    delta = commit_change(txn, state, delta, {
         "kind": "rotate", "actor": op.actor, "origin": spec.origin, "count": 1,
         "serial": serial, "successor": successor, "family": family,
         "subjects": [record.subject], "clients": [record.client_id],
@@ -127,7 +127,7 @@ def _reuse(txn: WriteTxn, state: Mirror, op: Rotate, serial: int, record, now: i
     seq = state.seq + 1
     keys = revoke_serials(txn, added, seq) if added else {}
     delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(keys), time=now)
-    commit_change(txn, state, delta, {
+    delta = commit_change(txn, state, delta, {
         "kind": "reuse_detected", "actor": op.actor, "origin": op.origin,
         "reason": "refresh token reuse detected", "count": len(added),
         "serial": serial, "family": record.family, **affected_names(txn, added | BitMap64([serial])),
@@ -164,7 +164,7 @@ def cutoff(txn: WriteTxn, state: Mirror, op: Cutoff, now: int, settings: Setting
         prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(keys),
         rules_added=frozenset([rule]), rules_removed=existing, time=now,
     )
-    commit_change(txn, state, delta, {
+    delta = commit_change(txn, state, delta, {
         "kind": "cutoff", "actor": op.actor, "reason": op.reason, "count": len(added),
         "rule": {"scope": SCOPE_NAMES[op.scope], "value": op.value, "before": before},
         **_with_rule_name(affected_names(txn, added), op),

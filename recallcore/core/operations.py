@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 from pyroaring import BitMap64
+from recallclient.codec import chain_history
 from recallclient.jti import canonical_jti, foreign_key, looks_canonical, serial_from_jti
 from recallclient.revoked_set import Delta
 from recallclient.types import Registered, RegisterResult, RevokeResult, TokenSpec
@@ -34,11 +35,16 @@ NAME_INDEXES = ("subject", "client_id", "family", "issuer")
 CUSTOM_JTI = ("custom_jti", "")
 
 
-def commit_change(txn: WriteTxn, state: Mirror, delta: Delta, audit: dict) -> None:
-    """Log `delta` and its audit record under delta.seq and apply it to `state`."""
-    txn.set_head_seq(delta.seq)
+def commit_change(txn: WriteTxn, state: Mirror, delta: Delta, audit: dict) -> Delta:
+    """Log `delta` and its audit record under delta.seq and apply it to `state`.
+
+    Returns the delta as committed: with the store's history after it.
+    """
+    delta = chain_history(state.revocations.history, delta)
+    txn.set_head(delta.seq, delta.history)
     txn.put_change(delta, {"seq": delta.seq, "time": delta.time, **audit})
     state.apply(delta)
+    return delta
 
 
 def distinct(values, cap: int = 16) -> list[str]:
@@ -168,7 +174,7 @@ def register(txn: WriteTxn, state: Mirror, op: Register, now: int) -> tuple[Regi
         expiring=tuple(sorted(expiring.items())), added=cut, foreign_added=frozenset(keys), time=now,
     )
     specs = [spec for _, _, spec in fresh]
-    commit_change(txn, state, delta, {
+    delta = commit_change(txn, state, delta, {
         "kind": "register", "actor": op.actor, "count": len(fresh),
         "first_serial": fresh[0][0], "last_serial": fresh[-1][0],
         **_names("subjects", [s.subject for s in specs]), **_names("clients", [s.client_id for s in specs]),
@@ -234,7 +240,7 @@ def revoke(txn: WriteTxn, state: Mirror, op: Revoke, now: int, settings: Setting
         txn.put_foreign(key, expires_at, revoked_by)
     new_foreign.update(revoke_serials(txn, added, seq))
     delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(new_foreign), time=now)
-    commit_change(txn, state, delta, {
+    delta = commit_change(txn, state, delta, {
         "kind": "revoke", "actor": op.actor, "reason": op.reason, "origin": op.origin,
         "selector": op.selector.describe(), "count": count, **affected_names(txn, added),
         **({"extended": len(extended)} if extended else {}),
@@ -277,7 +283,7 @@ def sweep(txn: WriteTxn, state: Mirror, op: Sweep, now: int, settings: Settings)
         expiring=((PURGED, BitMap64(purged)),) if len(purged) else (),
         rules_removed=retired, time=now,
     )
-    commit_change(txn, state, delta, {
+    delta = commit_change(txn, state, delta, {
         "kind": "sweep", "actor": "sweeper", "reason": "expired",
         "count": len(removed) + len(foreign_due), "expired": len(removed),
         "foreign_expired": len(foreign_due), "purged": len(purged),

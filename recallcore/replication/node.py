@@ -173,6 +173,13 @@ class Node:
         """Up to `limit` deltas after `after`, or None when they are no longer held."""
         return self.hub.since(after, limit)
 
+    async def history_at(self, seq: int) -> bytes:
+        """The store's history after change `seq` as this node holds it; b"" when it cannot tell."""
+        if seq == self.state.seq:
+            return self.state.revocations.history
+        held = await self.history(seq - 1, 1) if seq > 0 else None
+        return held[0].history if held and held[0].seq == seq else b""
+
     async def oldest_resumable(self) -> int:
         """The oldest sequence a subscriber can resume after."""
         return self.hub.oldest() or self.state.seq

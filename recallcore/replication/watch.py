@@ -2,8 +2,10 @@
 
 Theory of operation. `stream` decides how the subscriber starts: a snapshot
 when it has nothing; a Reset with its reason and then a snapshot when it
-followed another store, is ahead of this node, or asks for changes this node
-no longer holds; otherwise the deltas after its sequence. From then on it
+followed another store, followed another history of this store (a copy of
+the data directory that went its own way: the history hashes at its seq
+differ), is ahead of this node, or asks for changes this node no longer
+holds; otherwise the deltas after its sequence. From then on it
 owns one cursor (the last sequence sent) and loops: anything between the
 cursor and the node's head goes out as one event (shared bytes from the hub
 when the hub holds it, else a page read from the stored history); when
@@ -78,7 +80,7 @@ def _build_snapshot(node: Node, with_expiries: bool) -> tuple[int, list[bytes]]:
     count = len(parts) + len(foreign_parts)
     common = dict(
         seq=seq, count=count, cardinality=len(revoked), foreign_cardinality=len(foreign),
-        digest=revocations.digest(), registered_through=through,
+        digest=revocations.digest(), registered_through=through, history=revocations.history,
     )
     events = []
     for index, (start, part) in enumerate(parts):
@@ -142,6 +144,11 @@ async def _start(node: Node, request: pb.WatchRequest) -> tuple[str, int]:
         return "", -1
     if request.after_seq < head and await node.history(request.after_seq, 1) is None:
         return f"compacted: changes after seq {request.after_seq} are no longer held", -1
+    if request.history:
+        ours = await node.history_at(request.after_seq)
+        if ours and ours != request.history:
+            return (f"diverged: the subscriber's history at seq {request.after_seq} is not this node's "
+                    "(a copy of the store that went its own way)"), -1
     return "", request.after_seq
 
 

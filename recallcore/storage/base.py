@@ -53,6 +53,10 @@ class ReadTxn(abc.ABC):
         """The sequence number of the last committed change (0: none yet)."""
 
     @abc.abstractmethod
+    def head_history(self) -> bytes:
+        """The store's history after the last committed change (Delta.history; b"": not kept)."""
+
+    @abc.abstractmethod
     def registered_through(self) -> int:
         """The highest serial ever assigned (0: none yet)."""
 
@@ -140,8 +144,8 @@ class WriteTxn(ReadTxn):
     """Reads and writes inside the one write transaction; writes are kept only if it commits."""
 
     @abc.abstractmethod
-    def set_head_seq(self, seq: int) -> None:
-        """Record `seq` as the last committed change."""
+    def set_head(self, seq: int, history: bytes) -> None:
+        """Record `seq` as the last committed change, and the store's history after it."""
 
     @abc.abstractmethod
     def set_registered_through(self, serial: int) -> None:
@@ -288,5 +292,6 @@ class Store(abc.ABC):
                 foreign=txn.foreign_keys(),
                 registered_through=txn.registered_through(),
                 rules=txn.rules(),
+                history=txn.head_history(),
             )
             return Mirror(state, ExpiryIndex(txn.expiries()), txn.rotated_serials())

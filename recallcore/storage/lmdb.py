@@ -7,7 +7,7 @@ keeps a second server off the same directory. Keys are big-endian so that
 LMDB's byte order is numeric order.
 
 Tables (named databases):
-  meta          b"format", b"store_id", b"seq", b"serial"
+  meta          b"format", b"store_id", b"seq", b"serial", b"history" (after seq)
   tokens        serial -> TokenSpec (protobuf) of a registered token
   jtis          hash16(issuer, jti) -> serial
   revoked       chunk -> BitMap64 of revoked serials in that chunk
@@ -156,11 +156,15 @@ class LmdbTxn(WriteTxn):
     def head_seq(self) -> int:
         return self._meta_int(b"seq")
 
+    def head_history(self) -> bytes:
+        return self.raw.get(b"history", db=self.db["meta"]) or b""
+
     def registered_through(self) -> int:
         return self._meta_int(b"serial")
 
-    def set_head_seq(self, seq: int) -> None:
+    def set_head(self, seq: int, history: bytes) -> None:
         self.raw.put(b"seq", u64(seq), db=self.db["meta"])
+        self.raw.put(b"history", history, db=self.db["meta"])
 
     def set_registered_through(self, serial: int) -> None:
         self.raw.put(b"serial", u64(serial), db=self.db["meta"])

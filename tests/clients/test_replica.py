@@ -304,7 +304,7 @@ def test_replica_file_round_trip_and_rejections(tmp_path, caplog):
     state = RevokedSet("store-1")
     rules = {"rules": [(1, "alice", 1700000000)]} if hasattr(state, "rules") else {}
     state.load(seq=42, revoked=BitMap64([1, 5, 2**40]), foreign={7, 2**63 + 1},
-               registered_through=99, **rules)
+               registered_through=99, history=b"h" * 16, **rules)
     path = tmp_path / "r.bin"
     replica_file.save(path, state, vouched_at=1234.5)
     saved = replica_file.read(path)
@@ -314,19 +314,20 @@ def test_replica_file_round_trip_and_rejections(tmp_path, caplog):
     assert set(got.revoked) == {1, 5, 2**40} and got.foreign == {7, 2**63 + 1}
     assert got.digest() == state.digest()
     assert getattr(got, "rules", None) == getattr(state, "rules", None)
+    assert got.history == b"h" * 16  # a resume from the file is checked against the server's history
     data = path.read_bytes()
     caplog.set_level(logging.INFO, logger="recallclient.replica_file")
     bad = {
         "flipped": data[:20] + bytes([data[20] ^ 1]) + data[21:],
         "truncated": data[:-3],
-        "version": data[:8] + b"\x02\x00\x00\x00" + data[12:],
+        "version": data[:8] + b"\x03\x00\x00\x00" + data[12:],
         "empty": b"",
     }
     for name, content in bad.items():
         path.write_bytes(content)
         assert replica_file.load(path) is None, name
     assert replica_file.load(tmp_path / "missing.bin") is None
-    assert "version 2" in caplog.text and "no replica file" in caplog.text
+    assert "version 3" in caplog.text and "no replica file" in caplog.text
 
 
 def test_listener_exception_does_not_stop_the_replica(server, client, replicas, caplog):

@@ -43,7 +43,7 @@ def change(seq: int, time: int = 1000, **fields) -> Delta:
 
 def test_what_a_write_stores_reads_back_the_same(store: Store):
     with store.write() as txn:
-        txn.set_head_seq(3)
+        txn.set_head(3, b"h%d" % 3)
         txn.set_registered_through(70_000)
         for serial in (1, 2, 70_000):
             txn.put_record(serial, spec(serial))
@@ -68,7 +68,7 @@ def test_what_a_write_stores_reads_back_the_same(store: Store):
         for seq in (1, 2, 3):
             txn.put_change(change(seq, time=1000 + seq, added=BitMap64([seq])), {"seq": seq, "time": 1000 + seq})
     with store.read() as txn:
-        assert (txn.head_seq(), txn.registered_through()) == (3, 70_000)
+        assert (txn.head_seq(), txn.head_history(), txn.registered_through()) == (3, b"h3", 70_000)
         assert txn.record(1) == spec(1) and txn.record(2) == spec(2, family="fam") and txn.record(3) is None
         assert txn.serial_for("iss", "j70000") == 70_000 and txn.serial_for("iss", "nope") == 0
         assert txn.index("subject", "alice") == BitMap64([1, 70_000]) and txn.index("subject", "bob") == BitMap64()
@@ -123,9 +123,9 @@ def test_deletes_and_compaction(store: Store):
 
 def test_a_write_that_raises_leaves_nothing_behind(store: Store):
     with store.write() as txn:
-        txn.set_head_seq(1)
+        txn.set_head(1, b"h%d" % 1)
     with pytest.raises(RuntimeError), store.write() as txn:
-        txn.set_head_seq(2)
+        txn.set_head(2, b"h%d" % 2)
         txn.put_record(1, spec(1))
         txn.update_revoked(BitMap64([1]))
         raise RuntimeError("boom")
@@ -136,13 +136,13 @@ def test_a_write_that_raises_leaves_nothing_behind(store: Store):
 
 def test_a_reader_keeps_the_state_it_began_with_while_a_write_commits(store: Store):
     with store.write() as txn:
-        txn.set_head_seq(1)
+        txn.set_head(1, b"h%d" % 1)
     with store.read() as before:
         done = threading.Event()
 
         def write():
             with store.write() as txn:
-                txn.set_head_seq(2)
+                txn.set_head(2, b"h%d" % 2)
             done.set()
 
         writer = threading.Thread(target=write)
@@ -156,7 +156,7 @@ def test_a_reader_keeps_the_state_it_began_with_while_a_write_commits(store: Sto
 
 def test_load_gives_the_mirror_of_what_is_stored(store: Store):
     with store.write() as txn:
-        txn.set_head_seq(2)
+        txn.set_head(2, b"h%d" % 2)
         txn.set_registered_through(3)
         txn.set_expiries(np.array([1, 2, 3], dtype=np.uint64), np.array([50, 60, 70], dtype=np.uint32))
         txn.update_revoked(BitMap64([2]))
@@ -165,6 +165,7 @@ def test_load_gives_the_mirror_of_what_is_stored(store: Store):
         txn.put_rule((4, "", 40), 2)
     mirror = store.load()
     assert (mirror.seq, mirror.revocations.registered_through, mirror.revocations.store_id) == (2, 3, store.store_id)
+    assert mirror.revocations.history == b"h2"
     assert [int(s) for s in (mirror.state(1, 0), mirror.state(2, 0), mirror.state(3, 0), mirror.state(1, 55))] == [
         1, 2, 5, 3]  # ACTIVE, REVOKED, ROTATED, EXPIRED
     assert mirror.revocations.is_foreign_revoked(99) and mirror.revocations.rules == {(4, "", 40)}
@@ -181,7 +182,7 @@ def test_a_full_store_says_so_keeps_nothing_and_grows_up_to_its_limit(kind, tmp_
     try:
         def fill():
             with full.write() as txn:
-                txn.set_head_seq(1)
+                txn.set_head(1, b"h%d" % 1)
                 for serial in range(1, entries + 1):
                     txn.put_record(serial, spec(serial, subject="x" * 64))
 

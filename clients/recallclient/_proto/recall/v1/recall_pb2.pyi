@@ -266,17 +266,19 @@ class StatsResponse(_message.Message):
     def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ..., staleness: _Optional[float] = ..., max_map_bytes: _Optional[int] = ..., registrations_refused: _Optional[bool] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("store_id", "after_seq", "with_expiries")
+    __slots__ = ("store_id", "after_seq", "with_expiries", "history")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     WITH_EXPIRIES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     after_seq: int
     with_expiries: bool
-    def __init__(self, store_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., with_expiries: _Optional[bool] = ...) -> None: ...
+    history: bytes
+    def __init__(self, store_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., with_expiries: _Optional[bool] = ..., history: _Optional[bytes] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("prev_seq", "seq", "added", "removed", "foreign_added", "foreign_removed", "registered_through", "expiring", "time", "rules_added", "rules_removed", "rotated")
+    __slots__ = ("prev_seq", "seq", "added", "removed", "foreign_added", "foreign_removed", "registered_through", "expiring", "time", "rules_added", "rules_removed", "rotated", "history")
     PREV_SEQ_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ADDED_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +291,7 @@ class Delta(_message.Message):
     RULES_ADDED_FIELD_NUMBER: _ClassVar[int]
     RULES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     ROTATED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     prev_seq: int
     seq: int
     added: bytes
@@ -301,7 +304,8 @@ class Delta(_message.Message):
     rules_added: _containers.RepeatedCompositeFieldContainer[Rule]
     rules_removed: _containers.RepeatedCompositeFieldContainer[Rule]
     rotated: bytes
-    def __init__(self, prev_seq: _Optional[int] = ..., seq: _Optional[int] = ..., added: _Optional[bytes] = ..., removed: _Optional[bytes] = ..., foreign_added: _Optional[_Iterable[int]] = ..., foreign_removed: _Optional[_Iterable[int]] = ..., registered_through: _Optional[int] = ..., expiring: _Optional[_Iterable[_Union[ExpiryBucket, _Mapping]]] = ..., time: _Optional[int] = ..., rules_added: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rules_removed: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rotated: _Optional[bytes] = ...) -> None: ...
+    history: bytes
+    def __init__(self, prev_seq: _Optional[int] = ..., seq: _Optional[int] = ..., added: _Optional[bytes] = ..., removed: _Optional[bytes] = ..., foreign_added: _Optional[_Iterable[int]] = ..., foreign_removed: _Optional[_Iterable[int]] = ..., registered_through: _Optional[int] = ..., expiring: _Optional[_Iterable[_Union[ExpiryBucket, _Mapping]]] = ..., time: _Optional[int] = ..., rules_added: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rules_removed: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rotated: _Optional[bytes] = ..., history: _Optional[bytes] = ...) -> None: ...
 
 class ExpiryBucket(_message.Message):
     __slots__ = ("expires_at", "serials")
@@ -312,7 +316,7 @@ class ExpiryBucket(_message.Message):
     def __init__(self, expires_at: _Optional[int] = ..., serials: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through", "expiries_from", "expiries", "rules", "rotated")
+    __slots__ = ("seq", "index", "count", "revoked", "foreign", "cardinality", "foreign_cardinality", "digest", "registered_through", "expiries_from", "expiries", "rules", "history", "rotated")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +329,7 @@ class SnapshotChunk(_message.Message):
     EXPIRIES_FROM_FIELD_NUMBER: _ClassVar[int]
     EXPIRIES_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     ROTATED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     index: int
@@ -338,8 +343,9 @@ class SnapshotChunk(_message.Message):
     expiries_from: int
     expiries: bytes
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
+    history: bytes
     rotated: bytes
-    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ..., expiries_from: _Optional[int] = ..., expiries: _Optional[bytes] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rotated: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., revoked: _Optional[bytes] = ..., foreign: _Optional[_Iterable[int]] = ..., cardinality: _Optional[int] = ..., foreign_cardinality: _Optional[int] = ..., digest: _Optional[bytes] = ..., registered_through: _Optional[int] = ..., expiries_from: _Optional[int] = ..., expiries: _Optional[bytes] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., history: _Optional[bytes] = ..., rotated: _Optional[bytes] = ...) -> None: ...
 
 class Rule(_message.Message):
     __slots__ = ("scope", "value", "before")
