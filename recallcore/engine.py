@@ -11,13 +11,15 @@ change that is not durable.
 Anything that needs a token record, the (issuer, jti) index, a revocation's
 reason or the stored change log reads the store (any engine behind
 recallcore.storage.base) on a reader thread; the store is never touched from
-the loop.
+the loop. Audit queries have a reader thread of their own, so that reading
+the trail never delays a Check; AuditLog follow streams share one read per
+commit (replication/audit_feed.py).
 """
 
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from recallclient.jti import foreign_key
 from recallclient.revoked_set import Delta
@@ -28,6 +30,7 @@ from .core.audit import AuditQuery
 from .core.errors import OutOfRange, RecallError, Unavailable
 from .core.model import CutoffResult, RotateResult, Selector, Sweep
 from .core.operations import now_seconds
+from .replication.audit_feed import AuditFeed
 from .replication.node import Node
 from .settings import Settings
 from .storage import open_store
@@ -66,6 +69,9 @@ class Engine(Node):
             raise
         self.store = store
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-reader")
+        self._audit_reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-audit")
+        self.audit_feed = AuditFeed(self._audit_records)
+        self.audit_feed.start_at(self.state.seq)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task | None = None
         self._why_cache: dict[int, tuple[int, str]] = {}
@@ -91,7 +97,9 @@ class Engine(Node):
         await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
         # Outcomes of the last group were scheduled on the loop; let them run.
         await asyncio.sleep(0)
+        self.audit_feed.close()
         self._reader.shutdown(wait=True)
+        self._audit_reader.shutdown(wait=True)
         self.store.close()
 
     async def _sweep_forever(self) -> None:
@@ -125,6 +133,8 @@ class Engine(Node):
 
     def _committed(self, deltas: list[Delta], outcomes: list) -> None:
         self._applied(deltas)
+        if deltas:
+            self.audit_feed.committed(self.state.seq)
         for future, outcome in outcomes:
             if future.done():
                 continue
@@ -155,14 +165,48 @@ class Engine(Node):
             validate.cutoff(scope, value, before, reason, actor, self.settings, int(self.clock()))
         )
 
-    async def audit(self, q: AuditQuery) -> list[dict]:
-        """Audit records matching `q`, oldest first."""
-        now = int(self.clock())
-        return await self._read(lambda txn: audit.query(txn, q, now))
+    async def audit_pages(self, q: AuditQuery, upto: int) -> AsyncIterator[list[dict]]:
+        """The records matching `q` up to seq `upto`, oldest first, a page (audit.PAGE) at a time.
 
-    async def audit_after(self, q: AuditQuery, after: int) -> list[dict]:
-        """Audit records after `after` that match `q` (for following the trail)."""
-        return await self._read(lambda txn: audit.new_matches(txn, q, after))
+        A token's trace (q.serial) comes as one page.
+        """
+        if q.serial:
+            now = int(self.clock())
+            yield await self._audit_read(lambda txn: audit.trace(txn, q, now))
+            return
+        after = q.after_seq
+        while after < upto:
+            records, after = await self._audit_read(
+                lambda txn, after=after: audit.page(txn, q, after, upto, audit.PAGE))
+            if records:
+                yield records
+
+    async def audit(self, q: AuditQuery) -> list[dict]:
+        """Every record matching `q` up to now, oldest first (at most q.limit; 0: all)."""
+        out: list[dict] = []
+        async for records in self.audit_pages(q, self.state.seq):
+            out.extend(records)
+            if q.limit and len(out) >= q.limit:
+                break
+        return out[: q.limit] if q.limit else out
+
+    async def audit_follows(self, q: AuditQuery, records: list[dict]) -> list[dict]:
+        """Those of new `records` that match `q` (subject, client or trace filters read the store)."""
+        return await self._audit_read(lambda txn: audit.follows(txn, q, records))
+
+    async def _audit_records(self, after: int, upto: int) -> list[dict]:
+        def read(txn: ReadTxn) -> list[dict]:
+            out = []
+            for record in txn.audit_after(after):
+                if record["seq"] > upto:
+                    break
+                out.append(record)
+            return out
+
+        return await self._audit_read(read)
+
+    async def _audit_read(self, fn: Callable[[ReadTxn], object]):
+        return await asyncio.get_running_loop().run_in_executor(self._audit_reader, self._in_txn, fn)
 
     async def sweep(self) -> int:
         """Run one expiry sweep and log compaction now; returns the seq of its change or 0."""

@@ -29,7 +29,7 @@ SHUTDOWN_GRACE = 10.0
 
 
 # Methods whose handlers return encoded bytes (encoded once, sent to many).
-PRE_ENCODED = {"Watch"}
+PRE_ENCODED = {"Watch", "AuditLog"}
 
 
 def _add_recall_service(servicer: RecallService, server: grpc.aio.Server) -> None:

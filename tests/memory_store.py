@@ -241,6 +241,13 @@ class MemoryTxn(WriteTxn):
         text = self.t.audit.get(seq)
         return json.loads(text) if text is not None else None
 
+    def audit_naming(self, kind: str, name: str, after: int) -> Iterator[int]:
+        field = {"subject": "subjects", "client_id": "clients"}[kind]
+        for seq in sorted(s for s in self.t.audit if s > after):
+            record = json.loads(self.t.audit[seq])
+            if name in record.get(field, ()) or record.get(f"{field}_more"):
+                yield seq
+
     def audit_after(self, after: int) -> Iterator[dict]:
         for seq in sorted(s for s in self.t.audit if s > after):
             yield json.loads(self.t.audit[seq])

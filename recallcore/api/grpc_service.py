@@ -6,6 +6,7 @@ errors meet gRPC status codes.
 """
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
@@ -18,7 +19,7 @@ from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec
 
-from ..core import validate
+from ..core import audit, validate
 from ..core.audit import AuditQuery
 from ..core.errors import InvalidArgument, RecallError, ResourceExhausted
 from ..core.model import Claims, Selector
@@ -252,7 +253,11 @@ class RecallService(recall_pb2_grpc.RecallServicer):
 
     @_rpc
     async def AuditLog(self, request, context):
-        """Matching audit records, then (with follow) new ones as they commit."""
+        """Matching audit records, then (with follow) new ones as they commit.
+
+        Encoded bytes (registered without a response serializer): records
+        from the follow feed are encoded once for every stream.
+        """
         settings = self.engine.settings
         validate.string(request.subject, "subject", settings)
         validate.string(request.client_id, "client_id", settings)
@@ -262,23 +267,52 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             raise InvalidArgument(f"after_seq: {request.after_seq} is beyond any sequence")
         q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
                        request.since, request.until, request.limit)
-        sent = 0
-        cursor = max(request.after_seq, self.engine.state.seq)  # the query sees at least this
-        for record in await self.engine.audit(q):
-            yield audit_event(record)
-            sent += 1
-            cursor = max(cursor, record["seq"])
-        while request.follow and (not request.limit or sent < request.limit) and not self.engine.hub.closed:
-            if self.engine.state.seq <= cursor:
-                await self.engine.hub.wait(self.engine.settings.heartbeat_interval)
-                continue
-            head = self.engine.state.seq
-            for record in await self.engine.audit_after(q, cursor):
-                if record["seq"] > head or (request.limit and sent >= request.limit):
-                    break
-                yield audit_event(record)
-                sent += 1
-            cursor = head
+        left = request.limit or -1
+        head = self.engine.state.seq  # the query reads up to here; following goes on from here
+        feed = self.engine.audit_feed if request.follow else None
+        if feed is not None:
+            feed.followers += 1  # before the first await: the feed keeps what commits meanwhile
+        try:
+            async for records in self.engine.audit_pages(q, head):
+                for record in records:
+                    yield audit_event(record).SerializeToString()
+                    left -= 1
+                    if not left:
+                        return
+            cursor = max(request.after_seq, head)
+            while feed is not None and left and not feed.closed:
+                entries = feed.since(cursor)
+                if entries is None:  # fell behind the feed: catch up from the store
+                    upto = feed.read_to
+                    async for records in self.engine.audit_pages(dataclasses.replace(q, after_seq=cursor), upto):
+                        for record in records:
+                            yield audit_event(record).SerializeToString()
+                            left -= 1
+                            if not left:
+                                return
+                    cursor = upto
+                    continue
+                if not entries:
+                    await feed.wait(settings.heartbeat_interval)
+                    continue
+                cursor = entries[-1].seq
+                for entry in await self._following(q, entries):
+                    if entry.payload is None:
+                        entry.payload = audit_event(entry.record).SerializeToString()
+                    yield entry.payload
+                    left -= 1
+                    if not left:
+                        return
+        finally:
+            if feed is not None:
+                feed.followers -= 1
+
+    async def _following(self, q: AuditQuery, entries: list) -> list:
+        """The feed entries a follow stream sends: filters by name or token read the store."""
+        if not (q.subject or q.client_id or q.serial):
+            return [e for e in entries if audit.in_range(e.record, q)]
+        wanted = {r["seq"] for r in await self.engine.audit_follows(q, [e.record for e in entries])}
+        return [e for e in entries if e.seq in wanted]
 
     @_rpc
     async def Watch(self, request, context):

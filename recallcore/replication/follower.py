@@ -258,7 +258,9 @@ class Follower(Node):
     async def audit(self, *args, **kwargs):
         raise FailedPrecondition(f"the audit trail is kept by the primary at {self.primary}")
 
-    audit_after = audit
+    async def audit_pages(self, *args, **kwargs):
+        raise FailedPrecondition(f"the audit trail is kept by the primary at {self.primary}")
+        yield  # an async generator, as the primary's
 
     def _read_only(self) -> FailedPrecondition:
         return FailedPrecondition(

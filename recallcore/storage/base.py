@@ -139,6 +139,15 @@ class ReadTxn(abc.ABC):
     def audit_after(self, after: int) -> Iterator[dict]:
         """Audit records with seq > after, oldest first."""
 
+    @abc.abstractmethod
+    def audit_naming(self, kind: str, name: str, after: int) -> Iterator[int]:
+        """Seqs (> after, ascending) of the audit records that may concern `name`.
+
+        kind "subject" or "client_id": the records whose "subjects" (or
+        "clients") list `name`, and those that name more than they list
+        ("subjects_more" / "clients_more"), which the caller checks.
+        """
+
 
 class WriteTxn(ReadTxn):
     """Reads and writes inside the one write transaction; writes are kept only if it commits."""

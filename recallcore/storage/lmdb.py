@@ -23,6 +23,8 @@ Tables (named databases):
   rotations     serial -> successor, time, seq, request fingerprint
   rules         scope + hash16(value) -> before, seq, value (cut-off rules in force)
   issuance      first serial of a registration -> seq of that change
+  audit_names   s|c + hash16(name) + seq -> b"" for each subject (s) / client (c) an audit
+                record lists; S|C + seq -> b"" for records that name more than they list
   sums          tag + key -> CRC-32 of the value under key in revoked (r), rotated (o)
                 or exp (e); checked at start (see lmdb_checks.py)
 A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
@@ -33,6 +35,7 @@ when first opened.
 import contextlib
 import errno
 import fcntl
+import heapq
 import json
 import logging
 import os
@@ -64,8 +67,9 @@ _U64X2 = struct.Struct(">QQ")
 _TABLES = (
     "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
-    "rotated", "rotations", "rules", "issuance", "sums",
+    "rotated", "rotations", "rules", "issuance", "sums", "audit_names",
 )
+_AUDIT_NAMES = {"subject": (b"s", b"S", "subjects"), "client_id": (b"c", b"C", "clients")}
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
 log = logging.getLogger(__name__)
 # What stays free for revocations once registrations are refused (see
@@ -393,6 +397,43 @@ class LmdbTxn(WriteTxn):
         self.raw.put(u64(delta.seq), delta_to_proto(delta).SerializeToString(), db=self.db["log"], append=True)
         self.raw.put(u64(delta.seq), json.dumps(audit, separators=(",", ":")).encode(),
                      db=self.db["audit"], append=True)
+        self._index_audit(delta.seq, audit)
+
+    def _audit_name_keys(self, seq: int, audit: dict) -> Iterator[bytes]:
+        for listed, more, field in _AUDIT_NAMES.values():
+            for name in audit.get(field, ()):
+                yield listed + name_hash(name) + u64(seq)
+            if audit.get(f"{field}_more"):
+                yield more + u64(seq)
+
+    def _index_audit(self, seq: int, audit: dict) -> None:
+        for key in self._audit_name_keys(seq, audit):
+            self.raw.put(key, b"", db=self.db["audit_names"])
+
+    def index_all_audit(self) -> int:
+        """Index the names of every audit record (a store from before the index); returns how many."""
+        count = 0
+        for record in self.audit_after(0):
+            self._index_audit(record["seq"], record)
+            count += 1
+        return count
+
+    def audit_naming(self, kind: str, name: str, after: int) -> Iterator[int]:
+        listed, more, _ = _AUDIT_NAMES[kind]
+        last = 0
+        for seq in heapq.merge(self._seqs_under(listed + name_hash(name), after), self._seqs_under(more, after)):
+            if seq != last:  # a record may list the name and name more than it lists
+                yield seq
+                last = seq
+
+    def _seqs_under(self, prefix: bytes, after: int) -> Iterator[int]:
+        with self.raw.cursor(db=self.db["audit_names"]) as cur:
+            if not cur.set_range(prefix + u64(after + 1)):
+                return
+            for key in cur.iternext(values=False):
+                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                    return
+                yield from_u64(key[len(prefix):])
 
     def compact_log(self, upto: int, before: int, limit: int) -> int:
         deleted = 0
@@ -409,8 +450,11 @@ class LmdbTxn(WriteTxn):
         deleted = 0
         with self.raw.cursor(db=self.db["audit"]) as cur:
             while deleted < limit and cur.first():
-                if json.loads(cur.value()).get("time", 0) >= before:
+                record = json.loads(cur.value())
+                if record.get("time", 0) >= before:
                     break
+                for key in self._audit_name_keys(from_u64(cur.key()), record):
+                    self.raw.delete(key, db=self.db["audit_names"])
                 cur.delete()
                 deleted += 1
         return deleted
@@ -508,12 +552,19 @@ class LmdbStore(Store):
                     raise StoreError(f"{self.path} holds an LMDB environment that is not a recallcore store")
                 store_id = uuid.uuid4().hex
                 txn.put(b"format", FORMAT, db=self.dbs["meta"])
+                txn.put(b"audit_names", b"1", db=self.dbs["meta"])
                 txn.put(b"store_id", store_id.encode(), db=self.dbs["meta"])
                 return store_id
             if fmt == FORMAT_1:
                 count = LmdbTxn(txn, self.dbs, self.path).add_checksums()
                 txn.put(b"format", FORMAT, db=self.dbs["meta"])
                 log.info("%s: store format 1 upgraded to %s (%d checksums added)", self.path, FORMAT.decode(), count)
+                fmt = FORMAT
+            if fmt == FORMAT and txn.get(b"audit_names", db=self.dbs["meta"]) is None:
+                count = LmdbTxn(txn, self.dbs, self.path).index_all_audit()
+                txn.put(b"audit_names", b"1", db=self.dbs["meta"])
+                if count:
+                    log.info("%s: names of %d audit records indexed", self.path, count)
             elif fmt != FORMAT:
                 raise StoreError(
                     f"{self.path} holds store format {fmt!r}; this server reads {FORMAT!r} and {FORMAT_1!r}"

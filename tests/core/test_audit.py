@@ -335,6 +335,31 @@ def test_subject_and_client_filters_find_every_name_of_a_large_registration(clie
     assert seqs(client.audit(subject="user-17", client_id="app-18")) == [1]  # both names are in it
 
 
+def test_filters_find_a_large_revocation_by_the_tokens_it_revoked_listed_or_not(settings, clock, stores):
+    """A revocation of many subjects' tokens lists a few names; a filter finds it for every
+    subject it touched (by its logged change, and once the log is compacted, by the revocation
+    records), never for one it did not touch."""
+    srv = ServerThread(dataclasses.replace(settings, log_keep=1, log_keep_seconds=0), clock=clock, store=stores())
+    try:
+        with RecallClient(srv.address) as client:
+            client.register([TokenSpec(f"user-{i}", "app") for i in range(30)])  # seq 1, serials 1..30
+            client.register([TokenSpec("quiet", "app")] * 5)  # seq 2, serials 31..35
+            assert client.revoke(serials=list(range(1, 31)), reason="many").seq == 3
+            assert client.revoke(serials=[33], reason="one").seq == 4
+            cases = (("user-0", [1, 3]), ("user-29", [1, 3]), ("quiet", [2, 4]), ("nobody", []))
+            for name, want in cases:
+                assert seqs(client.audit(subject=name)) == want, name
+            assert seqs(client.audit(subject="user-29", after_seq=1, limit=1)) == [3]
+            # Past the log's retention the revocation records still say which change revoked what.
+            clock.advance(1)
+            srv.call(srv.engine.sweep())
+            assert srv.call(srv.engine.oldest_resumable()) == 3  # changes 1..3 left the log
+            for name, want in cases:
+                assert seqs(client.audit(subject=name)) == want, name
+    finally:
+        srv.stop()
+
+
 class Follower:
     """client.audit(follow=True, **query) read on a thread; `records` as they arrive."""
 

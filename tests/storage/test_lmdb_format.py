@@ -59,6 +59,9 @@ def test_a_store_of_the_previous_format_opens_and_answers_as_before(copied, expe
             assert {k: intro[k] for k in expected["introspect_1"]} == expected["introspect_1"]
             assert [a["kind"] for a in await engine.audit(AuditQuery())] == expected["audit_kinds"]
             assert [a["kind"] for a in await engine.audit(AuditQuery(serial=1))] == expected["trace_1"]
+            # The audit name index was built for the old records: alice registered at 1, revoked at 4.
+            assert [a["seq"] for a in await engine.audit(AuditQuery(subject="alice"))] == [1, 4]
+            assert [a["seq"] for a in await engine.audit(AuditQuery(subject="erin"))] == [1, 7]
             # The stored rotation fingerprint still recognises a retry.
             retry = await engine.rotate(5, TokenSpec("", "", type=TokenType.REFRESH), actor="t", request_id="req-1")
             assert retry.outcome == "RETRIED" and retry.successor.serial == expected["rotated_successor"]
