@@ -43,8 +43,10 @@ def delta_to_proto(delta: Delta) -> pb.Delta:
 
 def chain_history(previous: bytes, delta: Delta) -> Delta:
     """`delta` with its history: BLAKE2b-128 of the previous history and the delta's wire form."""
+    msg = delta_to_proto(delta)
+    msg.ClearField("history")
     h = hashlib.blake2b(previous, digest_size=16)
-    h.update(delta_to_proto(dataclasses.replace(delta, history=b"")).SerializeToString(deterministic=True))
+    h.update(msg.SerializeToString(deterministic=True))
     return dataclasses.replace(delta, history=h.digest())
 
 
