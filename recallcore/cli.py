@@ -11,7 +11,8 @@ import os
 import sys
 
 from . import __version__
-from .core.errors import StoreError
+from .core.errors import RecallError, StoreError
+from .security.credentials import hash_secret
 from .server import serve
 from .settings import Settings
 
@@ -37,6 +38,17 @@ _OPTIONS = (
     ("--max-staleness", "max_staleness", float,
      "follower: seconds without a vouch from the primary before it answers UNAVAILABLE"),
     ("--max-wait", "max_wait", float, "longest a read waits for its min_seq, whatever its deadline"),
+    ("--tls-cert", "tls_cert", str, "PEM certificate chain of the server (TLS; reloaded when it changes)"),
+    ("--tls-key", "tls_key", str, "PEM private key of the server"),
+    ("--client-ca", "client_ca", str, "PEM CA bundle: callers must present a certificate it signed (mutual TLS)"),
+    ("--policy", "policy", str, "TOML file granting roles to caller identities; reloaded when it changes"),
+    ("--credentials", "credentials", str, "TOML file of bearer-credential names and secret hashes"),
+    ("--max-streams-per-identity", "max_streams_per_identity", int,
+     "concurrent Watch and AuditLog streams of one caller (0: no cap)"),
+    ("--primary-cacert", "primary_cacert", str, "follower: CA bundle of its primary's certificate"),
+    ("--primary-cert", "primary_cert", str, "follower: its own client certificate for the primary"),
+    ("--primary-key", "primary_key", str, "follower: the key of that certificate"),
+    ("--primary-token-file", "primary_token_file", str, "follower: file holding its bearer credential"),
     ("--freshness-skew", "freshness_skew", float,
      "follower: seconds the primary's clock may differ from this one when judging its vouches"),
 )
@@ -52,16 +64,27 @@ def _parser() -> argparse.ArgumentParser:
         default = getattr(Settings, field)
         serve_cmd.add_argument(flag, dest=field, type=kind, default=os.environ.get(env, default),
                                help=f"{text} (env {env}; default {default})")
+    serve_cmd.add_argument("--insecure", action="store_true", default=os.environ.get("RECALL_INSECURE") == "1",
+                           help="serve a non-loopback address without TLS or policy anyway (env RECALL_INSECURE=1)")
     serve_cmd.add_argument("--log-level", default=os.environ.get("RECALL_LOG_LEVEL", "INFO"))
+    commands.add_parser("hash-token", help="read a bearer secret on stdin; print its credentials-file value")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
+    if ns.command == "hash-token":
+        secret = sys.stdin.readline().strip()
+        if len(secret) < 16:
+            print("recallcore: give a secret of at least 16 characters on stdin", file=sys.stderr)
+            return 2
+        print(hash_secret(secret))
+        return 0
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings(**{field: kind(getattr(ns, field)) for _, field, kind, _ in _OPTIONS})
+        settings = Settings(insecure=ns.insecure,
+                            **{field: kind(getattr(ns, field)) for _, field, kind, _ in _OPTIONS})
     except ValueError as exc:
         print(f"recallcore: {exc}", file=sys.stderr)
         return 2
@@ -76,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"recallcore: {exc}", file=sys.stderr)
         return 1
+    except RecallError as exc:  # a policy or credentials file that does not load
+        print(f"recallcore: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"recallcore: {exc}", file=sys.stderr)
         return 1

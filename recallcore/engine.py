@@ -18,6 +18,7 @@ commit (replication/audit_feed.py).
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -32,6 +33,7 @@ from .core.model import CutoffResult, RotateResult, Selector, Sweep
 from .core.operations import now_seconds
 from .replication.audit_feed import AuditFeed
 from .replication.node import Node
+from .security.identity import Caller
 from .settings import Settings
 from .storage import open_store
 from .storage.base import ReadTxn, Store
@@ -143,26 +145,36 @@ class Engine(Node):
             else:
                 future.set_result(outcome)
 
-    async def register(self, tokens: list[TokenSpec], actor: str = "") -> RegisterResult:
-        """Register tokens; raises InvalidArgument / ResourceExhausted."""
-        op = await off_loop(len(tokens), validate.register, tokens, actor, self.settings, int(self.clock()))
+    async def _submit_as(self, op, caller: Caller | None):
+        """Submit `op` as `caller`: the actor its audit record names is the authenticated
+        identity, and the actor the request gave becomes on_behalf_of (None: trusted code in
+        this process, whose actor stands)."""
+        if caller is not None:
+            op = dataclasses.replace(op, actor=caller.identity, on_behalf_of=op.actor, peer=caller.peer)
         return await self._submit(op)
 
-    async def revoke(self, selector: Selector, reason: str = "", actor: str = "", origin: str = "") -> RevokeResult:
+    async def register(self, tokens: list[TokenSpec], actor: str = "", *, caller: Caller | None = None) -> RegisterResult:
+        """Register tokens; raises InvalidArgument / ResourceExhausted."""
+        op = await off_loop(len(tokens), validate.register, tokens, actor, self.settings, int(self.clock()))
+        return await self._submit_as(op, caller)
+
+    async def revoke(self, selector: Selector, reason: str = "", actor: str = "", origin: str = "", *,
+                     caller: Caller | None = None) -> RevokeResult:
         """Revoke what `selector` covers; raises InvalidArgument / ResourceExhausted."""
         size = len(selector.serials) + len(selector.tokens)
         op = await off_loop(size, validate.revoke, selector, reason, actor, self.settings, int(self.clock()), origin)
-        return await self._submit(op)
+        return await self._submit_as(op, caller)
 
     async def rotate(self, ref: int | JtiRef, successor: TokenSpec, actor: str = "", origin: str = "",
-                     request_id: str = "") -> RotateResult:
+                     request_id: str = "", *, caller: Caller | None = None) -> RotateResult:
         """Rotate a refresh token (see core/lifecycle.py); raises InvalidArgument."""
-        return await self._submit(validate.rotate(ref, successor, actor, origin, request_id, self.settings))
+        return await self._submit_as(validate.rotate(ref, successor, actor, origin, request_id, self.settings), caller)
 
-    async def cutoff(self, scope: int, value: str, before: int, reason: str = "", actor: str = "") -> CutoffResult:
+    async def cutoff(self, scope: int, value: str, before: int, reason: str = "", actor: str = "", *,
+                     caller: Caller | None = None) -> CutoffResult:
         """Add a cut-off rule; raises InvalidArgument."""
-        return await self._submit(
-            validate.cutoff(scope, value, before, reason, actor, self.settings, int(self.clock()))
+        return await self._submit_as(
+            validate.cutoff(scope, value, before, reason, actor, self.settings, int(self.clock())), caller
         )
 
     async def audit_pages(self, q: AuditQuery, upto: int) -> AsyncIterator[list[dict]]:

@@ -1,4 +1,4 @@
-"""Build and run the gRPC server around an Engine."""
+"""Build and run the gRPC server around an Engine: TLS, the caller gate, limits, signals."""
 
 import asyncio
 import contextlib
@@ -11,9 +11,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recallclient._proto.recall.v1 import recall_pb2
 
-from .api.grpc_service import RecallService, decoder
+from .api.grpc_service import GuardedHealth, RecallService, decoder
 from .engine import Engine
 from .replication.follower import Follower
+from .security.credentials import Credentials
+from .security.gate import Gate
+from .security.policy import Policy
+from .security.reloading import Reloading
+from .security.tls import CertificateFiles
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,8 @@ SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["Recall"].full_name
 # work, so a request of many empty items is refused for what it is.
 MAX_REQUEST = 32 << 20
 MAX_MESSAGE = 64 << 20  # the largest answer (snapshot chunks are about 1 MiB)
+MAX_STREAMS_PER_CONNECTION = 256  # concurrent calls on one HTTP/2 connection
+MIN_PING_INTERVAL_MS = 5_000  # clients ping at most this often (followers: every 10 s)
 SHUTDOWN_GRACE = 10.0
 
 
@@ -54,6 +61,15 @@ class Server:
 
     def __init__(self, settings: Settings, **engine_args) -> None:
         self.settings = settings
+        # The gate and the TLS files load first: a broken policy or certificate stops the
+        # start before the store is opened.
+        self.gate = Gate(
+            Reloading(settings.policy, Policy.load) if settings.policy else None,
+            Reloading(settings.credentials, Credentials.load) if settings.credentials else None,
+            settings.max_streams_per_identity,
+        )
+        self.tls = CertificateFiles(settings.tls_cert, settings.tls_key, settings.client_ca or None) \
+            if settings.tls_cert else None
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None
@@ -62,13 +78,17 @@ class Server:
 
     def _build(self) -> grpc.aio.Server:
         # grpc.aio objects bind to the running loop: build them inside it.
-        self.health = health.aio.HealthServicer()
+        self.health = GuardedHealth(self.gate)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            # Keepalive enforcement: pings more often than this are answered with GOAWAY.
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
         ])
-        _add_recall_service(RecallService(self.engine), server)
+        _add_recall_service(RecallService(self.engine, self.gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -81,7 +101,10 @@ class Server:
         self.grpc = self._build()
         host, _, _ = self.settings.listen.rpartition(":")
         try:
-            bound = self.grpc.add_insecure_port(self.settings.listen)
+            if self.tls is not None:
+                bound = self.grpc.add_secure_port(self.settings.listen, self.tls.credentials())
+            else:
+                bound = self.grpc.add_insecure_port(self.settings.listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from exc
         if bound == 0:
@@ -94,7 +117,18 @@ class Server:
         else:
             await self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{host}:{bound}"
+        if self.settings.insecure and not self.settings.loopback and (self.tls is None or not self.settings.policy):
+            log.warning("serving %s without %s (--insecure): anyone who reaches it may call it", self.address,
+                        "TLS" if self.tls is None else "a caller policy")
         return self.address
+
+    def reload(self) -> None:
+        """Load the policy, credentials and TLS files again (SIGHUP)."""
+        for loaded in (self.gate.policy, self.gate.credentials):
+            if loaded is not None:
+                loaded.reload()
+        if self.tls is not None:
+            self.tls.fetch()
 
     async def _track_health(self) -> None:
         """A follower's recall.v1.Recall is SERVING while it can answer: once synced, and
@@ -146,6 +180,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -26,6 +26,8 @@ DEFAULT_LOG_KEEP_SECONDS = 7 * 86400  # ...and for at least this long
 DEFAULT_MAX_STALENESS = 5.0  # seconds a follower answers after its primary last vouched for it
 DEFAULT_FRESHNESS_SKEW = 0.5  # seconds another node's clock may differ when judging a vouch
 DEFAULT_MAX_WAIT = 30.0  # seconds a read waits for its min_seq at most, whatever its deadline
+DEFAULT_MAX_STREAMS_PER_IDENTITY = 64  # concurrent Watch + AuditLog streams of one caller
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,19 @@ class Settings:
     max_wait: the longest a Check or CheckBatch waits for its min_seq on a
         follower, deadline or not (a primary refuses a min_seq above its head
         at once).
+    tls_cert, tls_key: PEM files of the server's certificate chain and key
+        (TLS on the gRPC listener; reloaded when they change).
+    client_ca: PEM file of the CA that signs client certificates: with it,
+        every caller must present one (mutual TLS).
+    policy: TOML file granting roles to identities (security/policy.py);
+        with it, everything not granted is denied.
+    credentials: TOML file of bearer-credential names and secret hashes.
+    insecure: serve a non-loopback address without TLS (and policy) anyway.
+    max_streams_per_identity: concurrent Watch and AuditLog streams of one
+        caller identity (0: no cap).
+    primary_cacert, primary_cert, primary_key, primary_token_file: a
+        follower's TLS material and bearer credential (a file holding the
+        secret) for its primary.
     freshness_skew: seconds the primary's clock may differ from this node's
         when judging how fresh its vouch is (followers; see
         recallclient.freshness). Not the tokens' clock_skew: this one should
@@ -94,6 +109,23 @@ class Settings:
     max_staleness: float = DEFAULT_MAX_STALENESS
     freshness_skew: float = DEFAULT_FRESHNESS_SKEW
     max_wait: float = DEFAULT_MAX_WAIT
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    policy: str = ""
+    credentials: str = ""
+    insecure: bool = False
+    max_streams_per_identity: int = DEFAULT_MAX_STREAMS_PER_IDENTITY
+    primary_cacert: str = ""
+    primary_cert: str = ""
+    primary_key: str = ""
+    primary_token_file: str = ""
+
+    @property
+    def loopback(self) -> bool:
+        """True when `listen` is a loopback address (reachable from this host only)."""
+        host = self.listen.rpartition(":")[0]
+        return host in LOOPBACK_HOSTS or host.startswith("127.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
@@ -114,6 +146,25 @@ class Settings:
         for name in ("sweep_interval", "heartbeat_interval", "max_staleness", "max_wait"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert, tls_key: give both, or neither")
+        if self.client_ca and not self.tls_cert:
+            raise ValueError("client_ca: mutual TLS needs --tls-cert and --tls-key")
+        if self.max_streams_per_identity < 0:
+            raise ValueError("max_streams_per_identity: must not be negative")
+        if bool(self.primary_cert) != bool(self.primary_key):
+            raise ValueError("primary_cert, primary_key: give both, or neither")
+        if not self.insecure and not self.loopback:
+            if not self.tls_cert:
+                raise ValueError(
+                    f"listen: {self.listen} is not a loopback address and the server has no TLS: add --tls-cert "
+                    "and --tls-key (and --policy), or give --insecure to serve it in the clear anyway"
+                )
+            if not self.policy:
+                raise ValueError(
+                    f"listen: {self.listen} is not a loopback address and the server has no caller policy: "
+                    "add --policy FILE (see README: Running it for real), or give --insecure"
+                )
         if self.freshness_skew < 0:
             raise ValueError("freshness_skew: must not be negative")
         if self.log_keep_seconds < 0:

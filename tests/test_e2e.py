@@ -1,6 +1,7 @@
 """End to end: a real server on 127.0.0.1:0, through RecallClient, AsyncRecallClient and recallctl."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
@@ -12,7 +13,11 @@ import time
 import pytest
 from recallclient import AsyncRecallClient, JtiRef, RecallError, TokenSpec, TokenState, serial_from_jti
 
-from .support import run_command
+from recallcore.security.credentials import hash_secret
+from recallcore.security.policy import ROLES
+
+from .security.certs import CA
+from .support import ServerThread, run_command
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
@@ -131,9 +136,28 @@ def _run_readme_block(section: str, env: dict[str, str]) -> list[tuple[str, str]
     return outputs
 
 
-def test_readme_walkthrough_runs_as_written(server):
-    """The walkthrough, then the lifecycle section, in order on one server."""
-    env = {**os.environ, "RECALL_TARGET": server.address}
+@pytest.fixture(params=["plain", "tls"])
+def walk(request, settings, tmp_path):
+    """(server, environment for recallctl): in the clear on loopback, or over TLS with a
+    policy, the caller holding every role by a bearer credential from RECALL_TOKEN."""
+    env = {**os.environ}
+    if request.param == "tls":
+        ca = CA(tmp_path / "pki")
+        leaf = ca.server()
+        (tmp_path / "policy.toml").write_text(f'[[grant]]\nidentities = ["token:ops"]\nroles = {json.dumps(list(ROLES))}\n')
+        (tmp_path / "creds.toml").write_text(f'[tokens]\nops = "{hash_secret("the-ops-bearer-secret")}"\n')
+        settings = dataclasses.replace(settings, tls_cert=str(leaf.cert), tls_key=str(leaf.key),
+                                       policy=str(tmp_path / "policy.toml"), credentials=str(tmp_path / "creds.toml"))
+        env.update(RECALL_CACERT=str(ca.path), RECALL_TOKEN="the-ops-bearer-secret")
+    srv = ServerThread(settings)
+    env["RECALL_TARGET"] = srv.address
+    yield srv, env
+    srv.stop()
+
+
+def test_readme_walkthrough_runs_as_written(walk):
+    """The walkthrough, then the lifecycle section, in order on one server (plain and over TLS)."""
+    server, env = walk
     walkthrough = _run_readme_block(WALKTHROUGH, env)
     assert len(walkthrough) >= 8
     outputs = [out for _, out in walkthrough]

@@ -14,6 +14,7 @@ from . import requests as rq
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
 from .errors import rpc_errors
+from .transport import Transport
 from .types import (
     BatchResult,
     CheckResult,
@@ -43,9 +44,14 @@ class AsyncRecallClient:
         *,
         timeout: float | None = 10.0,
         channel: grpc.aio.Channel | None = None,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """TLS material and bearer credential as for RecallClient."""
         self._owns_channel = channel is None
-        self._channel = grpc.aio.insecure_channel(target) if channel is None else channel
+        self._channel = Transport(cacert, cert, key, token).aio_channel(target) if channel is None else channel
         self._stub = recall_pb2_grpc.RecallStub(self._channel)
         self._timeout = timeout
 

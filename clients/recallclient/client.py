@@ -13,6 +13,7 @@ from . import requests as rq
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
 from .errors import rpc_errors
+from .transport import Transport
 from .types import (
     BatchResult,
     CheckResult,
@@ -41,9 +42,15 @@ class RecallClient:
         *,
         timeout: float | None = 10.0,
         channel: grpc.Channel | None = None,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """`cacert` (TLS), `cert` and `key` (mutual TLS): paths of PEM files; `token`: a
+        bearer credential's secret (see transport.Transport)."""
         self._owns_channel = channel is None
-        self._channel = grpc.insecure_channel(target) if channel is None else channel
+        self._channel = Transport(cacert, cert, key, token).channel(target) if channel is None else channel
         self._stub = recall_pb2_grpc.RecallStub(self._channel)
         self._timeout = timeout
 

@@ -34,6 +34,7 @@ from ._proto.recall.v1 import recall_pb2_grpc
 from .freshness import DEFAULT_MAX_SKEW, Freshness
 from .jti import foreign_key, serial_from_jti
 from .replica_core import Outcome, ReplicaCore, Resync
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class _ReplicaBase:
     `clock_skew`: seconds the server's clock may differ from this host's;
     staleness counts from the time the server stamped on its vouch (see
     freshness.py), and a vouch stamped further off than this is ignored and
-    logged.
+    logged. `cacert`, `cert`, `key`, `token`: TLS material and a bearer
+    credential, as for RecallClient.
     `channel`: a channel you own (left open). `on_change`: a first listener
     (see add_listener). Raises ValueError for a bad argument.
     """
@@ -84,7 +86,9 @@ class _ReplicaBase:
     def __init__(self, target: Target, *, max_staleness: float = 5.0, on_stale: str = "fail_closed",
                  path: str | os.PathLike | None = None, backoff: tuple[float, float] = (0.05, 5.0),
                  channel: grpc.Channel | grpc.aio.Channel | None = None,
-                 on_change: Listener | None = None, clock_skew: float = DEFAULT_MAX_SKEW) -> None:
+                 on_change: Listener | None = None, clock_skew: float = DEFAULT_MAX_SKEW,
+                 cacert: str | None = None, cert: str | None = None, key: str | None = None,
+                 token: str | None = None) -> None:
         if not max_staleness > 0:
             raise ValueError("max_staleness: must be positive")
         if on_stale not in ON_STALE:
@@ -110,6 +114,7 @@ class _ReplicaBase:
         self._attempt = 0
         self._tick_period = min(max_staleness / 4, 0.25)
         self._channel = channel
+        self._transport = Transport(cacert, cert, key, token)
         self._setup()
 
     # ------------------------------------------------------------ lookups
@@ -340,7 +345,7 @@ class Replica(_ReplicaBase):
     def _run(self) -> None:
         while not self._closing.is_set():
             try:
-                channel = self._channel or grpc.insecure_channel(self._resolve(), CHANNEL_OPTIONS)
+                channel = self._channel or self._transport.channel(self._resolve(), CHANNEL_OPTIONS)
                 try:
                     self._follow(channel)
                 finally:
@@ -433,7 +438,7 @@ class AsyncReplica(_ReplicaBase):
     async def _run(self) -> None:
         while True:
             try:
-                channel = self._channel or grpc.aio.insecure_channel(self._resolve(), CHANNEL_OPTIONS)
+                channel = self._channel or self._transport.aio_channel(self._resolve(), CHANNEL_OPTIONS)
                 try:
                     await self._follow(channel)
                 finally:

@@ -121,6 +121,7 @@ class Stats:
     staleness: float = 0.0
     max_map_bytes: int = 0
     registrations_refused: bool = False
+    insecure: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

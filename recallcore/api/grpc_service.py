@@ -15,6 +15,7 @@ import time
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec
@@ -25,6 +26,10 @@ from ..core.errors import InvalidArgument, RecallError, ResourceExhausted
 from ..core.model import Claims, Selector
 from ..engine import Engine, off_loop
 from ..replication import watch
+from ..security import identity
+from ..security.gate import Gate
+from ..security.identity import Caller
+from ..security.policy import required_role
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +102,21 @@ async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) ->
     await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error")
 
 
+def admit(gate: Gate, context: grpc.aio.ServicerContext, method: str, request=None) -> Caller:
+    """The caller of this call, authenticated and authorized for `method` (raises the RecallError)."""
+    cert_identity = identity.from_certificate(context.auth_context())
+    authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+    caller = gate.identify(cert_identity, authorization, context.peer())
+    scope = request.rule.scope if method == "Cutoff" else 0
+    gate.authorize(caller, required_role(method, scope))
+    return caller
+
+
 def _rpc(method):
-    """Map RecallError to its status and bugs to INTERNAL (unary and streaming handlers)."""
+    """Admit the caller (the gate), map RecallError to its status and bugs to INTERNAL.
+
+    The wrapped handler is called as method(self, request, context, caller).
+    """
     name = method.__name__
     if inspect.isasyncgenfunction(method):
 
@@ -106,7 +124,8 @@ def _rpc(method):
         async def streaming(self, request, context: grpc.aio.ServicerContext):
             try:
                 _decoded(request)
-                async for item in method(self, request, context):
+                caller = self.admit(context, name, request)
+                async for item in method(self, request, context, caller):
                     yield item
             except (grpc.aio.AbortError, grpc.RpcError, asyncio.CancelledError):
                 raise
@@ -119,7 +138,8 @@ def _rpc(method):
     async def handler(self, request, context: grpc.aio.ServicerContext):
         try:
             _decoded(request)
-            return await method(self, request, context)
+            caller = self.admit(context, name, request)
+            return await method(self, request, context, caller)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception as exc:
@@ -156,21 +176,48 @@ def _timeout(context: grpc.aio.ServicerContext) -> float | None:
     return remaining if remaining is not None and remaining < 1e9 else None
 
 
+class GuardedHealth(health.aio.HealthServicer):
+    """The gRPC health service behind the gate: it needs the role "check"."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def _admitted(self, context) -> bool:
+        try:
+            admit(self.gate, context, "Health")
+        except RecallError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+        return True
+
+    async def Check(self, request, context):
+        await self._admitted(context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        await self._admitted(context)
+        await super().Watch(request, context)  # writes with context.write
+
+
 class RecallService(recall_pb2_grpc.RecallServicer):
     """recall.v1.Recall over an Engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, gate: Gate | None = None) -> None:
         self.engine = engine
+        self.gate = gate if gate is not None else Gate()
+
+    def admit(self, context, method: str, request) -> Caller:
+        return admit(self.gate, context, method, request)
 
     # Counts are checked on the message itself, before anything is converted:
     # an oversized request costs what decoding it did, nothing more.
 
     @_rpc
-    async def Register(self, request, context):
+    async def Register(self, request, context, caller):
         settings = self.engine.settings
         validate.count(len(request.tokens), "tokens", settings)
         tokens = await off_loop(len(request.tokens), _specs, request.tokens, settings)
-        result = await self.engine.register(tokens, request.actor)
+        result = await self.engine.register(tokens, request.actor, caller=caller)
         return pb.RegisterResponse(
             tokens=[
                 pb.RegisteredToken(serial=t.serial, jti=t.jti, canonical_jti=t.canonical_jti, existing=t.existing)
@@ -180,16 +227,16 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         )
 
     @_rpc
-    async def Revoke(self, request, context):
+    async def Revoke(self, request, context, caller):
         sel = request.selector
         size = len(sel.serials) + len(sel.tokens)
         validate.count(size, "selector.serials+tokens", self.engine.settings)
         selector = await off_loop(size, _selector, sel)
-        result = await self.engine.revoke(selector, request.reason, request.actor, request.origin)
+        result = await self.engine.revoke(selector, request.reason, request.actor, request.origin, caller=caller)
         return pb.RevokeResponse(count=result.count, seq=result.seq)
 
     @_rpc
-    async def Check(self, request, context):
+    async def Check(self, request, context, caller):
         settings = self.engine.settings
         ref = validate.token_ref(request.serial, request.issuer, request.jti, settings)
         validate.claims(request.sub, request.client_id, request.issued_at, settings)
@@ -202,7 +249,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         )
 
     @_rpc
-    async def CheckBatch(self, request, context):
+    async def CheckBatch(self, request, context, caller):
         settings = self.engine.settings
         validate.count(len(request.serials) // 8 + len(request.tokens), "serials+tokens", settings)
         refs, claims = [], []
@@ -218,21 +265,21 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         return pb.CheckBatchResponse(states=states, token_states=token_states, seq=seq)
 
     @_rpc
-    async def Introspect(self, request, context):
+    async def Introspect(self, request, context, caller):
         ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
         return pb.IntrospectResponse(**await self.engine.introspect(ref))
 
     @_rpc
-    async def Stats(self, request, context):
+    async def Stats(self, request, context, caller):
         stats = await self.engine.stats()
         return pb.StatsResponse(**{f: getattr(stats, f) for f in pb.StatsResponse.DESCRIPTOR.fields_by_name})
 
     @_rpc
-    async def Rotate(self, request, context):
+    async def Rotate(self, request, context, caller):
         ref = validate.token_ref(request.serial, request.issuer, request.jti, self.engine.settings)
         result = await self.engine.rotate(
             ref, _spec(request.successor, "successor", self.engine.settings), request.actor, request.origin,
-            request.request_id,
+            request.request_id, caller=caller,
         )
         successor = result.successor
         return pb.RotateResponse(
@@ -245,19 +292,25 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         )
 
     @_rpc
-    async def Cutoff(self, request, context):
+    async def Cutoff(self, request, context, caller):
         rule = request.rule
-        result = await self.engine.cutoff(rule.scope, rule.value, rule.before, request.reason, request.actor)
+        result = await self.engine.cutoff(rule.scope, rule.value, rule.before, request.reason, request.actor,
+                                          caller=caller)
         return pb.CutoffResponse(seq=result.seq, count=result.count, before=result.before,
                                  retires_at=result.retires_at)
 
     @_rpc
-    async def AuditLog(self, request, context):
+    async def AuditLog(self, request, context, caller):
         """Matching audit records, then (with follow) new ones as they commit.
 
         Encoded bytes (registered without a response serializer): records
         from the follow feed are encoded once for every stream.
         """
+        with self.gate.stream(caller, "AuditLog"):
+            async for payload in self._audit_log(request):
+                yield payload
+
+    async def _audit_log(self, request):
         settings = self.engine.settings
         validate.string(request.subject, "subject", settings)
         validate.string(request.client_id, "client_id", settings)
@@ -315,8 +368,9 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         return [e for e in entries if e.seq in wanted]
 
     @_rpc
-    async def Watch(self, request, context):
+    async def Watch(self, request, context, caller):
         """Stream encoded WatchEvents (registered without a response serializer)."""
         validate.string(request.store_id, "store_id", self.engine.settings)
-        async for payload in watch.stream(self.engine, request):
-            yield payload
+        with self.gate.stream(caller, "Watch"):
+            async for payload in watch.stream(self.engine, request):
+                yield payload

@@ -46,5 +46,17 @@ class DeadlineExceeded(RecallError):
     status = "DEADLINE_EXCEEDED"
 
 
+class Unauthenticated(RecallError):
+    """The caller presented no credential where one is required, or a bad one."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RecallError):
+    """The caller is known but its role does not allow this call; the message names the role."""
+
+    status = "PERMISSION_DENIED"
+
+
 class StoreError(Exception):
     """The data directory cannot be used (locked, corrupt, foreign); fatal at start."""

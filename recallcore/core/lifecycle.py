@@ -34,7 +34,7 @@ from .digest import name_hash
 from .errors import InvalidArgument, ResourceExhausted
 from .mirror import Mirror, as_array
 from .model import Cutoff, CutoffResult, Rotate, RotateResult
-from .operations import affected_names, assign_serials, commit_change, revoke_serials, store_tokens
+from .operations import affected_names, assign_serials, commit_change, revoke_serials, store_tokens, who
 
 _SCOPE_INDEX = {SUBJECT: "subject", CLIENT: "client_id", ISSUER: "issuer"}
 SCOPE_NAMES = {SUBJECT: "subject", CLIENT: "client", ISSUER: "issuer", ALL: "all"}
@@ -112,7 +112,7 @@ def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Setting
         expiring=tuple(sorted(expiring.items())), added=cut, foreign_added=frozenset(keys), time=now,
     )
     delta = commit_change(txn, state, delta, {
-        "kind": "rotate", "actor": op.actor, "origin": spec.origin, "count": 1,
+        "kind": "rotate", **who(op), "origin": spec.origin, "count": 1,
         "serial": serial, "successor": successor, "family": family,
         "subjects": [record.subject], "clients": [record.client_id],
     })
@@ -128,7 +128,7 @@ def _reuse(txn: WriteTxn, state: Mirror, op: Rotate, serial: int, record, now: i
     keys = revoke_serials(txn, added, seq) if added else {}
     delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(keys), time=now)
     delta = commit_change(txn, state, delta, {
-        "kind": "reuse_detected", "actor": op.actor, "origin": op.origin,
+        "kind": "reuse_detected", **who(op), "origin": op.origin,
         "reason": "refresh token reuse detected", "count": len(added),
         "serial": serial, "family": record.family, **affected_names(txn, added | BitMap64([serial])),
     })
@@ -165,7 +165,7 @@ def cutoff(txn: WriteTxn, state: Mirror, op: Cutoff, now: int, settings: Setting
         rules_added=frozenset([rule]), rules_removed=existing, time=now,
     )
     delta = commit_change(txn, state, delta, {
-        "kind": "cutoff", "actor": op.actor, "reason": op.reason, "count": len(added),
+        "kind": "cutoff", **who(op), "reason": op.reason, "count": len(added),
         "rule": {"scope": SCOPE_NAMES[op.scope], "value": op.value, "before": before},
         **_with_rule_name(affected_names(txn, added), op),
     })

@@ -52,6 +52,8 @@ class Register:
 
     tokens: tuple[TokenSpec, ...]
     actor: str = ""
+    on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
+    peer: str = ""  # where the call came from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Revoke:
     reason: str = ""
     actor: str = ""
     origin: str = ""
+    on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
+    peer: str = ""  # where the call came from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Rotate:
     actor: str = ""
     origin: str = ""
     request_id: str = ""
+    on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
+    peer: str = ""  # where the call came from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +88,8 @@ class Cutoff:
     before: int
     reason: str = ""
     actor: str = ""
+    on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
+    peer: str = ""  # where the call came from
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,16 @@ def commit_change(txn: WriteTxn, state: Mirror, delta: Delta, audit: dict) -> De
     return delta
 
 
+def who(op) -> dict:
+    """The audit fields naming who acted: the authenticated actor, and on whose behalf and from where."""
+    out = {"actor": op.actor}
+    if op.on_behalf_of:
+        out["on_behalf_of"] = op.on_behalf_of
+    if op.peer:
+        out["peer"] = op.peer
+    return out
+
+
 def distinct(values, cap: int = 16) -> list[str]:
     """Up to `cap` distinct non-empty values, in first-seen order (for audit records)."""
     return list(dict.fromkeys(v for v in values if v))[:cap]
@@ -175,7 +185,7 @@ def register(txn: WriteTxn, state: Mirror, op: Register, now: int) -> tuple[Regi
     )
     specs = [spec for _, _, spec in fresh]
     delta = commit_change(txn, state, delta, {
-        "kind": "register", "actor": op.actor, "count": len(fresh),
+        "kind": "register", **who(op), "count": len(fresh),
         "first_serial": fresh[0][0], "last_serial": fresh[-1][0],
         **_names("subjects", [s.subject for s in specs]), **_names("clients", [s.client_id for s in specs]),
         "origin": ", ".join(distinct((s.origin for s in specs), 4)),
@@ -241,7 +251,7 @@ def revoke(txn: WriteTxn, state: Mirror, op: Revoke, now: int, settings: Setting
     new_foreign.update(revoke_serials(txn, added, seq))
     delta = Delta(prev_seq=state.seq, seq=seq, added=added, foreign_added=frozenset(new_foreign), time=now)
     delta = commit_change(txn, state, delta, {
-        "kind": "revoke", "actor": op.actor, "reason": op.reason, "origin": op.origin,
+        "kind": "revoke", **who(op), "reason": op.reason, "origin": op.origin,
         "selector": op.selector.describe(), "count": count, **affected_names(txn, added),
         **({"extended": len(extended)} if extended else {}),
     })

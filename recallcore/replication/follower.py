@@ -31,6 +31,7 @@ revoked. Writes answer FAILED_PRECONDITION naming the primary.
 
 import asyncio
 import logging
+import pathlib
 import random
 import time
 
@@ -43,6 +44,7 @@ from recallclient.codec import bitmap_from
 from recallclient.freshness import Freshness
 from recallclient.replica_core import ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
+from recallclient.transport import Transport
 from recallclient.types import JtiRef, TokenState
 
 from ..core.errors import FailedPrecondition
@@ -164,7 +166,7 @@ class Follower(Node):
 
     async def _follow(self) -> None:
         delay = BACKOFF[0]
-        async with grpc.aio.insecure_channel(self.primary, options=CHANNEL_OPTIONS) as channel:
+        async with self._transport().aio_channel(self.primary, CHANNEL_OPTIONS) as channel:
             stub = recall_pb2_grpc.RecallStub(channel)
             while not self.closed:
                 try:
@@ -176,6 +178,13 @@ class Follower(Node):
                     log.info("primary %s: %s %s", self.primary, exc.code().name, exc.details())
                 await asyncio.sleep(random.uniform(0, delay))  # full jitter
                 delay = min(delay * 2, BACKOFF[1])
+
+    def _transport(self) -> Transport:
+        """How this follower reaches its primary: its own TLS identity and credential, if any."""
+        s = self.settings
+        token_file = s.primary_token_file
+        token = pathlib.Path(token_file).read_text().strip() if token_file else None
+        return Transport(s.primary_cacert or None, s.primary_cert or None, s.primary_key or None, token)
 
     async def _stream(self, stub: recall_pb2_grpc.RecallStub) -> bool:
         """Follow one Watch call until it ends; True when it made progress."""

@@ -262,6 +262,7 @@ class Node:
             staleness=self.staleness(),
             max_map_bytes=max_map_bytes,
             registrations_refused=refused,
+            insecure=self.settings.insecure and not self.settings.loopback,
         )
 
     def staleness(self) -> float:

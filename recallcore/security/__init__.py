@@ -1,8 +1,12 @@
-"""Security: TLS material, caller identities and the caller policy.
+"""Security: TLS material, caller identities, bearer credentials and the caller policy.
 
-Empty today. What lands here: server and client credentials (and their
-reload), how a caller's identity is read from its certificate or bearer
-credential, and the policy that maps identities to roles, which every adapter
-in `recallcore.api` applies before it calls the core. Modules here may import
-the core and grpc; never a storage engine.
+`tls` serves the gRPC listener's certificate (reloaded when its files
+change), `identity` says who a caller is from its certificate or bearer
+credential, `credentials` and `policy` are the two files an operator
+writes (hashes of secrets; roles granted to identities), `reloading` keeps
+them current, and `gate` is what every adapter in `recallcore.api` calls
+before anything else: authenticate, authorize by the call's role, cap a
+caller's streams. Modules here may import the core and grpc (tls); never a
+storage engine; identity, credentials, policy and gate do no I/O of their
+own beyond reading their files.
 """

@@ -118,12 +118,13 @@ def test_rotate_by_issuer_and_jti_with_ttl_actor_and_origin(capsys, server, clie
     info = client.introspect(rotated["serial"])
     assert before + 120 <= info["exp"] <= after + 120 and info["iss"] == OTHER
     [record] = client.audit(serial=serial, after_seq=rotated["seq"] - 1)
-    assert (record["type"], record["actor"], record["origin"]) == ("rotate", "gateway", "node-7")
+    assert (record["type"], record["on_behalf_of"], record["origin"]) == ("rotate", "gateway", "node-7")
+    assert record["actor"] == "anonymous"  # who the server authenticated: nobody, on loopback
 
     monkeypatch.setenv("LOGNAME", "carol")
     ctl_json(capsys, server, "rotate", str(rotated["serial"]))
     [again] = client.audit(after_seq=rotated["seq"])
-    assert (again["type"], again["actor"]) == ("rotate", "carol")
+    assert (again["type"], again["on_behalf_of"]) == ("rotate", "carol")
 
 
 def test_rotate_an_access_token_is_an_error_exit_1(capsys, server, client):
@@ -148,7 +149,7 @@ def test_cutoff_json_counts_registered_tokens_and_reports_the_rule(capsys, serve
     assert cut["retires_at"] == cut["before"] + DEFAULT_MAX_TOKEN_LIFETIME
     assert [client.check(s).state.name for s in (*alice, bob)] == ["REVOKED", "REVOKED", "ACTIVE"]
     [record] = client.audit(after_seq=cut["seq"] - 1)
-    assert (record["type"], record["actor"], record["reason"], record["count"]) == (
+    assert (record["type"], record["on_behalf_of"], record["reason"], record["count"]) == (
         "cutoff", "carol", "account takeover", 2)
     assert record["rule"] == {"scope": "subject", "value": "alice", "before": cut["before"]}
 
@@ -215,9 +216,9 @@ def test_audit_json_every_record_with_its_detail(capsys, server, client):
         (1, "register"), (2, "register"), (3, "rotate"), (4, "revoke"), (5, "cutoff")]
     assert all(AUDIT_KEYS <= set(r) for r in records)
     rotate, revoke = records[2], records[3]
-    assert (rotate["actor"], rotate["serial"], rotate["successor"]) == (
+    assert (rotate["on_behalf_of"], rotate["serial"], rotate["successor"]) == (
         "gateway", serials["alice"], serials["successor"])
-    assert (revoke["actor"], revoke["reason"], revoke["count"]) == ("ops", "leaked", 1)
+    assert (revoke["on_behalf_of"], revoke["reason"], revoke["count"]) == ("ops", "leaked", 1)
     assert records[4]["rule"]["value"] == "carol"
     assert ctl_json(capsys, server, "audit", "--json") == records
 
@@ -254,12 +255,14 @@ def test_audit_human_lines(capsys, server, client):
     lines = out.splitlines()
     assert code == 0 and len(lines) == 5
     iso = [cli.iso(r["time"]) for r in records]
-    assert lines[1] == f"2  {iso[1]}  register  -  -  1  clients=cli first_serial=2 last_serial=2 subjects=bob"
-    assert lines[3] == (f"4  {iso[3]}  revoke  ops  leaked  1  "
-                        "clients=cli selector.serial_sample=2 selector.serials=1 subjects=bob")
-    assert lines[4] == (f'5  {iso[4]}  cutoff  ops  "account takeover"  0  '
-                        f'rule.before={records[4]["rule"]["before"]} rule.scope=subject rule.value=carol '
-                        f'subjects=carol')
+    peer = [r["peer"] for r in records]  # the caller's address: who acted is who authenticated
+    assert lines[1] == (f"2  {iso[1]}  register  anonymous  -  1  clients=cli first_serial=2 last_serial=2 "
+                        f"peer={peer[1]} subjects=bob")
+    assert lines[3] == (f"4  {iso[3]}  revoke  anonymous  leaked  1  clients=cli on_behalf_of=ops "
+                        f"peer={peer[3]} selector.serial_sample=2 selector.serials=1 subjects=bob")
+    assert lines[4] == (f'5  {iso[4]}  cutoff  anonymous  "account takeover"  0  on_behalf_of=ops '
+                        f'peer={peer[4]} rule.before={records[4]["rule"]["before"]} rule.scope=subject '
+                        f'rule.value=carol subjects=carol')
 
 
 def test_trace_is_audit_serial_in_order(capsys, server, client):
@@ -387,5 +390,6 @@ def test_audit_follow_as_a_process_flushes_each_line_and_stops_on_sigint(server,
 
     code, err, lines = interrupt_when([str(RECALLCTL), "--target", server.address, "audit", "--follow"], done)
     assert (code, err) == (0, "")
-    assert lines[0].startswith("1  ") and "  register  -  -  1  " in lines[0]
-    assert lines[1].startswith("2  ") and '  revoke  ops  "password reset"  1  ' in lines[1]
+    assert lines[0].startswith("1  ") and "  register  anonymous  -  1  " in lines[0]
+    assert lines[1].startswith("2  ") and '  revoke  anonymous  "password reset"  1  ' in lines[1]
+    assert " on_behalf_of=ops " in lines[1]

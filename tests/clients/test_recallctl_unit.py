@@ -167,11 +167,11 @@ def test_stats_json_and_human(capsys, target):
     assert code == 0 and json_lines(out) == [{
         "registered": 10, "revoked": 2, "active": 7, "expired": 1, "foreign_revoked": 3,
         "seq": 17, "store_id": "store-a", "data_bytes": 4096, "map_bytes": 1 << 20,
-        "staleness": 0.0, "max_map_bytes": 1 << 30, "registrations_refused": False,
+        "staleness": 0.0, "max_map_bytes": 1 << 30, "registrations_refused": False, "insecure": False,
     }]
     code, out, _ = run(capsys, "stats", "--target", target)
     assert "store_id:              store-a" in out.splitlines()
-    assert len(out.splitlines()) == 12
+    assert len(out.splitlines()) == 13
 
 
 def test_target_from_environment(capsys, target, monkeypatch):

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from .._proto.recall.v1 import recall_pb2_grpc
 from ..client import RecallClient
 from ..codec import bitmap_from
 from ..errors import RecallError, rpc_errors
+from ..transport import CACERT_ENV, CERT_ENV, KEY_ENV, TOKEN_ENV, Transport
 from ..types import CheckResult, TokenState, TokenType
 from . import lifecycle as cli_lifecycle
 from .common import (
@@ -49,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON object per result")
+    for flag, env, text in (
+        ("--cacert", CACERT_ENV, "PEM CA bundle of the server's certificate: use TLS"),
+        ("--cert", CERT_ENV, "PEM client certificate (mutual TLS)"),
+        ("--key", KEY_ENV, "PEM key of the client certificate"),
+        ("--token-file", None, f"file holding a bearer credential (else ${TOKEN_ENV})"),
+    ):
+        common.add_argument(flag, default=argparse.SUPPRESS, metavar="FILE",
+                            help=text + (f" (default: ${env})" if env else ""))
 
     parser = argparse.ArgumentParser(
         prog="recallctl", description="Register, revoke and check OAuth 2.0 tokens.",
@@ -266,6 +276,15 @@ _COMMANDS: dict[str, Callable[[RecallClient, argparse.Namespace], int | None]] =
 }
 
 
+def _transport(args: argparse.Namespace) -> Transport:
+    """TLS material and bearer credential: flags, else the environment. Secrets never come
+    from a flag (process listings show flags): --token-file names a file that holds one."""
+    token_file = getattr(args, "token_file", None)
+    token = pathlib.Path(token_file).read_text().strip() if token_file else None
+    return Transport.from_environment(cacert=getattr(args, "cacert", None), cert=getattr(args, "cert", None),
+                                      key=getattr(args, "key", None), token=token)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run recallctl with `argv` (default: sys.argv[1:]).
 
@@ -279,7 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
     try:
-        with RecallClient(target) as client:
+        transport = _transport(args)
+    except (OSError, ValueError) as exc:
+        print(f"recallctl: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with RecallClient(target, cacert=transport.cacert, cert=transport.cert, key=transport.key,
+                          token=transport.token) as client:
             code = (_COMMANDS | cli_lifecycle.COMMANDS)[args.command](client, args)
     except RecallError as err:
         print(f"recallctl: {err}", file=sys.stderr)

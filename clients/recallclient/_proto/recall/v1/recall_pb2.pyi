@@ -238,7 +238,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("registered", "revoked", "active", "expired", "foreign_revoked", "seq", "store_id", "data_bytes", "map_bytes", "staleness", "max_map_bytes", "registrations_refused")
+    __slots__ = ("registered", "revoked", "active", "expired", "foreign_revoked", "seq", "store_id", "data_bytes", "map_bytes", "staleness", "max_map_bytes", "registrations_refused", "insecure")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,7 @@ class StatsResponse(_message.Message):
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     MAX_MAP_BYTES_FIELD_NUMBER: _ClassVar[int]
     REGISTRATIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
     registered: int
     revoked: int
     active: int
@@ -263,7 +264,8 @@ class StatsResponse(_message.Message):
     staleness: float
     max_map_bytes: int
     registrations_refused: bool
-    def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ..., staleness: _Optional[float] = ..., max_map_bytes: _Optional[int] = ..., registrations_refused: _Optional[bool] = ...) -> None: ...
+    insecure: bool
+    def __init__(self, registered: _Optional[int] = ..., revoked: _Optional[int] = ..., active: _Optional[int] = ..., expired: _Optional[int] = ..., foreign_revoked: _Optional[int] = ..., seq: _Optional[int] = ..., store_id: _Optional[str] = ..., data_bytes: _Optional[int] = ..., map_bytes: _Optional[int] = ..., staleness: _Optional[float] = ..., max_map_bytes: _Optional[int] = ..., registrations_refused: _Optional[bool] = ..., insecure: _Optional[bool] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("store_id", "after_seq", "with_expiries", "history")
