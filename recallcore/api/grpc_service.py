@@ -322,7 +322,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
                        request.since, request.until, request.limit)
         left = request.limit or -1
         head = self.engine.state.seq  # the query reads up to here; following goes on from here
-        feed = self.engine.audit_feed if request.follow else None
+        # A follower keeps no trail: it has no feed, and audit_pages says where the trail is.
+        feed = getattr(self.engine, "audit_feed", None) if request.follow else None
         if feed is not None:
             feed.followers += 1  # before the first await: the feed keeps what commits meanwhile
         try:
@@ -339,6 +340,8 @@ class RecallService(recall_pb2_grpc.RecallServicer):
                     upto = feed.read_to
                     async for records in self.engine.audit_pages(dataclasses.replace(q, after_seq=cursor), upto):
                         for record in records:
+                            if not cursor < record["seq"] <= upto:  # a trace comes whole
+                                continue
                             yield audit_event(record).SerializeToString()
                             left -= 1
                             if not left:

@@ -361,3 +361,12 @@ def test_a_min_seq_never_acknowledged_is_refused_by_the_primary_and_capped_on_a_
                 call()  # no deadline: the follower's max_wait ends it
             assert failure.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "did not reach" in failure.value.details
+
+
+def test_following_the_audit_trail_on_a_follower_names_the_primary(primary, follower):
+    with RecallClient(follower.address) as f:
+        for query in ({}, {"follow": True}):
+            with pytest.raises(RecallError) as failure:
+                list(f.audit(**query))
+            assert failure.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert primary.address in failure.value.details
