@@ -102,11 +102,6 @@ class _Filter:
         return record["seq"] in revoking
 
 
-def matches(txn: ReadTxn, record: dict, q: AuditQuery) -> bool:
-    """True when `record` passes the query's subject, client and time filters."""
-    return _Filter(txn, q).matches(record)
-
-
 def trace(txn: ReadTxn, q: AuditQuery, now: int) -> list[dict]:
     """The records of token q.serial matching `q` (its trace; a few records), oldest first."""
     f = _Filter(txn, q)
