@@ -162,6 +162,9 @@ class Server:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             self.engine.hub.close()  # streams end; subscribers reconnect elsewhere or later
+            feed = getattr(self.engine, "audit_feed", None)
+            if feed is not None:
+                feed.close()  # and so do AuditLog follow streams
             await self.grpc.stop(grace)
         await self.engine.close()
 

@@ -139,3 +139,18 @@ def test_a_slow_audit_read_never_delays_a_check(server, store):
         finally:
             store.counts.gate.set()
             reader.join(WAIT)
+
+
+def test_a_server_with_an_open_follow_stream_stops_without_waiting_out_its_grace(settings, store):
+    srv = ServerThread(settings, store=store)
+    follower = Follower(srv.address)
+    try:
+        with RecallClient(srv.address) as client:
+            client.register_one("alice", "web")
+        follower.wait_for_seq(1)
+        # With a minute of grace, the stop returns within seconds: the follow stream ends with it.
+        srv.call(srv.server.stop(grace=60.0), timeout=10.0)
+        follower.wait_ended()
+    finally:
+        follower.client.close()
+        srv.stop()
