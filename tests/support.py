@@ -143,6 +143,15 @@ def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subpr
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def until(condition: Callable[[], object], what: str = "the condition", timeout: float = STARTUP_TIMEOUT) -> None:
+    """Poll what a caller would see (where there is no event to wait on) until it holds; fail
+    naming `what` after `timeout` seconds, a bound never reached when things work."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
+        time.sleep(0.02)
+
+
 def free_address() -> str:
     """A 127.0.0.1:PORT nothing listens on (for a server that must come back on the same address)."""
     with socket.socket() as sock:

@@ -10,23 +10,15 @@ address and one behind a follower.
 """
 
 import shutil
-import time
 
 from recallclient import RecallClient, Replica, TokenSpec, TokenState
 
 from recallcore.settings import Settings
 
-from ..support import ServerProcess, free_address
+from ..support import ServerProcess, free_address, until
 
 HEARTBEAT = "0.05"
 WAIT = 30.0
-
-
-def until(condition, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.02)
 
 
 class Outcomes:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-import socket
 import threading
 import time
 
@@ -32,6 +31,7 @@ from ..history import (
     classify,
     server_state,
 )
+from ..support import free_address
 
 HEARTBEAT = 0.05
 SYNC_TIMEOUT = 30.0
@@ -255,12 +255,6 @@ async def _close_as_an_event_arrives(engine) -> bool:
 
 def test_follower_stops_when_closed_just_as_an_event_arrives(primary, follower):
     assert follower.call(_close_as_an_event_arrives(follower.engine)), "the follow task ignored close()"
-
-
-def free_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def recall_health(address: str) -> str:

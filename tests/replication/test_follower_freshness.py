@@ -19,7 +19,7 @@ from recallclient import RecallClient, RecallError, Replica, TokenState
 from recallcore.server import SERVICE_NAME
 from recallcore.settings import Settings
 
-from ..support import FreezableProxy, ServerProcess, free_address
+from ..support import FreezableProxy, ServerProcess, free_address, until
 
 HEARTBEAT = 0.05
 MAX_STALENESS = 1.0
@@ -44,14 +44,6 @@ def health(address: str, service: str = SERVICE_NAME) -> str:
         except grpc.RpcError as exc:
             return exc.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
-def until(condition, timeout: float = WAIT, what: str = "the condition") -> None:
-    """Poll what a caller would see (there is no event to wait on) until it holds, bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        time.sleep(0.02)
 
 
 def check_code(client: RecallClient, serial: int) -> str:

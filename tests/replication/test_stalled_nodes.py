@@ -19,22 +19,12 @@ from recallclient import RecallClient, RecallError, TokenSpec, TokenState
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 
-from ..support import STARTUP_TIMEOUT, ServerProcess, free_address
+from ..support import STARTUP_TIMEOUT, ServerProcess, free_address, until
 
 STALL = 3.0
 MAX_STALENESS = 2.0
 HEARTBEAT = "0.2"
 WAIT = 15.0
-
-
-def until(condition, timeout: float = WAIT, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = condition()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
-        time.sleep(0.02)
 
 
 def quietly(call):
