@@ -128,14 +128,16 @@ class LmdbTxn(WriteTxn):
         self.db = dbs
         self.path = path
 
-    # values of the checked tables, with their sums
-    def _put_checked(self, table: str, key: bytes, value: bytes) -> None:
+    # values of the bitmap and time tables; those of the checked tables with their sums
+    def _put_value(self, table: str, key: bytes, value: bytes) -> None:
         self.raw.put(key, value, db=self.db[table])
-        self.raw.put(checks.sum_key(table, key), checks.checksum(value), db=self.db["sums"])
+        if table in checks.CHECKED:
+            self.raw.put(checks.sum_key(table, key), checks.checksum(value), db=self.db["sums"])
 
-    def _delete_checked(self, table: str, key: bytes) -> None:
+    def _delete_value(self, table: str, key: bytes) -> None:
         self.raw.delete(key, db=self.db[table])
-        self.raw.delete(checks.sum_key(table, key), db=self.db["sums"])
+        if table in checks.CHECKED:
+            self.raw.delete(checks.sum_key(table, key), db=self.db["sums"])
 
     def _verified(self, table: str, key: bytes, value: bytes) -> bytes:
         checks.verify(self.path, table, key, value, self.raw.get(checks.sum_key(table, key), db=self.db["sums"]))
@@ -230,15 +232,9 @@ class LmdbTxn(WriteTxn):
             bitmap -= remove & span
             if bitmap:
                 bitmap.run_optimize()
-                if table in checks.CHECKED:
-                    self._put_checked(table, key, bitmap.serialize())
-                else:
-                    self.raw.put(key, bitmap.serialize(), db=db)
+                self._put_value(table, key, bitmap.serialize())
             elif data is not None:
-                if table in checks.CHECKED:
-                    self._delete_checked(table, key)
-                else:
-                    self.raw.delete(key, db=db)
+                self._delete_value(table, key)
 
     def index(self, kind: str, name: str) -> BitMap64:
         return self._bitmap("index", _index_key(kind, name))
@@ -278,10 +274,7 @@ class LmdbTxn(WriteTxn):
             stored = np.frombuffer(data, dtype="<u4").copy() if data is not None else np.zeros(1 << EXP_BITS, "<u4")
             mine = blocks == block
             stored[(ids[mine] & ((1 << EXP_BITS) - 1)).astype(np.intp)] = values[mine]
-            if table in checks.CHECKED:
-                self._put_checked(table, key, stored.tobytes())
-            else:
-                self.raw.put(key, stored.tobytes(), db=db)
+            self._put_value(table, key, stored.tobytes())
 
     def set_expiries(self, ids: np.ndarray, values: np.ndarray) -> None:
         self._set_times("exp", ids, values)
