@@ -287,8 +287,7 @@ class Engine(Node):
         return first - 1 if first else self.state.seq
 
     async def sizes(self) -> tuple[int, int, int, bool]:
-        revocations = self.state.revocations
-        unrevoked = revocations.registered_through - len(revocations.revoked)
+        unrevoked = self.state.unrevoked
 
         def read() -> tuple[int, int, int, bool]:
             used, mapped = self.store.sizes()

@@ -102,6 +102,11 @@ class Mirror:
     def seq(self) -> int:
         return self.revocations.seq
 
+    @property
+    def unrevoked(self) -> int:
+        """Registered serials not in the revoked set: what a kill switch would still revoke (at most)."""
+        return self.revocations.registered_through - len(self.revocations.revoked)
+
     def copy(self) -> "Mirror":
         """An independent copy (the writer works on its own)."""
         return Mirror(self.revocations.copy(), ExpiryIndex(self.expiry.array.copy()), BitMap64(self.rotated))

@@ -139,9 +139,7 @@ class Writer:
 
     def _refused(self, new: int) -> str:
         """Why `new` registrations must wait for room (the store keeps room to revoke everything)."""
-        revocations = self.state.revocations
-        unrevoked = revocations.registered_through - len(revocations.revoked)
-        return self.store.registrations_refused(unrevoked, self._registering + new)
+        return self.store.registrations_refused(self.state.unrevoked, self._registering + new)
 
     def _apply(self, txn: WriteTxn, op: Operation, now: int) -> tuple[Any, Delta | None]:
         if isinstance(op, Register):
