@@ -6,6 +6,7 @@ errors meet gRPC status codes.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -307,8 +308,13 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         from the follow feed are encoded once for every stream.
         """
         with self.gate.stream(caller, "AuditLog"):
-            async for payload in self._audit_log(request):
-                yield payload
+            left = request.limit
+            async with contextlib.aclosing(self._audit_log(request)) as payloads:
+                async for payload in payloads:
+                    yield payload
+                    left -= 1
+                    if not left:  # with no limit, `left` goes negative and never reaches 0
+                        break
 
     async def _audit_log(self, request):
         settings = self.engine.settings
@@ -320,32 +326,21 @@ class RecallService(recall_pb2_grpc.RecallServicer):
             raise InvalidArgument(f"after_seq: {request.after_seq} is beyond any sequence")
         q = AuditQuery(request.after_seq, request.serial, request.subject, request.client_id,
                        request.since, request.until, request.limit)
-        left = request.limit or -1
         head = self.engine.state.seq  # the query reads up to here; following goes on from here
         # A follower keeps no trail: it has no feed, and audit_pages says where the trail is.
         feed = getattr(self.engine, "audit_feed", None) if request.follow else None
         if feed is not None:
             feed.followers += 1  # before the first await: the feed keeps what commits meanwhile
         try:
-            async for records in self.engine.audit_pages(q, head):
-                for record in records:
-                    yield audit_event(record).SerializeToString()
-                    left -= 1
-                    if not left:
-                        return
+            async for payload in self._stored(q, request.after_seq, head):
+                yield payload
             cursor = max(request.after_seq, head)
-            while feed is not None and left and not feed.closed:
+            while feed is not None and not feed.closed:
                 entries = feed.since(cursor)
                 if entries is None:  # fell behind the feed: catch up from the store
                     upto = feed.read_to
-                    async for records in self.engine.audit_pages(dataclasses.replace(q, after_seq=cursor), upto):
-                        for record in records:
-                            if not cursor < record["seq"] <= upto:  # a trace comes whole
-                                continue
-                            yield audit_event(record).SerializeToString()
-                            left -= 1
-                            if not left:
-                                return
+                    async for payload in self._stored(dataclasses.replace(q, after_seq=cursor), cursor, upto):
+                        yield payload
                     cursor = upto
                     continue
                 if not entries:
@@ -356,12 +351,20 @@ class RecallService(recall_pb2_grpc.RecallServicer):
                     if entry.payload is None:
                         entry.payload = audit_event(entry.record).SerializeToString()
                     yield entry.payload
-                    left -= 1
-                    if not left:
-                        return
         finally:
             if feed is not None:
                 feed.followers -= 1
+
+    async def _stored(self, q: AuditQuery, after: int, upto: int):
+        """The encoded records matching `q` with after < seq <= upto, read from the store in pages.
+
+        A token's trace comes whole: its records past `upto` are the feed's to send; its
+        synthetic expiry (seq 0) is sent with the rest.
+        """
+        async for records in self.engine.audit_pages(q, upto):
+            for record in records:
+                if record["seq"] == 0 or after < record["seq"] <= upto:
+                    yield audit_event(record).SerializeToString()
 
     async def _following(self, q: AuditQuery, entries: list) -> list:
         """The feed entries a follow stream sends: filters by name or token read the store."""
