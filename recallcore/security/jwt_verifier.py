@@ -1,0 +1,178 @@
+"""Verifying a JWT access token (RFC 9068) against the keys of its configured issuer.
+
+The token's unverified `iss` picks the issuer; tokens of an issuer that is
+not configured are refused before any key is looked at. The header's `alg`
+must be on the allow-list (asymmetric algorithms only: `none` and HMAC are
+never accepted) and its `kid` must name a key of that issuer. Then the
+signature, and the claims: `exp` is required, `exp`, `nbf` and `iat` are
+judged with the clock skew, `aud` must name the configured audience when
+one is configured, and a `jti` is required (a token without one cannot be
+recalled one by one).
+
+Verified signatures are remembered by the token's SHA-256 for as long as the
+token lives (a bounded LRU), so a token presented again costs a hash; the
+time-dependent claims are judged again at each use, and an entry is dropped
+when its issuer no longer holds the key that signed it.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+
+from joserfc import jws
+from joserfc.errors import JoseError
+
+from .jwks import Key, KeySource
+
+DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                      "EdDSA", "Ed25519")
+ASYMMETRIC = frozenset(DEFAULT_ALGORITHMS)
+# Access tokens come typed at+jwt (RFC 9068) or, from many issuers, JWT or
+# untyped; other types (a secevent+jwt, a statuslist+jwt) are not access tokens.
+ACCESS_TOKEN_TYPES = frozenset({"", "jwt", "at+jwt", "application/at+jwt"})
+SIGNATURE_CACHE = 65536  # verified tokens remembered
+MAX_TOKEN = 16 << 10  # bytes of a token at most
+
+
+class InvalidToken(Exception):
+    """The token is not good: `cause` for counting, the message for the RFC 6750 error_description."""
+
+    def __init__(self, cause: str, description: str) -> None:
+        super().__init__(description)
+        self.cause = cause
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """The claims of a verified token that recall decisions use, and all of them in `claims`."""
+
+    issuer: str
+    jti: str
+    subject: str
+    client_id: str
+    issued_at: int
+    expires_at: int
+    not_before: int
+    claims: dict
+
+
+def _number(claims: dict, name: str, required: bool = False) -> int:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise InvalidToken("malformed", f"the token has no {name} claim")
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken("malformed", f"the token's {name} claim is not a number")
+    return int(value)
+
+
+def _string(claims: dict, name: str) -> str:
+    value = claims.get(name, "")
+    if not isinstance(value, str):
+        raise InvalidToken("malformed", f"the token's {name} claim is not a string")
+    return value
+
+
+def looks_like_jwt(token: str) -> bool:
+    """True for a compact JWS: three dot-separated parts (an opaque token has none of that shape)."""
+    return token.count(".") == 2 and token.startswith("eyJ")
+
+
+class JwtVerifier:
+    """Verifies tokens of the issuers in `issuers` (issuer -> its KeySource)."""
+
+    def __init__(self, issuers: dict[str, KeySource], *, algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
+                 audience: str = "", skew: int = 60, clock: Callable[[], float]) -> None:
+        unsafe = [a for a in algorithms if a not in ASYMMETRIC]
+        if unsafe:
+            raise ValueError(f"jwt_algorithms: {unsafe} are not asymmetric signature algorithms")
+        self.issuers = issuers
+        self.algorithms = frozenset(algorithms)
+        self.audience = audience
+        self.skew = skew
+        self.clock = clock
+        self._registry = jws.JWSRegistry(algorithms=list(algorithms))
+        self._cache: collections.OrderedDict[bytes, tuple[Verified, KeySource, str, Key]] = \
+            collections.OrderedDict()
+
+    async def verify(self, token: str) -> Verified:
+        """The verified claims of `token`; raises InvalidToken, or Unavailable when keys cannot be had."""
+        if len(token) > MAX_TOKEN:
+            raise InvalidToken("malformed", f"the token is longer than {MAX_TOKEN} bytes")
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            verified, source, kid, key = cached
+            if source.holds(kid, key):
+                self._cache.move_to_end(digest)
+                self._judge_times(verified)
+                return verified
+            del self._cache[digest]
+        verified, source, kid, key = await self._verify(token)
+        self._judge_times(verified)
+        self._cache[digest] = (verified, source, kid, key)
+        if len(self._cache) > SIGNATURE_CACHE:
+            self._cache.popitem(last=False)
+        return verified
+
+    async def _verify(self, token: str) -> tuple[Verified, KeySource, str, Key]:
+        try:
+            compact = jws.extract_compact(token.encode(), registry=self._registry)
+            header = compact.headers()
+            claims = json.loads(compact.payload)
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise InvalidToken("malformed", f"the token is not a well-formed JWT ({exc})") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("malformed", "the token's payload is not a JSON object")
+        issuer = claims.get("iss")
+        source = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if source is None:
+            raise InvalidToken("unknown_issuer", f"tokens of issuer {issuer!r} are not accepted here")
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise InvalidToken("bad_signature", f"the signature algorithm {alg!r} is not accepted")
+        typ = header.get("typ", "")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise InvalidToken("malformed", f"a token of type {typ!r} is not an access token")
+        kid = header.get("kid", "")
+        if not isinstance(kid, str):
+            raise InvalidToken("malformed", "the token's kid is not a string")
+        key = await source.key(kid)
+        if key is None:
+            raise InvalidToken("bad_signature", f"issuer {issuer!r} has no signing key {kid!r}")
+        try:
+            jws.deserialize_compact(token, key, algorithms=[alg], registry=self._registry)
+        except JoseError:
+            raise InvalidToken("bad_signature", "the token's signature does not verify") from None
+        verified = self._claims(issuer, claims)
+        return verified, source, kid, key
+
+    def _claims(self, issuer: str, claims: dict) -> Verified:
+        jti = _string(claims, "jti")
+        if not jti:
+            raise InvalidToken("malformed", "the token has no jti claim, so it cannot be recalled")
+        if self.audience:
+            aud = claims.get("aud", [])
+            audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            if self.audience not in audiences:
+                raise InvalidToken("audience", f"the token is not meant for audience {self.audience!r}")
+        return Verified(
+            issuer=issuer, jti=jti, subject=_string(claims, "sub"),
+            client_id=_string(claims, "client_id") or _string(claims, "azp"),
+            issued_at=_number(claims, "iat"), expires_at=_number(claims, "exp", required=True),
+            not_before=_number(claims, "nbf"), claims=claims,
+        )
+
+    def _judge_times(self, v: Verified) -> None:
+        now = int(self.clock())
+        if v.expires_at + self.skew <= now:
+            raise InvalidToken("expired", "the token has expired")
+        if v.not_before - self.skew > now or v.issued_at - self.skew > now:
+            raise InvalidToken("not_yet_valid", "the token is not valid yet")
+
+    async def close(self) -> None:
+        for source in self.issuers.values():
+            await source.close()
