@@ -51,6 +51,20 @@ _OPTIONS = (
     ("--primary-token-file", "primary_token_file", str, "follower: file holding its bearer credential"),
     ("--freshness-skew", "freshness_skew", float,
      "follower: seconds the primary's clock may differ from this one when judging its vouches"),
+    ("--http-listen", "http_listen", str, "HOST:PORT of the HTTP edge (forward-auth, RFC 7662, RFC 7009); off if empty"),
+    ("--jwt-audience", "jwt_audience", str, "HTTP edge: a JWT must name this audience in aud"),
+    ("--jwks-cacert", "jwks_cacert", str, "HTTP edge: CA bundle for fetching https:// JWKS (default: the system's)"),
+    ("--oauth-clients", "oauth_clients", str, "HTTP edge: TOML file of OAuth client ids and secret hashes"),
+)
+# Repeatable options: flag, Settings field, help. Their environment variable
+# holds the values separated by whitespace.
+_LISTS = (
+    ("--jwt-issuer", "jwt_issuers",
+     "ISSUER=JWKS: accept JWTs of ISSUER, verified with JWKS (a file or an https:// URL); repeatable"),
+    ("--jwt-algorithm", "jwt_algorithms", "a JWT signature algorithm to accept; repeatable"),
+    ("--check-header", "check_headers",
+     "FIELD=Header: what /v1/check hands an allowed request's upstream (sub, client_id, scope, iss, jti, exp, "
+     "serial); repeatable"),
 )
 
 
@@ -64,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         default = getattr(Settings, field)
         serve_cmd.add_argument(flag, dest=field, type=kind, default=os.environ.get(env, default),
                                help=f"{text} (env {env}; default {default})")
+    for flag, field, text in _LISTS:
+        env = "RECALL_" + field.upper()
+        default = getattr(Settings, field)
+        serve_cmd.add_argument(flag, dest=field, action="append", default=None,
+                               help=f"{text} (env {env}, space-separated; default {' '.join(default) or 'none'})")
     serve_cmd.add_argument("--insecure", action="store_true", default=os.environ.get("RECALL_INSECURE") == "1",
                            help="serve a non-loopback address without TLS or policy anyway (env RECALL_INSECURE=1)")
     serve_cmd.add_argument("--log-level", default=os.environ.get("RECALL_LOG_LEVEL", "INFO"))
@@ -83,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings(insecure=ns.insecure,
+        lists = {}
+        for _, field, _ in _LISTS:
+            given = getattr(ns, field)
+            env = os.environ.get("RECALL_" + field.upper())
+            if given is not None or env is not None:
+                lists[field] = tuple(given if given is not None else env.split())
+        settings = Settings(insecure=ns.insecure, **lists,
                             **{field: kind(getattr(ns, field)) for _, field, kind, _ in _OPTIONS})
     except ValueError as exc:
         print(f"recallcore: {exc}", file=sys.stderr)

@@ -5,17 +5,22 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recallclient._proto.recall.v1 import recall_pb2
 
+from .api.decision import Decider
 from .api.grpc_service import GuardedHealth, RecallService, decoder
+from .api.http.app import Edge, HttpListener
 from .engine import Engine
 from .replication.follower import Follower
 from .security.credentials import Credentials
 from .security.gate import Gate
+from .security.jwks import KeySource
+from .security.jwt_verifier import JwtVerifier
 from .security.policy import Policy
 from .security.reloading import Reloading
 from .security.tls import CertificateFiles
@@ -70,7 +75,17 @@ class Server:
         )
         self.tls = CertificateFiles(settings.tls_cert, settings.tls_key, settings.client_ca or None) \
             if settings.tls_cert else None
+        # Key files and OAuth clients too: a bad one names itself before the store opens.
+        verifier = JwtVerifier(
+            {issuer: KeySource(location, settings.jwks_cacert) for issuer, location in settings.issuer_keys.items()},
+            algorithms=settings.jwt_algorithms, audience=settings.jwt_audience, skew=settings.clock_skew,
+            clock=engine_args.get("clock", time.time),
+        ) if settings.jwt_issuers else None
+        clients = Reloading(settings.oauth_clients, Credentials.load_clients) if settings.oauth_clients else None
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
+        self.decider = Decider(self.engine, verifier)
+        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider),
+                                 self.tls.ssl_context() if self.tls else None) if settings.http_listen else None
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None
         self._health_task: asyncio.Task | None = None
@@ -110,6 +125,8 @@ class Server:
         if bound == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.engine.start()
+        if self.http is not None:
+            await self.http.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.follow:
@@ -166,6 +183,10 @@ class Server:
             if feed is not None:
                 feed.close()  # and so do AuditLog follow streams
             await self.grpc.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
+        if self.decider.verifier is not None:
+            await self.decider.verifier.close()
         await self.engine.close()
 
 
@@ -178,6 +199,8 @@ async def serve(settings: Settings) -> None:
         await server.engine.close()
         raise
     print(f"recallcore listening on {address}", flush=True)
+    if server.http is not None:
+        print(f"recallcore HTTP edge on {server.http.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

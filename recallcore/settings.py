@@ -27,7 +27,22 @@ DEFAULT_MAX_STALENESS = 5.0  # seconds a follower answers after its primary last
 DEFAULT_FRESHNESS_SKEW = 0.5  # seconds another node's clock may differ when judging a vouch
 DEFAULT_MAX_WAIT = 30.0  # seconds a read waits for its min_seq at most, whatever its deadline
 DEFAULT_MAX_STREAMS_PER_IDENTITY = 64  # concurrent Watch + AuditLog streams of one caller
+DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                          "EdDSA", "Ed25519")
+DEFAULT_CHECK_HEADERS = ("sub=X-Recall-Subject", "client_id=X-Recall-Client")
+CHECK_HEADER_FIELDS = ("sub", "client_id", "scope", "iss", "jti", "exp", "serial")
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0]
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _host_port(value: str, name: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{name}: {value!r} is not HOST:PORT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +98,20 @@ class Settings:
         when judging how fresh its vouch is (followers; see
         recallclient.freshness). Not the tokens' clock_skew: this one should
         be small, hosts on NTP agree within milliseconds.
+    http_listen: HOST:PORT of the HTTP edge (forward-auth, RFC 7662, RFC
+        7009); empty: no HTTP listener. TLS, the policy and the secure
+        default apply as for `listen`.
+    jwt_issuers: "ISSUER=JWKS" entries: JWTs of ISSUER are verified with
+        the keys of JWKS, a file path or an https:// URL (split at the first
+        "="). JWTs of any other issuer are refused at the edge.
+    jwt_audience: when set, a JWT must name it in `aud`.
+    jwt_algorithms: signature algorithms accepted (asymmetric only).
+    jwks_cacert: PEM CA bundle for fetching JWKS URLs (default: the system's).
+    oauth_clients: TOML file of OAuth client ids and secret hashes
+        ([clients]), for HTTP Basic at the introspection and revocation
+        endpoints.
+    check_headers: "FIELD=Header" pairs: what /v1/check hands an allowed
+        request's upstream (FIELD one of CHECK_HEADER_FIELDS).
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -120,18 +149,37 @@ class Settings:
     primary_cert: str = ""
     primary_key: str = ""
     primary_token_file: str = ""
+    http_listen: str = ""
+    jwt_issuers: tuple[str, ...] = ()
+    jwt_audience: str = ""
+    jwt_algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+    jwks_cacert: str = ""
+    oauth_clients: str = ""
+    check_headers: tuple[str, ...] = DEFAULT_CHECK_HEADERS
 
     @property
     def loopback(self) -> bool:
-        """True when `listen` is a loopback address (reachable from this host only)."""
-        host = self.listen.rpartition(":")[0]
-        return host in LOOPBACK_HOSTS or host.startswith("127.")
+        """True when `listen` (and `http_listen`, if set) are loopback addresses."""
+        return _is_loopback(self.listen) and (not self.http_listen or _is_loopback(self.http_listen))
+
+    @property
+    def issuer_keys(self) -> dict[str, str]:
+        """jwt_issuers as issuer -> JWKS location."""
+        return dict(entry.split("=", 1) for entry in self.jwt_issuers)
+
+    @property
+    def identity_headers(self) -> tuple[tuple[str, str], ...]:
+        """check_headers as (field, header) pairs."""
+        return tuple(tuple(entry.split("=", 1)) for entry in self.check_headers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"listen: {self.listen!r} is not HOST:PORT")
+        for name in ("jwt_issuers", "jwt_algorithms", "check_headers"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _host_port(self.listen, "listen")
+        if self.http_listen:
+            _host_port(self.http_listen, "http_listen")
+        self._check_edge()
         if not self.issuer:
             raise ValueError("issuer: must not be empty")
         for name in ("token_ttl", "max_token_lifetime", "max_batch", "max_string",
@@ -155,14 +203,16 @@ class Settings:
         if bool(self.primary_cert) != bool(self.primary_key):
             raise ValueError("primary_cert, primary_key: give both, or neither")
         if not self.insecure and not self.loopback:
+            name, where = ("listen", self.listen) if not _is_loopback(self.listen) else \
+                ("http_listen", self.http_listen)
             if not self.tls_cert:
                 raise ValueError(
-                    f"listen: {self.listen} is not a loopback address and the server has no TLS: add --tls-cert "
+                    f"{name}: {where} is not a loopback address and the server has no TLS: add --tls-cert "
                     "and --tls-key (and --policy), or give --insecure to serve it in the clear anyway"
                 )
             if not self.policy:
                 raise ValueError(
-                    f"listen: {self.listen} is not a loopback address and the server has no caller policy: "
+                    f"{name}: {where} is not a loopback address and the server has no caller policy: "
                     "add --policy FILE (see README: Running it for real), or give --insecure"
                 )
         if self.freshness_skew < 0:
@@ -175,3 +225,22 @@ class Settings:
                 raise ValueError(f"follow: {self.follow!r} is not HOST:PORT")
         if not 1 << 20 <= self.map_size <= self.max_map_size:
             raise ValueError("map_size: must be at least 1 MiB and at most max_map_size")
+
+    def _check_edge(self) -> None:
+        seen = set()
+        for entry in self.jwt_issuers:
+            issuer, sep, location = entry.partition("=")
+            if not sep or not issuer or not location:
+                raise ValueError(f"jwt_issuers: {entry!r} is not ISSUER=JWKS (a file or an https:// URL)")
+            if issuer in seen:
+                raise ValueError(f"jwt_issuers: issuer {issuer!r} is given twice")
+            seen.add(issuer)
+        unsafe = [a for a in self.jwt_algorithms if a not in DEFAULT_JWT_ALGORITHMS]
+        if unsafe or not self.jwt_algorithms:
+            raise ValueError(f"jwt_algorithms: {unsafe or 'none given'}; accepted are {list(DEFAULT_JWT_ALGORITHMS)}")
+        for entry in self.check_headers:
+            field, sep, header = entry.partition("=")
+            if not sep or field not in CHECK_HEADER_FIELDS or not header or not all(
+                    c.isascii() and (c.isalnum() or c == "-") for c in header):
+                raise ValueError(f"check_headers: {entry!r} is not FIELD=Header-Name with FIELD one of "
+                                 f"{list(CHECK_HEADER_FIELDS)}")

@@ -36,8 +36,8 @@ class ServerThread:
 
     def __init__(self, settings: Settings, **engine_args) -> None:
         self.settings = settings
+        self.server = Server(settings, **engine_args)  # first: a start that fails leaves no loop behind
         self.loop = asyncio.new_event_loop()
-        self.server = Server(settings, **engine_args)
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self._thread.start()
         self.address = self.call(self.server.start())

@@ -42,12 +42,13 @@ from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.codec import bitmap_from
 from recallclient.freshness import Freshness
+from recallclient.jti import serial_from_jti
 from recallclient.replica_core import ReplicaCore, Resync
 from recallclient.revoked_set import Delta, RevokedSet
 from recallclient.transport import Transport
 from recallclient.types import JtiRef, TokenState
 
-from ..core.errors import FailedPrecondition
+from ..core.errors import FailedPrecondition, Unavailable
 from ..core.mirror import ExpiryIndex, Mirror
 from ..core.operations import now_seconds
 from ..settings import Settings
@@ -68,6 +69,7 @@ CHANNEL_OPTIONS = [
 ]
 STALL = 1.0  # seconds the event loop may go unscheduled before the connection is suspect
 WATCHDOG_PERIOD = 0.1
+PRIMARY_TIMEOUT = 2.0  # seconds a question to the primary (an introspection) may take
 
 
 def _expiries(chunks: list[pb.SnapshotChunk], through: int) -> np.ndarray:
@@ -108,6 +110,7 @@ class Follower(Node):
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._call: grpc.aio.UnaryStreamCall | None = None
+        self._stub: recall_pb2_grpc.RecallStub | None = None
         self._dropped = False  # the watchdog cancelled self._call
         self._ignored_logged = float("-inf")
         self.stalls = 0  # times the process was found to have stalled
@@ -167,7 +170,7 @@ class Follower(Node):
     async def _follow(self) -> None:
         delay = BACKOFF[0]
         async with self._transport().aio_channel(self.primary, CHANNEL_OPTIONS) as channel:
-            stub = recall_pb2_grpc.RecallStub(channel)
+            stub = self._stub = recall_pb2_grpc.RecallStub(channel)
             while not self.closed:
                 try:
                     if await self._stream(stub):
@@ -243,13 +246,35 @@ class Follower(Node):
         return 0, ""
 
     async def introspect(self, ref: int | JtiRef) -> dict:
-        """What a follower knows: state, serial and expiry (records stay on the primary)."""
+        """What a follower knows: state, serial and expiry (records stay on the primary).
+
+        A token by an (issuer, jti) that is not canonical can only be resolved
+        by the primary's index: the primary is asked (this follower needs the
+        `introspect` role there); Unavailable when it does not answer.
+        """
         self.require_ready()
+        if isinstance(ref, JtiRef) and not serial_from_jti(ref.jti):
+            return await self._introspect_at_primary(ref)
         result = await self.check(ref)
         out = {"state": result.state, "active": result.state == TokenState.ACTIVE}
         if result.serial:
             out["serial"] = result.serial
             out["exp"] = self.state.expiry.expires_at(result.serial)
+        return out
+
+    async def _introspect_at_primary(self, ref: JtiRef) -> dict:
+        if self._stub is None:
+            raise Unavailable(f"not connected to the primary at {self.primary}, which resolves this token")
+        try:
+            answer = await self._stub.Introspect(pb.IntrospectRequest(issuer=ref.issuer, jti=ref.jti),
+                                                 timeout=PRIMARY_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"the primary at {self.primary}, which resolves this token, did not answer: "
+                f"{exc.code().name} {exc.details()}"
+            ) from None
+        out = {f.name: v for f, v in answer.ListFields()}
+        out["state"], out["active"] = TokenState(answer.state), answer.active
         return out
 
     async def register(self, *args, **kwargs):

@@ -218,6 +218,27 @@ class Node:
         revoked_at, reason = await self._why_revoked(serial, key)
         return CheckResult(state, serial, revoked_at, reason, seq)
 
+    def check_in_memory(self, ref: JtiRef, claims: Claims) -> tuple[TokenState, int]:
+        """(state, serial or 0) of a signed token by (issuer, jti), from the mirror alone.
+
+        Answers as `check` does, without the store: a canonical jti names its
+        serial; any other jti is revoked when its (issuer, jti) key is (a
+        registered token under a caller-chosen jti joins the keys when it is
+        revoked, see core/operations.py), or when a cut-off rule covers
+        `claims`. For tokens whose signature proved they were issued; raises
+        as require_ready.
+        """
+        self.require_ready()
+        revocations = self.state.revocations
+        if revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
+            return TokenState.REVOKED, 0
+        serial = serial_from_jti(ref.jti) or 0
+        if serial and serial <= revocations.registered_through:
+            return self.state.state(serial, int(self.clock())), serial
+        if revocations.cut_off(ref.issuer, claims.sub, claims.client_id, claims.issued_at):
+            return TokenState.REVOKED, 0
+        return TokenState.UNKNOWN, 0
+
     def check_packed(self, packed: bytes) -> bytes:
         """One TokenState byte per little-endian uint64 serial in `packed`.
 

@@ -57,3 +57,22 @@ def bearer(authorization: str) -> str | None:
     if scheme.lower() != "bearer" or not secret.strip():
         return None
     return secret.strip()
+
+
+def from_peercert(cert: Mapping | None) -> str:
+    """The identity of a verified client certificate as Python's ssl gives it (getpeercert()); "" for none.
+
+    The same order as from_certificate: SPIFFE ID, another URI SAN, the first DNS SAN, the CN.
+    """
+    if not cert:
+        return ""
+    sans = cert.get("subjectAltName", ())
+    uris = [v for k, v in sans if k == "URI"]
+    spiffe = next((u for u in uris if u.startswith("spiffe://")), "")
+    if spiffe or uris:
+        return spiffe or f"uri:{uris[0]}"
+    dns = next((v for k, v in sans if k == "DNS"), "")
+    if dns:
+        return f"dns:{dns}"
+    cn = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), "")
+    return f"cn:{cn}" if cn else ""
