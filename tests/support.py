@@ -1,11 +1,15 @@
 """Test support: a real server in a thread or in a subprocess, on 127.0.0.1:0."""
 
 import asyncio
+import http.server
 import os
 import pathlib
+import re
 import selectors
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +20,20 @@ from recallcore.server import Server
 from recallcore.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
+
+
+def require_binary(name: str) -> str:
+    """The path of program `name`; skips the test when it is missing, or fails it where
+    RECALL_REQUIRE_EXTERNAL=1 (CI), so that a missing binary never passes silently."""
+    import pytest
+
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}") if os.access(p, os.X_OK)), None)
+    if path is None:
+        if os.environ.get("RECALL_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"{name} is not installed (RECALL_REQUIRE_EXTERNAL=1)")
+        pytest.skip(f"{name} is not installed")
+    return path
 
 
 class FakeClock:
@@ -240,3 +258,37 @@ class FreezableProxy:
                 sel.unregister(end)
                 del self._pairs[end]
                 end.close()
+
+
+def readme_blocks(section: str, kind: str) -> list[str]:
+    """The ```kind blocks of README.md's `section` (a "## " heading), in order."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text.split(section + "\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{kind}\n(.*?)```", body, flags=re.S)
+
+
+class LocalHttp:
+    """A small HTTP(S) server on 127.0.0.1:0 in a thread: `respond(handler)` gives (status, body)."""
+
+    def __init__(self, respond: Callable[[http.server.BaseHTTPRequestHandler], tuple[int, bytes]],
+                 context: ssl.SSLContext | None = None) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, body = respond(self)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, name="test-http", daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -6,50 +6,15 @@ import time
 
 import httpx
 import pytest
-from recallclient import RecallClient, TokenType
+from recallclient import TokenType
+from recallclient.jti import opaque_jti
 
-from recallcore.api.decision import opaque_jti
-from recallcore.security.credentials import hash_secret
+from recallcore.api.http import app
 from recallcore.settings import Settings
 
 from ..support import ServerThread
+from .conftest import basic, bearer
 from .issuer import ISSUER, Issuer
-
-CLIENT_SECRETS = {"app": "secret-of-the-app-client", "other": "secret-of-the-other-client"}
-
-
-def basic(client_id: str) -> dict:
-    value = base64.b64encode(f"{client_id}:{CLIENT_SECRETS[client_id]}".encode()).decode()
-    return {"Authorization": f"Basic {value}"}
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def idp(tmp_path):
-    return Issuer(tmp_path / "idp")
-
-
-@pytest.fixture
-def clients_file(tmp_path):
-    path = tmp_path / "clients.toml"
-    path.write_text("[clients]\n" + "".join(f'{c} = "{hash_secret(s)}"\n' for c, s in CLIENT_SECRETS.items()))
-    return path
-
-
-@pytest.fixture
-def edge(data_dir, idp, clients_file):
-    srv = ServerThread(Settings(
-        data_dir=data_dir, listen="127.0.0.1:0", http_listen="127.0.0.1:0", sweep_interval=3600,
-        jwt_issuers=(f"{ISSUER}={idp.jwks}",), oauth_clients=str(clients_file),
-        check_headers=("sub=X-Recall-Subject", "client_id=X-Recall-Client", "scope=X-Recall-Scope"),
-    ))
-    with RecallClient(srv.address) as grpc_client, \
-            httpx.Client(base_url=f"http://{srv.server.http.address}", timeout=10) as http:
-        yield srv, grpc_client, http
-    srv.stop()
 
 
 def challenge(response: httpx.Response) -> str:
@@ -306,3 +271,12 @@ def test_an_unreadable_jwks_file_stops_the_start_naming_it(data_dir, tmp_path):
     with pytest.raises(Exception, match="jwks.json: keys\\[0\\].kty"):
         ServerThread(Settings(data_dir=data_dir, listen="127.0.0.1:0", http_listen="127.0.0.1:0",
                               jwt_issuers=(f"{ISSUER}={bad}",)))
+
+
+def test_a_flood_of_malformed_requests_leaves_one_log_line_without_a_traceback(edge, caplog, monkeypatch):
+    _, _, http = edge
+    monkeypatch.setattr(app._protocol_throttle, "_last", -float("inf"))  # earlier tests' reports forgotten
+    for _ in range(20):
+        assert http.get("/v1/check", headers=bearer("x" * 40000)).status_code == 400
+    records = [r for r in caplog.records if r.name == "recallcore.api.http.app.protocol"]
+    assert len(records) == 1 and records[0].exc_info is None

@@ -1,10 +1,8 @@
 """JWT verification against configured issuers: keys from files and https URLs, and every way to cheat."""
 
 import asyncio
-import http.server
 import json
 import ssl
-import threading
 import time
 
 import pytest
@@ -15,6 +13,7 @@ from recallcore.security.jwks import KeySource, parse_jwks
 from recallcore.security.jwt_verifier import InvalidToken, JwtVerifier
 from tests.api.issuer import ISSUER, Issuer
 from tests.security.certs import CA
+from tests.support import LocalHttp
 
 
 def verifier(*issuers: Issuer, **kwargs) -> JwtVerifier:
@@ -130,37 +129,20 @@ class JwksServer:
 
     def __init__(self, ca: CA, issuer: Issuer) -> None:
         leaf = ca.server("jwks")
-        served = self
         self.fetches = 0
         self.failing = False
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                served.fetches += 1
-                if served.failing:
-                    self.send_error(500)
-                    return
-                body = issuer.jwks.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer_jwks = issuer.jwks.read_bytes
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(leaf.cert, leaf.key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self.http = LocalHttp(self._respond, context)
+        self.url = f"https://{self.http.address}/jwks.json"
+
+    def _respond(self, request) -> tuple[int, bytes]:
+        self.fetches += 1
+        return (500, b"") if self.failing else (200, self.issuer_jwks())
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
 
 @pytest.fixture

@@ -6,32 +6,22 @@ TOML block. openssl comes with the machine (a missing one skips locally,
 and fails where RECALL_REQUIRE_EXTERNAL=1).
 """
 
-import os
 import pathlib
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 
-import pytest
+from ..support import STARTUP_TIMEOUT, free_address, readme_blocks, require_binary
 
-from ..support import STARTUP_TIMEOUT, free_address
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 SECTION = "## Running it for real"
 
 
 def blocks(kind: str) -> list[str]:
-    body = (ROOT / "README.md").read_text().split(SECTION + "\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{kind}\n(.*?)```", body, flags=re.S)
+    return readme_blocks(SECTION, kind)
 
 
 def test_the_tls_walkthrough_runs_as_written(tmp_path):
-    if shutil.which("openssl") is None:
-        if os.environ.get("RECALL_REQUIRE_EXTERNAL") == "1":
-            pytest.fail("openssl is not installed")
-        pytest.skip("openssl is not installed")
+    require_binary("openssl")
     (policy,) = blocks("toml")
     (tmp_path / "policy.toml").write_text(policy)
     port = free_address().rpartition(":")[2]

@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import logging
 import ssl
+import time
 import urllib.parse
 
 from aiohttp import web
@@ -28,6 +29,32 @@ from ...security.reloading import Reloading
 from ..decision import Decider
 
 log = logging.getLogger(__name__)
+
+
+class _Throttle(logging.Filter):
+    """One record per `every` seconds, without its traceback: what aiohttp logs about a
+    malformed request (a header past the limit, bad framing) is the client's doing, and a
+    client must not be able to fill the log."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__()
+        self.every, self._last, self.held = every, -float("inf"), 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self.held += 1
+            return False
+        self._last = now
+        record.exc_info = record.exc_text = None
+        if self.held:
+            record.msg, self.held = f"{record.msg} ({self.held} more since the last report)", 0
+        return True
+
+
+_protocol_log = logging.getLogger(__name__ + ".protocol")
+_protocol_throttle = _Throttle()
+_protocol_log.addFilter(_protocol_throttle)
 
 MAX_BODY = 64 << 10  # bytes of a form body (a token and a hint need far less)
 MAX_FIELD = MAX_TOKEN + 1024  # bytes of one header line: a large JWT fits
@@ -223,7 +250,7 @@ class HttpListener:
         host, _, port = listen.rpartition(":")
         self._runner = web.AppRunner(
             make_app(self.edge), access_log=None, shutdown_timeout=5.0, keepalive_timeout=KEEPALIVE,
-            max_line_size=MAX_FIELD, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
+            max_line_size=MAX_FIELD, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS, logger=_protocol_log,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=self.tls_context)
