@@ -15,7 +15,7 @@ import importlib
 # core imports them.
 _EXPORTS = {
     "AsyncRecallClient": "aio", "RecallClient": "client", "RecallError": "errors",
-    "canonical_jti": "jti", "foreign_key": "jti", "serial_from_jti": "jti",
+    "canonical_jti": "jti", "foreign_key": "jti", "opaque_jti": "jti", "serial_from_jti": "jti",
     "AsyncReplica": "replica", "Replica": "replica", "StaleReplica": "replica",
     "BatchResult": "types", "CheckResult": "types", "JtiRef": "types", "Registered": "types",
     "RegisterResult": "types", "RevokeResult": "types", "Stats": "types", "TokenSpec": "types",
@@ -55,5 +55,6 @@ __all__ = [
     "TokenType",
     "canonical_jti",
     "foreign_key",
+    "opaque_jti",
     "serial_from_jti",
 ]

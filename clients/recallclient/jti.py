@@ -8,8 +8,13 @@ signed token).
 
 Tokens revoked by (issuer, jti) without being registered are keyed by a
 64-bit hash of the pair: `foreign_key`.
+
+An opaque (non-JWT) access token is registered under the jti
+`opaque_jti(token)`, base64url(SHA-256(token)): the HTTP edge finds it by
+that, and the token itself is never stored.
 """
 
+import base64
 import functools
 import hashlib
 import zlib
@@ -61,3 +66,8 @@ def foreign_key(issuer: str, jti: str) -> int:
         issuer.encode() + b"\x00" + jti.encode(), digest_size=8, person=b"recall.v1"
     ).digest()
     return int.from_bytes(digest, "little") or 1
+
+
+def opaque_jti(token: str) -> str:
+    """The jti an opaque token is registered under: base64url(SHA-256(token)), unpadded."""
+    return base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=").decode()

@@ -8,17 +8,17 @@ and the cut-off rules over its sub, client_id/azp and iat. A signed token
 that was never registered passes unless a revocation or a rule covers it:
 its signature is the proof it was issued. Any other token is opaque: it
 passes only if the authorization server registered it, under the issuer
-`settings.issuer` and the jti base64url(SHA-256(token)) (`opaque_jti`).
+`settings.issuer` and the jti base64url(SHA-256(token))
+(recallclient.jti.opaque_jti).
 
 The revocation check is never cached. A node that cannot vouch for its
 state raises (Unavailable, FailedPrecondition): the adapters answer an
 error, so a gateway fails closed instead of reading a stale "pass".
 """
 
-import base64
 import dataclasses
-import hashlib
 
+from recallclient.jti import opaque_jti
 from recallclient.types import JtiRef, TokenState
 
 from ..core.model import Claims
@@ -30,11 +30,6 @@ _DENIED_STATES = {
     TokenState.EXPIRED: ("expired", "the token has expired"),
     TokenState.ROTATED: ("revoked", "the token was rotated and is no longer valid"),
 }
-
-
-def opaque_jti(token: str) -> str:
-    """The jti an opaque token is registered under: base64url(SHA-256(token)), unpadded."""
-    return base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=").decode()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,12 +10,12 @@ the answer is 503 with Retry-After.
 """
 
 from aiohttp import web
+from recallclient.jti import opaque_jti
 from recallclient.types import JtiRef, TokenState
 
 from ...core.model import Selector
 from ...security.identity import Caller
 from ...security.jwt_verifier import InvalidToken, looks_like_jwt
-from ..decision import opaque_jti
 from .app import EDGE, Edge, HttpError, read_form, required
 
 TOKEN_TYPES = ("access_token", "refresh_token")
