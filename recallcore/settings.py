@@ -1,6 +1,7 @@
 """Server settings: one frozen, validated value. Only cli.py reads the environment."""
 
 import dataclasses
+import functools
 import pathlib
 
 DEFAULT_DATA_DIR = pathlib.Path("var/recall")
@@ -162,12 +163,12 @@ class Settings:
         """True when `listen` (and `http_listen`, if set) are loopback addresses."""
         return _is_loopback(self.listen) and (not self.http_listen or _is_loopback(self.http_listen))
 
-    @property
+    @functools.cached_property
     def issuer_keys(self) -> dict[str, str]:
         """jwt_issuers as issuer -> JWKS location."""
         return dict(entry.split("=", 1) for entry in self.jwt_issuers)
 
-    @property
+    @functools.cached_property
     def identity_headers(self) -> tuple[tuple[str, str], ...]:
         """check_headers as (field, header) pairs."""
         return tuple(tuple(entry.split("=", 1)) for entry in self.check_headers)

@@ -18,7 +18,7 @@ error, so a gateway fails closed instead of reading a stale "pass".
 
 import dataclasses
 
-from recallclient.jti import opaque_jti
+from recallclient.jti import foreign_key, opaque_jti
 from recallclient.types import JtiRef, TokenState
 
 from ..core.model import Claims
@@ -49,6 +49,8 @@ class Decision:
     serial: int = 0
     kind: str = ""  # "jwt" or "opaque"
     claims: dict = dataclasses.field(default_factory=dict)
+    # What adapters derive from an allowed decision (its upstream headers), when it is reused.
+    memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def refused(cls, cause: str, description: str, **fields) -> "Decision":
@@ -81,15 +83,25 @@ class Decider:
         except InvalidToken as exc:
             self.node.require_ready()  # a node that cannot answer says so first
             return Decision.refused(exc.cause, str(exc), kind="jwt")
-        state, serial = self.node.check_in_memory(
-            JtiRef(v.issuer, v.jti), Claims(v.subject, v.client_id, v.issued_at))
-        scope = v.claims.get("scope", "")
-        fields = dict(issuer=v.issuer, jti=v.jti, subject=v.subject, client_id=v.client_id,
-                      scope=scope if isinstance(scope, str) else "", expires_at=v.expires_at, serial=serial,
-                      kind="jwt", claims=v.claims)
+        # What follows from the claims alone is worked out once per verified token.
+        fixed = v.memo.get(self)
+        if fixed is None:
+            scope = v.claims.get("scope", "")
+            fixed = v.memo[self] = (
+                JtiRef(v.issuer, v.jti), Claims(v.subject, v.client_id, v.issued_at), foreign_key(v.issuer, v.jti),
+                dict(issuer=v.issuer, jti=v.jti, subject=v.subject, client_id=v.client_id,
+                     scope=scope if isinstance(scope, str) else "", expires_at=v.expires_at, kind="jwt",
+                     claims=v.claims),
+                {},  # serial -> the Decision that lets it pass
+            )
+        ref, claims, key, fields, passes = fixed
+        state, serial = self.node.check_in_memory(ref, claims, key)
         if state in _DENIED_STATES:
-            return Decision.refused(*_DENIED_STATES[state], **fields)
-        return Decision(True, "ok", **fields)
+            return Decision.refused(*_DENIED_STATES[state], serial=serial, **fields)
+        allowed = passes.get(serial)
+        if allowed is None:
+            allowed = passes[serial] = Decision(True, "ok", serial=serial, **fields)
+        return allowed
 
     async def _opaque(self, token: str) -> Decision:
         ref = JtiRef(self.node.settings.issuer, opaque_jti(token))

@@ -218,19 +218,20 @@ class Node:
         revoked_at, reason = await self._why_revoked(serial, key)
         return CheckResult(state, serial, revoked_at, reason, seq)
 
-    def check_in_memory(self, ref: JtiRef, claims: Claims) -> tuple[TokenState, int]:
+    def check_in_memory(self, ref: JtiRef, claims: Claims, key: int = 0) -> tuple[TokenState, int]:
         """(state, serial or 0) of a signed token by (issuer, jti), from the mirror alone.
 
         Answers as `check` does, without the store: a canonical jti names its
         serial; any other jti is revoked when its (issuer, jti) key is (a
         registered token under a caller-chosen jti joins the keys when it is
         revoked, see core/operations.py), or when a cut-off rule covers
-        `claims`. For tokens whose signature proved they were issued; raises
-        as require_ready.
+        `claims`. For tokens whose signature proved they were issued; `key`
+        is foreign_key(ref.issuer, ref.jti) when the caller has it. Raises as
+        require_ready.
         """
         self.require_ready()
         revocations = self.state.revocations
-        if revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
+        if revocations.is_foreign_revoked(key or foreign_key(ref.issuer, ref.jti)):
             return TokenState.REVOKED, 0
         serial = serial_from_jti(ref.jti) or 0
         if serial and serial <= revocations.registered_through:

@@ -56,6 +56,9 @@ class Verified:
     expires_at: int
     not_before: int
     claims: dict
+    # What adapters derive from these claims alone, kept with them while the
+    # verification is remembered (a decision's fixed parts, its headers).
+    memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def _number(claims: dict, name: str, required: bool = False) -> int:
@@ -112,10 +115,12 @@ class JwtVerifier:
                 return verified
             del self._cache[digest]
         verified, source, kid, key = await self._verify(token)
-        self._judge_times(verified)
+        # Remembered before the times are judged: an expired token presented
+        # again and again costs a hash, not a signature check each time.
         self._cache[digest] = (verified, source, kid, key)
         if len(self._cache) > SIGNATURE_CACHE:
             self._cache.popitem(last=False)
+        self._judge_times(verified)
         return verified
 
     async def _verify(self, token: str) -> tuple[Verified, KeySource, str, Key]:
@@ -144,9 +149,11 @@ class JwtVerifier:
         if key is None:
             raise InvalidToken("bad_signature", f"issuer {issuer!r} has no signing key {kid!r}")
         try:
-            jws.deserialize_compact(token, key, algorithms=[alg], registry=self._registry)
+            good = jws.validate_compact(compact, key, registry=self._registry)
         except JoseError:
-            raise InvalidToken("bad_signature", "the token's signature does not verify") from None
+            good = False
+        if not good:
+            raise InvalidToken("bad_signature", "the token's signature does not verify")
         verified = self._claims(issuer, claims)
         return verified, source, kid, key
 

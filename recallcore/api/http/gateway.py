@@ -16,7 +16,7 @@ from aiohttp import web
 from ...core.errors import Unauthenticated
 from ...security.identity import bearer
 from ..decision import Decision
-from .app import EDGE, REALM, error_response, quoted
+from .app import EDGE, REALM, answers, error_response, quoted
 
 _HEADER_SAFE = " !#$%&'()*+,-./:;<=>?@[]^_`{|}~"
 # What the identity headers of an allowed request may carry.
@@ -40,6 +40,7 @@ def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) ->
     return out
 
 
+@answers
 async def check(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     try:
@@ -50,8 +51,11 @@ async def check(request: web.Request) -> web.Response:
     token = bearer(request.headers.get("Authorization", "")) or ""
     decision = await edge.decider.decide(token)
     if decision.allowed:
-        return web.Response(status=200, headers={
-            "Cache-Control": "no-store", **identity_headers(decision, edge.settings.identity_headers)})
+        headers = decision.memo.get("headers")
+        if headers is None:
+            headers = decision.memo["headers"] = {
+                "Cache-Control": "no-store", **identity_headers(decision, edge.settings.identity_headers)}
+        return web.Response(status=200, headers=headers)
     challenge = f'Bearer realm="{REALM}"'
     if decision.cause != "missing":
         challenge += f', error="invalid_token", error_description="{quoted(decision.description)}"'
@@ -59,11 +63,13 @@ async def check(request: web.Request) -> web.Response:
         "WWW-Authenticate": challenge, "Cache-Control": "no-store"})
 
 
+@answers
 async def healthz(request: web.Request) -> web.Response:
     request.app[EDGE].api_caller(request, "check")
     return web.Response(text="serving\n", headers={"Cache-Control": "no-store"})
 
 
+@answers
 async def readyz(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     edge.api_caller(request, "check")
