@@ -140,8 +140,9 @@ class Server:
         return self.address
 
     def reload(self) -> None:
-        """Load the policy, credentials and TLS files again (SIGHUP)."""
-        for loaded in (self.gate.policy, self.gate.credentials):
+        """Load the policy, credentials, OAuth clients and TLS files again (SIGHUP)."""
+        clients = self.http.edge.clients if self.http is not None else None
+        for loaded in (self.gate.policy, self.gate.credentials, clients):
             if loaded is not None:
                 loaded.reload()
         if self.tls is not None:

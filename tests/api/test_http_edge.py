@@ -10,6 +10,7 @@ from recallclient import TokenType
 from recallclient.jti import opaque_jti
 
 from recallcore.api.http import app
+from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
 from ..support import ServerThread
@@ -280,3 +281,12 @@ def test_a_flood_of_malformed_requests_leaves_one_log_line_without_a_traceback(e
         assert http.get("/v1/check", headers=bearer("x" * 40000)).status_code == 400
     records = [r for r in caplog.records if r.name == "recallcore.api.http.app.protocol"]
     assert len(records) == 1 and records[0].exc_info is None
+
+
+def test_a_client_added_to_the_clients_file_is_known_after_a_reload(edge, clients_file, idp):
+    srv, _, http = edge
+    secret = "secret-of-a-client-added-later"
+    clients_file.write_text(clients_file.read_text() + f'late = "{hash_secret(secret)}"\n')
+    srv.run(srv.server.reload)  # what SIGHUP does
+    late = {"Authorization": "Basic " + base64.b64encode(f"late:{secret}".encode()).decode()}
+    assert http.post("/oauth2/introspect", data={"token": idp.token()}, headers=late).status_code == 200
