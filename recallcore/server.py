@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recallclient._proto.recall.v1 import recall_pb2
 
+from .api import ext_authz
 from .api.decision import Decider
 from .api.grpc_service import GuardedHealth, RecallService, decoder
 from .api.http.app import Edge, HttpListener
@@ -105,8 +106,11 @@ class Server:
         ])
         _add_recall_service(RecallService(self.engine, self.gate), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        ext_authz.external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            ext_authz.ExtAuthz(self.decider, self.gate), server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, ext_authz.SERVICE_NAME,
+             reflection.SERVICE_NAME),
             server,
         )
         return server

@@ -17,17 +17,8 @@ from recallclient import RecallClient
 
 from recallcore.settings import Settings
 
-from ..security.certs import CA
-from ..support import (
-    STARTUP_TIMEOUT,
-    LocalHttp,
-    ServerProcess,
-    ServerThread,
-    free_address,
-    require_binary,
-    run_command,
-    until,
-)
+from ..support import ServerProcess, ServerThread, free_address, require_binary, run_command, until
+from .gateways import Gateway, Upstream, write_trust
 from .issuer import ISSUER, Issuer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,63 +27,19 @@ CONFIG = ROOT / "deploy" / "nginx" / "nginx.conf"
 WAIT = 10.0  # seconds a revocation may take to reach nginx at most (it takes milliseconds)
 
 
-def Upstream() -> LocalHttp:
-    """The API behind nginx: answers 200 naming the subject nginx handed it."""
-    return LocalHttp(lambda request: (200, f"hello {request.headers.get('X-Recall-Subject', '?')}".encode()))
+class Nginx(Gateway):
+    """nginx with deploy/nginx/nginx.conf, in the foreground."""
 
-
-class Nginx:
-    """nginx with deploy/nginx/nginx.conf, in the foreground, on a free port."""
+    name = "nginx"
 
     def __init__(self, root: pathlib.Path, recall: str, upstream: str, pki: pathlib.Path) -> None:
         binary = require_binary("nginx")
-        root.mkdir(parents=True, exist_ok=True)
-        self.address = free_address()
-        config = CONFIG.read_text()
-        for placeholder, value in (("127.0.0.1:8443", recall), ("127.0.0.1:8081", upstream),
-                                   ("127.0.0.1:8080", self.address), ("/etc/recall/", f"{pki}/")):
-            assert placeholder in config, placeholder
-            config = config.replace(placeholder, value)
-        (root / "nginx.conf").write_text(config)
-        check = run_command(binary, "-t", "-p", str(root), "-c", str(root / "nginx.conf"))
+        address = free_address()
+        super().__init__(root, CONFIG, address, [("127.0.0.1:8443", recall), ("127.0.0.1:8081", upstream),
+                                        ("127.0.0.1:8080", address), ("/etc/recall/", f"{pki}/")])
+        check = run_command(binary, "-t", "-p", str(root), "-c", str(self.config))
         assert check.returncode == 0, check.stderr
-        self.proc = subprocess.Popen([binary, "-p", str(root), "-c", str(root / "nginx.conf"),
-                                      "-g", "daemon off; master_process off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        until(self._up, "nginx listening")
-
-    def _up(self) -> bool:
-        assert self.proc.poll() is None, self.proc.stderr.read()
-        try:
-            httpx.get(f"http://{self.address}/", timeout=1)
-        except httpx.TransportError:
-            return False
-        return True
-
-    def get(self, token: str | None = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.get(f"http://{self.address}/orders", headers=headers, timeout=10)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(STARTUP_TIMEOUT)
-        finally:
-            self.proc.stderr.close()
-
-
-def write_trust(root: pathlib.Path) -> tuple[CA, pathlib.Path, pathlib.Path]:
-    """The CA, the gateway's and an operator's certificates (as nginx.conf names them), the policy."""
-    ca = CA(root)
-    gateway = ca.issue("gateway", dns=("gateway.example",))
-    (root / "ca.pem").write_bytes(ca.path.read_bytes())
-    gateway.cert.rename(root / "gateway.crt")
-    gateway.key.rename(root / "gateway.key")
-    ca.issue("operator", dns=("operator.example",))  # gRPC takes mutual TLS only
-    policy = root / "policy.toml"
-    policy.write_text('[[grant]]\nidentities = ["dns:gateway.example"]\nroles = ["check"]\n\n'
-                      '[[grant]]\nidentities = ["dns:operator.example"]\nroles = ["revoke", "issue", "check"]\n')
-    return ca, policy, root
+        self.start([binary, "-p", str(root), "-c", str(self.config), "-g", "daemon off; master_process off;"])
 
 
 @pytest.fixture(scope="module")
