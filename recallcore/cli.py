@@ -56,6 +56,12 @@ _OPTIONS = (
     ("--jwt-audience", "jwt_audience", str, "HTTP edge: a JWT must name this audience in aud"),
     ("--jwks-cacert", "jwks_cacert", str, "HTTP edge: CA bundle for fetching https:// JWKS (default: the system's)"),
     ("--oauth-clients", "oauth_clients", str, "HTTP edge: TOML file of OAuth client ids and secret hashes"),
+    ("--status-list-uri", "status_list_uri", str,
+     "base URI of the Token Status Lists (list n is URI/n); Register then returns each token's (idx, uri)"),
+    ("--status-list-key", "status_list_key", str, "JWK file of the private key that signs the status lists"),
+    ("--status-list-size", "status_list_size", int, "statuses in one status list"),
+    ("--status-list-ttl", "status_list_ttl", int, "seconds a verifier may keep a status list (its ttl)"),
+    ("--status-list-interval", "status_list_interval", float, "seconds between rebuilds of one status list at most"),
 )
 # Repeatable options: flag, Settings field, help. Their environment variable
 # holds the values separated by whitespace.

@@ -16,6 +16,7 @@ from .api import ext_authz
 from .api.decision import Decider
 from .api.grpc_service import GuardedHealth, RecallService, decoder
 from .api.http.app import Edge, HttpListener
+from .api.http.status_lists import StatusLists, load_signing_key
 from .engine import Engine
 from .replication.follower import Follower
 from .security.credentials import Credentials
@@ -83,9 +84,11 @@ class Server:
             clock=engine_args.get("clock", time.time),
         ) if settings.jwt_issuers else None
         clients = Reloading(settings.oauth_clients, Credentials.load_clients) if settings.oauth_clients else None
+        signing_key = load_signing_key(settings.status_list_key) if settings.status_list_uri else None
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.decider = Decider(self.engine, verifier)
-        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider),
+        lists = StatusLists(settings, self.engine, signing_key, self.engine.clock) if signing_key else None
+        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, lists),
                                  self.tls.ssl_context() if self.tls else None) if settings.http_listen else None
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None

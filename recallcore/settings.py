@@ -30,6 +30,9 @@ DEFAULT_MAX_WAIT = 30.0  # seconds a read waits for its min_seq at most, whateve
 DEFAULT_MAX_STREAMS_PER_IDENTITY = 64  # concurrent Watch + AuditLog streams of one caller
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
                           "EdDSA", "Ed25519")
+DEFAULT_STATUS_LIST_SIZE = 1 << 20  # statuses in one list: large lists hide which token a verifier asks about
+DEFAULT_STATUS_LIST_TTL = 60  # seconds a verifier may keep a list before fetching it anew
+DEFAULT_STATUS_LIST_INTERVAL = 1.0  # seconds between rebuilds of one list at most, however many changes
 DEFAULT_CHECK_HEADERS = ("sub=X-Recall-Subject", "client_id=X-Recall-Client")
 CHECK_HEADER_FIELDS = ("sub", "client_id", "scope", "iss", "jti", "exp", "serial")
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
@@ -113,6 +116,15 @@ class Settings:
         endpoints.
     check_headers: "FIELD=Header" pairs: what /v1/check hands an allowed
         request's upstream (FIELD one of CHECK_HEADER_FIELDS).
+    status_list_uri: base URI of the Token Status Lists (e.g.
+        https://recall.example/statuslists); list n is <uri>/n. With it,
+        Register returns each token's (idx, uri) and the HTTP edge serves
+        the lists. It goes into issued tokens: keep it stable.
+    status_list_key: JWK file of the private key the lists are signed with.
+    status_list_size: statuses in one list.
+    status_list_ttl: the lists' `ttl` (seconds); they expire 5 ttl after
+        they were signed.
+    status_list_interval: a list is rebuilt at most this often (seconds).
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -157,6 +169,11 @@ class Settings:
     jwks_cacert: str = ""
     oauth_clients: str = ""
     check_headers: tuple[str, ...] = DEFAULT_CHECK_HEADERS
+    status_list_uri: str = ""
+    status_list_key: str = ""
+    status_list_size: int = DEFAULT_STATUS_LIST_SIZE
+    status_list_ttl: int = DEFAULT_STATUS_LIST_TTL
+    status_list_interval: float = DEFAULT_STATUS_LIST_INTERVAL
 
     @property
     def loopback(self) -> bool:
@@ -228,6 +245,15 @@ class Settings:
             raise ValueError("map_size: must be at least 1 MiB and at most max_map_size")
 
     def _check_edge(self) -> None:
+        if self.status_list_uri:
+            if "://" not in self.status_list_uri:
+                raise ValueError(f"status_list_uri: {self.status_list_uri!r} is not an absolute URI")
+            if not self.status_list_key:
+                raise ValueError("status_list_key: status lists are signed: give the JWK file of the signing key")
+        if self.status_list_size < 8 or self.status_list_size % 8:
+            raise ValueError("status_list_size: must be a positive multiple of 8")
+        if self.status_list_ttl < 1 or self.status_list_interval <= 0:
+            raise ValueError("status_list_ttl, status_list_interval: must be positive")
         seen = set()
         for entry in self.jwt_issuers:
             issuer, sep, location = entry.partition("=")

@@ -313,7 +313,7 @@ def stats_result(resp: pb.StatsResponse) -> Stats:
 
 def registered(msg: pb.RegisteredToken) -> Registered:
     """The Registered of a wire RegisteredToken."""
-    return Registered(msg.serial, msg.jti, msg.canonical_jti, msg.existing)
+    return Registered(msg.serial, msg.jti, msg.canonical_jti, msg.existing, msg.status_list.idx, msg.status_list.uri)
 
 
 def rotate_result(resp: pb.RotateResponse) -> RotateResult:

@@ -58,12 +58,17 @@ class JtiRef:
 @dataclasses.dataclass(frozen=True)
 class Registered:
     """One registered token: its serial, the jti it is registered under, its
-    canonical jti, and whether (issuer, jti) was registered before."""
+    canonical jti, whether (issuer, jti) was registered before, and where
+    its status is published (status_uri "" when the server publishes no
+    Token Status Lists): put {"status_list": {"idx": status_idx, "uri":
+    status_uri}} in the token's `status` claim."""
 
     serial: int
     jti: str
     canonical_jti: str
     existing: bool
+    status_idx: int = 0
+    status_uri: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

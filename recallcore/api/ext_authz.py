@@ -52,12 +52,14 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 def answer(decision: Decision, wanted: tuple[tuple[str, str], ...]) -> pb.CheckResponse:
     """The CheckResponse of a decision."""
-    if decision.allowed:
-        headers = decision.memo.get("ext_authz")
-        if headers is None:
-            headers = decision.memo["ext_authz"] = [_header(k, v) for k, v in identity_headers(decision, wanted).items()]
-        return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=pb.OkHttpResponse(
-            headers=headers))
+    if decision.allowed:  # the same answer each time the same decision is reused: built once
+        ok = decision.memo.get("ext_authz")
+        if ok is None:
+            ok = decision.memo["ext_authz"] = pb.CheckResponse(
+                status=status_pb2.Status(code=code_pb2.OK),
+                ok_response=pb.OkHttpResponse(headers=[
+                    _header(k, v) for k, v in identity_headers(decision, wanted).items()]))
+        return ok
     challenge = f'Bearer realm="{REALM}"'
     if decision.cause != "missing":
         challenge += f', error="invalid_token", error_description="{quoted(decision.description)}"'

@@ -21,7 +21,7 @@ from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
 from recallclient.types import JtiRef, TokenSpec
 
-from ..core import audit, validate
+from ..core import audit, status_list, validate
 from ..core.audit import AuditQuery
 from ..core.errors import InvalidArgument, RecallError, ResourceExhausted
 from ..core.model import Claims, Selector
@@ -111,6 +111,16 @@ def admit(gate: Gate, context: grpc.aio.ServicerContext, method: str, request=No
     scope = request.rule.scope if method == "Cutoff" else 0
     gate.authorize(caller, required_role(method, scope))
     return caller
+
+
+def _registered(token, settings) -> pb.RegisteredToken:
+    """The wire form of a registered token, with its status list reference when lists are published."""
+    out = pb.RegisteredToken(serial=token.serial, jti=token.jti, canonical_jti=token.canonical_jti,
+                             existing=token.existing)
+    if settings.status_list_uri:
+        number, idx = status_list.reference(token.serial, settings.status_list_size)
+        out.status_list.idx, out.status_list.uri = idx, status_list.uri(settings.status_list_uri, number)
+    return out
 
 
 def _rpc(method):
@@ -219,13 +229,7 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         validate.count(len(request.tokens), "tokens", settings)
         tokens = await off_loop(len(request.tokens), _specs, request.tokens, settings)
         result = await self.engine.register(tokens, request.actor, caller=caller)
-        return pb.RegisterResponse(
-            tokens=[
-                pb.RegisteredToken(serial=t.serial, jti=t.jti, canonical_jti=t.canonical_jti, existing=t.existing)
-                for t in result.tokens
-            ],
-            seq=result.seq,
-        )
+        return pb.RegisterResponse(tokens=[_registered(t, settings) for t in result.tokens], seq=result.seq)
 
     @_rpc
     async def Revoke(self, request, context, caller):

@@ -104,6 +104,7 @@ def test_forged_and_missing_tokens_get_401(stack):
 
 def test_recallcore_down_means_envoy_refuses(tmp_path):
     """A real recallcore process, killed: Envoy answers 503, never the upstream's 200."""
+    require_binary("envoy")  # before anything is started
     ca, policy, pki = write_trust(tmp_path / "pki")
     server_cert = ca.server()
     idp = Issuer(tmp_path / "idp")

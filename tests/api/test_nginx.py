@@ -123,6 +123,7 @@ def test_bad_unknown_and_missing_tokens_get_401(stack, tmp_path, make):
 
 def test_recallcore_down_means_nginx_refuses(tmp_path):
     """A real recallcore process, killed: nginx answers 500, never the upstream's 200."""
+    require_binary("nginx")  # before anything is started
     ca, policy, pki = write_trust(tmp_path / "pki")
     server_cert = ca.server()
     idp = Issuer(tmp_path / "idp")

@@ -134,6 +134,7 @@ class Edge:
     gate: Gate
     clients: Reloading[Credentials] | None
     decider: Decider
+    status_lists: object = None  # status_lists.StatusLists when lists are published
 
     @property
     def settings(self):
@@ -238,12 +239,14 @@ _LOCAL = Caller(identity.ANONYMOUS)
 
 def make_app(edge: Edge) -> web.Application:
     """The aiohttp application of the edge."""
-    from . import gateway, oauth  # the handlers import this module's helpers
+    from . import gateway, oauth, status_lists  # the handlers import this module's helpers
 
     app = web.Application(client_max_size=MAX_BODY)
     app[EDGE] = edge
     gateway.add_routes(app)
     oauth.add_routes(app)
+    if edge.status_lists is not None:
+        status_lists.add_routes(app, edge.status_lists)
     return app
 
 

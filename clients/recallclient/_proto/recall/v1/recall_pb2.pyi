@@ -64,16 +64,26 @@ class RegisterRequest(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[_Union[TokenSpec, _Mapping]]] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class RegisteredToken(_message.Message):
-    __slots__ = ("serial", "jti", "canonical_jti", "existing")
+    __slots__ = ("serial", "jti", "canonical_jti", "existing", "status_list")
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_JTI_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
+    STATUS_LIST_FIELD_NUMBER: _ClassVar[int]
     serial: int
     jti: str
     canonical_jti: str
     existing: bool
-    def __init__(self, serial: _Optional[int] = ..., jti: _Optional[str] = ..., canonical_jti: _Optional[str] = ..., existing: _Optional[bool] = ...) -> None: ...
+    status_list: StatusListReference
+    def __init__(self, serial: _Optional[int] = ..., jti: _Optional[str] = ..., canonical_jti: _Optional[str] = ..., existing: _Optional[bool] = ..., status_list: _Optional[_Union[StatusListReference, _Mapping]] = ...) -> None: ...
+
+class StatusListReference(_message.Message):
+    __slots__ = ("idx", "uri")
+    IDX_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    idx: int
+    uri: str
+    def __init__(self, idx: _Optional[int] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("tokens", "seq")
