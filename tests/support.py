@@ -16,6 +16,7 @@ from recallcore.server import Server
 from recallcore.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
+RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"  # the installed command
 
 
 class FakeClock:
@@ -141,6 +142,12 @@ def interrupt_when(args: list[str], done: Callable[[list[str]], bool]) -> tuple[
 def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
     """Run a command to completion, capturing text output."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def recallctl(target: str, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed `recallctl --target TARGET ARGS` to completion (no RECALL_TARGET)."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "RECALL_TARGET"}
+    return run_command(str(RECALLCTL), "--target", target, *args, env=env, **kwargs)
 
 
 def until(condition: Callable[[], object], what: str = "the condition", timeout: float = STARTUP_TIMEOUT) -> None:
