@@ -1,11 +1,17 @@
 """recallctl as a process, as a new user runs it, against a real server on 127.0.0.1:0:
 the server's issuer by default, exit codes, time formats, targets and argument checks."""
 
+import datetime
 import json
+import os
+import time
 
+import pytest
 from recallclient import TokenState, TokenType
 
-from ..support import recallctl
+from recallcore.settings import Settings
+
+from ..support import RECALLCTL, ServerThread, recallctl, run_command
 
 OTHER = "https://other-idp.example"
 
@@ -46,3 +52,101 @@ def test_jti_never_registered_without_issuer_is_revoked_under_the_servers_issuer
     assert (revoked.returncode, json_of(revoked)["count"]) == (0, 1), revoked.stderr
     assert client.check(issuer=server.settings.issuer, jti="ext-1").state is TokenState.REVOKED
     assert client.check(issuer=OTHER, jti="ext-1").state is TokenState.UNKNOWN
+
+
+# ------------------------------------------------------------- time formats
+
+
+def test_times_as_dates_and_iso_8601_mean_what_unix_seconds_mean(server, client):
+    now = int(time.time())
+    old = client.register_one("alice", "web", issued_at=now - 100, ttl=3600).serial
+    newer = client.register_one("alice", "cli", issued_at=now - 10, ttl=3600).serial
+    between = datetime.datetime.fromtimestamp(now - 50, datetime.UTC)
+    cut = recallctl(server.address, "cutoff", "--subject", "alice", "--json",
+                    "--before", between.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert cut.returncode == 0, cut.stderr
+    assert (json_of(cut)["before"], json_of(cut)["count"]) == (now - 50, 1)
+    assert [client.check(s).state for s in (old, newer)] == [TokenState.REVOKED, TokenState.ACTIVE]
+
+    records = [json.loads(line) for line in recallctl(server.address, "audit", "--json").stdout.splitlines()]
+    first = records[0]["time"]
+    in_paris = datetime.datetime.fromtimestamp(first, datetime.timezone(datetime.timedelta(hours=1)))
+    day = datetime.datetime.fromtimestamp(first, datetime.UTC).date()
+    for since in (str(first), in_paris.isoformat(), day.isoformat()):
+        done = recallctl(server.address, "audit", "--json", "--since", since)
+        assert done.returncode == 0, (since, done.stderr)
+        assert [json.loads(line) for line in done.stdout.splitlines()] == records
+    done = recallctl(server.address, "audit", "--json", "--until", "2001-01-01")
+    assert (done.returncode, done.stdout) == (0, "")  # nothing that early
+
+    # A zone-less time is UTC: issued a second before the rule's time is cut off, at it is not.
+    for issued, state in ((between - datetime.timedelta(seconds=1), "REVOKED"), (between, "UNKNOWN")):
+        claims = recallctl(server.address, "check", "--issuer", OTHER, "--jti", "x", "--sub", "alice",
+                           "--iat", issued.replace(tzinfo=None).isoformat(sep=" "), "--json")
+        assert json_of(claims)["state"] == state
+
+
+@pytest.mark.parametrize("argv", [
+    ["cutoff", "--subject", "a", "--before", "tomorrow"],
+    ["cutoff", "--subject", "a", "--before", "-5"],
+    ["audit", "--since", "2026-13-01"],
+    ["audit", "--until", "1969-12-31"],
+    ["check", "--jti", "j", "--iat", "12:00"],
+    ["revoke", "--jti", "j", "--exp", "next week"],
+])
+def test_a_time_that_is_none_is_a_usage_error_naming_the_formats(server, argv):
+    done = recallctl(server.address, *argv)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "Unix seconds, a date (2026-12-01) or an ISO 8601 time" in done.stderr or "outside 1970" in done.stderr
+
+
+# ------------------------------------------------------------- targets
+
+
+def test_a_target_without_a_port_means_port_50051(data_dir):
+    try:
+        on_default_port = ServerThread(Settings(data_dir=data_dir, listen="127.0.0.2:50051", sweep_interval=3600))
+    except OSError:
+        pytest.skip("127.0.0.2:50051 is taken on this host")
+    try:
+        done = recallctl("127.0.0.2", "stats", "--json")
+        assert done.returncode == 0, done.stderr
+        done = run_command(str(RECALLCTL), "stats", "--json", env={**os.environ, "RECALL_TARGET": "127.0.0.2"})
+        assert done.returncode == 0, done.stderr
+    finally:
+        on_default_port.stop()
+
+
+def test_an_unreachable_target_is_named_with_the_port_tried():
+    done = recallctl("127.0.0.3", "stats")
+    assert done.returncode == 1
+    assert done.stderr.startswith("recallctl: UNAVAILABLE: ") and "(target 127.0.0.3:50051)" in done.stderr
+
+
+@pytest.mark.parametrize("target, complaint", [
+    ("127.0.0.1:", "has no port"),
+    ("127.0.0.1:http", "the port must be a number"),
+    ("127.0.0.1:70000", "the port must be a number"),
+    (":50051", "has no host"),
+    ("[::1", "brackets"),
+])
+def test_a_malformed_target_is_a_usage_error_from_the_flag_or_the_environment(target, complaint):
+    done = recallctl(target, "stats")
+    assert (done.returncode, done.stdout) == (2, "") and complaint in done.stderr and "--target" in done.stderr
+    done = run_command(str(RECALLCTL), "stats", env={**os.environ, "RECALL_TARGET": target})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("recallctl: RECALL_TARGET: ") and complaint in done.stderr
+
+
+# ------------------------------------------------------------- --ttl
+
+
+@pytest.mark.parametrize("argv", [
+    ["register", "--subject", "a", "--client", "c", "--ttl", "0"],
+    ["register", "--subject", "a", "--client", "c", "--ttl", "-60"],
+    ["rotate", "1", "--ttl", "0"],
+])
+def test_a_ttl_of_no_time_is_a_usage_error_before_any_call(server, client, argv):
+    done = recallctl(server.address, *argv)
+    assert (done.returncode, done.stdout) == (2, "") and "--ttl" in done.stderr
+    assert client.stats().seq == 0

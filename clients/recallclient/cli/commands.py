@@ -22,12 +22,17 @@ from . import lifecycle as cli_lifecycle
 from .common import (
     DEFAULT_TARGET,
     TARGET_ENV,
+    TIME_FORMATS,
     add_jti_options,
     default_actor,
     emit,
     iso,
     nonnegative_int,
     positive_int,
+    positive_seconds,
+    target_address,
+    target_type,
+    unix_time,
 )
 
 _EPILOG = """exit codes:
@@ -37,7 +42,9 @@ _EPILOG = """exit codes:
   3  rotate: reuse detected; the token's family is revoked
   4  rotate: refused; the presented token is not active
 
-The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051."""
+The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051 (HOST[:PORT],
+port 50051 unless given). Times (--before, --since, --until, --iat, --exp) are
+""" + TIME_FORMATS + "."
 
 _TIME_KEYS = ("exp", "iat", "revoked_at")
 
@@ -47,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS defaults: an option given after the command is not overwritten
     # by the main parser's default, nor the reverse; `main` fills them in.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=argparse.SUPPRESS, metavar="HOST:PORT",
+    common.add_argument("--target", default=argparse.SUPPRESS, metavar="HOST[:PORT]", type=target_type,
                         help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON object per result")
@@ -79,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--scope", action="append", default=[],
                      help="space-separated scopes (repeatable)")
     reg.add_argument("--type", choices=["access", "refresh"], default="access")
-    reg.add_argument("--ttl", type=nonnegative_int, metavar="SECONDS",
+    reg.add_argument("--ttl", type=positive_seconds, metavar="SECONDS",
                      help="lifetime from now (default: the server's)")
     reg.add_argument("--family", default="")
     reg.add_argument("--origin", default="")
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--serial", type=positive_int, action="append", default=[],
                      help="token serial (repeatable)")
     add_jti_options(rev)
-    rev.add_argument("--exp", type=nonnegative_int, default=0, metavar="UNIX",
+    rev.add_argument("--exp", type=unix_time, default=0, metavar="TIME",
                      help="expiry of a --jti token this store never registered")
     rev.add_argument("--subject", default="")
     rev.add_argument("--client", default="", help="client_id")
@@ -108,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
             # Claims of a --jti token never registered here, so cut-off rules apply.
             sub.add_argument("--sub", default="", help="with --jti: the token's subject")
             sub.add_argument("--client", default="", help="with --jti: the token's client_id")
-            sub.add_argument("--iat", type=nonnegative_int, default=0, metavar="UNIX_TIME",
+            sub.add_argument("--iat", type=unix_time, default=0, metavar="TIME",
                              help="with --jti: when the token was issued")
 
     command("stats", "print counts and identity of the store")
@@ -296,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _validate(parser, args)
     args.json = getattr(args, "json", False)
-    target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    target = getattr(args, "target", None)
+    try:
+        target = target or target_address(os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+    except ValueError as exc:
+        print(f"recallctl: {TARGET_ENV}: {exc}", file=sys.stderr)
+        return 2
     try:
         transport = _transport(args)
     except (OSError, ValueError) as exc:
@@ -307,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           token=transport.token) as client:
             code = (_COMMANDS | cli_lifecycle.COMMANDS)[args.command](client, args)
     except RecallError as err:
-        print(f"recallctl: {err}", file=sys.stderr)
+        where = f" (target {target})" if err.code_name == "UNAVAILABLE" else ""
+        print(f"recallctl: {err}{where}", file=sys.stderr)
         return 1
     return code or 0

@@ -36,7 +36,7 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
     rot.add_argument("serial", nargs="?", type=common.positive_int, metavar="SERIAL",
                      help="the presented refresh token (or --issuer and --jti)")
     common.add_jti_options(rot)
-    rot.add_argument("--ttl", type=common.nonnegative_int, metavar="SECONDS",
+    rot.add_argument("--ttl", type=common.positive_seconds, metavar="SECONDS",
                      help="successor lifetime from now (default: the presented token's)")
     rot.add_argument("--request-id", default="", metavar="ID",
                      help="identifies this rotation: a retry with the same ID gets the same successor")
@@ -50,7 +50,7 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
     scope.add_argument("--client", help="client_id")
     scope.add_argument("--issuer")
     scope.add_argument("--all", action="store_true", help="every token of every issuer")
-    cut.add_argument("--before", type=common.nonnegative_int, default=0, metavar="UNIX_TIME",
+    cut.add_argument("--before", type=common.unix_time, default=0, metavar="TIME",
                      help="tokens issued before this time (default: now)")
     cut.add_argument("--reason", default="")
     cut.add_argument("--actor", default=None, help="who cuts off (default: your user name)")
@@ -60,8 +60,10 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
                      help="only the trace of this token")
     aud.add_argument("--subject", default="")
     aud.add_argument("--client", default="", help="client_id")
-    aud.add_argument("--since", type=common.nonnegative_int, default=0, metavar="UNIX_TIME")
-    aud.add_argument("--until", type=common.nonnegative_int, default=0, metavar="UNIX_TIME")
+    aud.add_argument("--since", type=common.unix_time, default=0, metavar="TIME",
+                     help="only records at or after this time")
+    aud.add_argument("--until", type=common.unix_time, default=0, metavar="TIME",
+                     help="only records at or before this time")
     aud.add_argument("--after-seq", type=common.nonnegative_int, default=0, metavar="N",
                      help="only records after seq N")
     aud.add_argument("--limit", type=common.positive_int, default=0, metavar="N",
