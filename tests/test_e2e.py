@@ -78,9 +78,9 @@ def test_async_client(server):
     assert asyncio.run(scenario()) == (TokenState.REVOKED, "INVALID_ARGUMENT")
 
 
-def _ctl(server, *args: str) -> str:
+def _ctl(server, *args: str, code: int = 0) -> str:
     result = run_command(str(RECALLCTL), "--target", server.address, *args)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     return result.stdout
 
 
@@ -92,11 +92,11 @@ def test_recallctl_against_a_real_server(server):
     assert json.loads(_ctl(server, "check", "1", "--json"))["state"] == "ACTIVE"
     revoked = json.loads(_ctl(server, "--json", "revoke", "--family", "f1", "--reason", "reuse"))
     assert revoked["count"] == 1 and revoked["seq"] >= 2
-    checked = json.loads(_ctl(server, "check", "--json", "1"))
+    checked = json.loads(_ctl(server, "check", "--json", "1", code=4))
     assert checked["state"] == "REVOKED" and checked["reason"] == "reuse"
-    info = json.loads(_ctl(server, "introspect", "1", "--json"))
+    info = json.loads(_ctl(server, "introspect", "1", "--json", code=4))
     assert info["active"] is False and info["state"] == "REVOKED"
-    assert "REVOKED" in _ctl(server, "check", "1")
+    assert "REVOKED" in _ctl(server, "check", "1", code=4)
     stats = json.loads(_ctl(server, "stats", "--json"))
     assert stats["revoked"] == 1
 

@@ -77,7 +77,7 @@ def test_times_as_dates_and_iso_8601_mean_what_unix_seconds_mean(server, client)
         assert done.returncode == 0, (since, done.stderr)
         assert [json.loads(line) for line in done.stdout.splitlines()] == records
     done = recallctl(server.address, "audit", "--json", "--until", "2001-01-01")
-    assert (done.returncode, done.stdout) == (0, "")  # nothing that early
+    assert (done.returncode, done.stdout) == (5, "")  # nothing that early
 
     # A zone-less time is UTC: issued a second before the rule's time is cut off, at it is not.
     for issued, state in ((between - datetime.timedelta(seconds=1), "REVOKED"), (between, "UNKNOWN")):
@@ -150,3 +150,47 @@ def test_a_ttl_of_no_time_is_a_usage_error_before_any_call(server, client, argv)
     done = recallctl(server.address, *argv)
     assert (done.returncode, done.stdout) == (2, "") and "--ttl" in done.stderr
     assert client.stats().seq == 0
+
+
+# ------------------------------------------------------------- exit codes
+
+
+def test_check_and_introspect_exit_0_only_when_every_token_is_active(server, client):
+    now = int(time.time())
+    active = [client.register_one("alice", "web").serial for _ in range(2)]
+    revoked = client.register_one("bob", "web").serial
+    client.revoke(serials=[revoked], reason="leaked")
+    expired = client.register_one("carol", "web", issued_at=now - 100, expires_at=now - 10).serial
+    rotated = client.register_one("dave", "web", type=TokenType.REFRESH).serial
+    client.rotate(rotated)
+    unknown = 999
+
+    both = recallctl(server.address, "check", *map(str, active))
+    assert (both.returncode, both.stderr) == (0, "") and both.stdout.count(" ACTIVE\n") == 2
+    assert recallctl(server.address, "introspect", *map(str, active)).returncode == 0
+    for serial, state in ((revoked, "REVOKED"), (expired, "EXPIRED"), (rotated, "ROTATED"), (unknown, "UNKNOWN")):
+        done = recallctl(server.address, "check", str(active[0]), str(serial))
+        assert (done.returncode, done.stderr) == (4, ""), state
+        assert done.stdout.splitlines()[1].startswith(f"{serial} {state}")
+        looked = recallctl(server.address, "introspect", str(serial), "--json")
+        assert (looked.returncode, json_of(looked)["active"]) == (4, False)
+    foreign = recallctl(server.address, "check", "--issuer", OTHER, "--jti", "never-seen")
+    assert (foreign.returncode, foreign.stdout) == (4, "never-seen UNKNOWN\n")
+
+
+@pytest.mark.parametrize("argv", [["trace", "999"], ["audit", "--serial", "999"]])
+def test_trace_of_a_serial_never_registered_exits_5_saying_so(server, client, argv):
+    client.register_one("alice", "web")
+    done = recallctl(server.address, *argv)
+    assert (done.returncode, done.stdout) == (5, "")
+    assert done.stderr == "recallctl: no audit records: serial 999 was never registered here (the highest is 1)\n"
+    done = recallctl(server.address, *argv[:-1], "1")
+    assert (done.returncode, done.stderr) == (0, "") and "register" in done.stdout
+
+
+def test_audit_matching_nothing_exits_5_and_a_registered_serial_is_not_called_unknown(server, client):
+    client.register_one("alice", "web")
+    done = recallctl(server.address, "audit", "--subject", "nobody", "--json")
+    assert (done.returncode, done.stdout, done.stderr) == (5, "", "recallctl: no audit records match\n")
+    done = recallctl(server.address, "audit", "--serial", "1", "--until", "2001-01-01")
+    assert (done.returncode, done.stderr) == (5, "recallctl: no audit records of serial 1 match\n")

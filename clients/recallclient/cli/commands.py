@@ -21,6 +21,10 @@ from ..types import CheckResult, TokenState, TokenType
 from . import lifecycle as cli_lifecycle
 from .common import (
     DEFAULT_TARGET,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_NOT_ACTIVE,
+    EXIT_USAGE,
     TARGET_ENV,
     TIME_FORMATS,
     add_jti_options,
@@ -35,13 +39,7 @@ from .common import (
     unix_time,
 )
 
-_EPILOG = """exit codes:
-  0  success
-  1  the call failed; stderr holds "recallctl: CODE_NAME: message"
-  2  usage error; no call was made
-  3  rotate: reuse detected; the token's family is revoked
-  4  rotate: refused; the presented token is not active
-
+_EPILOG = EXIT_CODES + """
 The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051 (HOST[:PORT],
 port 50051 unless given). Times (--before, --since, --until, --iat, --exp) are
 """ + TIME_FORMATS + "."
@@ -193,17 +191,23 @@ def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
     return obj, human
 
 
-def _run_check(client: RecallClient, args: argparse.Namespace) -> None:
+def _run_check(client: RecallClient, args: argparse.Namespace) -> int:
+    """Print each token's state; EXIT_NOT_ACTIVE unless every one is ACTIVE."""
     if args.jti:
         result = client.check(issuer=args.issuer, jti=args.jti, min_seq=args.min_seq,
                               sub=args.sub, client_id=args.client, issued_at=args.iat)
         emit(args, *_check_line(result, str(result.serial or args.jti)))
-        return
-    for serial in args.serials:
-        emit(args, *_check_line(client.check(serial, min_seq=args.min_seq), str(serial)))
+        results = [result]
+    else:
+        results = []
+        for serial in args.serials:
+            results.append(client.check(serial, min_seq=args.min_seq))
+            emit(args, *_check_line(results[-1], str(serial)))
+    return 0 if all(r.state is TokenState.ACTIVE for r in results) else EXIT_NOT_ACTIVE
 
 
-def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
+def _run_introspect(client: RecallClient, args: argparse.Namespace) -> int:
+    """Print each token's introspection; EXIT_NOT_ACTIVE unless every one is active."""
     if args.jti:
         found = [client.introspect(issuer=args.issuer, jti=args.jti)]
     else:
@@ -212,6 +216,7 @@ def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
         if index and not args.json:
             print()
         emit(args, obj, _aligned(obj))
+    return 0 if all(obj["active"] for obj in found) else EXIT_NOT_ACTIVE
 
 
 def _run_stats(client: RecallClient, args: argparse.Namespace) -> None:
@@ -295,9 +300,9 @@ def _transport(args: argparse.Namespace) -> Transport:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run recallctl with `argv` (default: sys.argv[1:]).
 
-    Returns the exit code: 0 on success, 1 when a call fails (message on
-    stderr), 3 or 4 for a rotation that found reuse or was refused. Usage
-    errors raise SystemExit(2) from argparse.
+    Returns the exit code (common.EXIT_CODES): 0 on success, 1 when a call
+    fails (message on stderr), 3 to 5 for answers a script must tell apart.
+    Usage errors raise SystemExit(2) from argparse.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -308,12 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = target or target_address(os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
     except ValueError as exc:
         print(f"recallctl: {TARGET_ENV}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         transport = _transport(args)
     except (OSError, ValueError) as exc:
         print(f"recallctl: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         with RecallClient(target, cacert=transport.cacert, cert=transport.cert, key=transport.key,
                           token=transport.token) as client:
@@ -321,5 +326,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecallError as err:
         where = f" (target {target})" if err.code_name == "UNAVAILABLE" else ""
         print(f"recallctl: {err}{where}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return code or 0

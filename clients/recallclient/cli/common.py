@@ -11,6 +11,18 @@ from ..jti import MAX_SERIAL
 DEFAULT_PORT = 50051
 DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_PORT}"
 TARGET_ENV = "RECALL_TARGET"
+# Exit codes: stable, documented in EXIT_CODES, the README and every --help.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REUSE, EXIT_NOT_ACTIVE, EXIT_NO_RECORDS = range(6)
+EXIT_CODES = """exit codes (stable: scripts may rely on them):
+  0  success; check and introspect: every token is ACTIVE
+  1  the call failed; stderr holds "recallctl: CODE_NAME: message"
+  2  usage error; no call was made
+  3  rotate: reuse detected; the token's family is revoked
+  4  not active: check or introspect found a token that is not ACTIVE
+     (REVOKED, EXPIRED, ROTATED or UNKNOWN); rotate refused the presented
+     token (revoked, expired or unknown)
+  5  audit, trace: no record matched (stderr says so)
+"""
 MAX_TIME = 2**32 - 1  # the server keeps times as uint32 Unix seconds
 TIME_FORMATS = "Unix seconds, a date (2026-12-01) or an ISO 8601 time (2026-12-01T10:00:00Z; UTC unless it has a zone)"
 

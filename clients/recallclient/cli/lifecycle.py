@@ -9,20 +9,20 @@ A rotation's outcome is an answer, not a failure, so it has exit codes of
 its own: 3 when the presented token was already rotated (reuse detected:
 its whole family is now revoked) and 4 when it was refused (revoked,
 expired or unknown). A caller that issues tokens from a script must not
-issue a successor on either.
+issue a successor on either. An audit query or trace that matches nothing
+exits 5 (see common.EXIT_CODES).
 """
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..client import RecallClient
+from ..errors import RecallError
 from ..requests import token_spec
 from . import common
-
-EXIT_REUSE = 3
-EXIT_REFUSED = 4
 
 _SCOPES = ("subject", "client", "issuer", "all")
 # The keys every audit record has; the rest are its detail.
@@ -113,11 +113,11 @@ def _run_rotate(client: RecallClient, args: argparse.Namespace) -> int:
                "family": result.family, "seq": result.seq}
         common.emit(args, obj, f"REUSE DETECTED: {presented} was already rotated; family "
                             f"{result.family} revoked ({result.count} {noun}, seq {result.seq})")
-        return EXIT_REUSE
+        return common.EXIT_REUSE
     obj = {"outcome": result.outcome, "state": result.state.name, "family": result.family,
            "seq": result.seq}
     common.emit(args, obj, f"refused: {presented} is {result.state.name}")
-    return EXIT_REFUSED
+    return common.EXIT_NOT_ACTIVE
 
 
 def _run_cutoff(client: RecallClient, args: argparse.Namespace) -> int:
@@ -178,7 +178,23 @@ def _run_audit(client: RecallClient, args: argparse.Namespace) -> int:
         pass
     finally:
         records.close()  # cancels the call
-    return 0
+    if seen or args.follow:
+        return 0
+    print(f"recallctl: {_nothing_matched(client, args.serial)}", file=sys.stderr)
+    return common.EXIT_NO_RECORDS
+
+
+def _nothing_matched(client: RecallClient, serial: int) -> str:
+    """Why an audit query printed nothing, as exactly as the server lets us tell."""
+    if serial:
+        try:
+            highest = client.stats().registered
+        except RecallError:  # e.g. a caller granted audit but not check
+            highest = None
+        if highest is not None and serial > highest:
+            return f"no audit records: serial {serial} was never registered here (the highest is {highest})"
+        return f"no audit records of serial {serial} match"
+    return "no audit records match"
 
 
 def _run_trace(client: RecallClient, args: argparse.Namespace) -> int:
