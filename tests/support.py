@@ -72,7 +72,7 @@ class ServerProcess:
     """`python -m recallcore serve` as a real child process."""
 
     def __init__(self, data_dir: pathlib.Path, *extra: str, listen: str = "127.0.0.1:0") -> None:
-        self.data_dir = data_dir
+        self.data_dir, self.extra, self.listen = data_dir, extra, listen
         self.args = [sys.executable, "-m", "recallcore", "serve", "--data-dir", str(data_dir),
                      "--listen", listen, "--log-level", "WARNING", *extra]
         self.proc = subprocess.Popen(
@@ -137,6 +137,60 @@ def interrupt_when(args: list[str], done: Callable[[list[str]], bool]) -> tuple[
         proc.stdout.close()
         proc.stderr.close()
     return code, err, lines
+
+
+class StreamingCommand:
+    """A command that streams lines until stopped (recallctl watch, audit --follow), read
+    while it runs: `stdout` and `stderr` fill with its lines, `wait_for` waits for one."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=pair, daemon=True)
+                         for pair in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def wait_for(self, lines: list[str], matches: Callable[[str], bool], what: str) -> str:
+        """Wait until one of `lines` (self.stdout or self.stderr) matches; return it."""
+        until(lambda: any(map(matches, lines)) or self.proc.poll() is not None, what)
+        found = [line for line in lines if matches(line)]
+        assert found, f"the command exited ({self.proc.returncode}) before {what}: {self.stderr}"
+        return found[0]
+
+    def wait(self) -> int:
+        """Wait for the command to end by itself; return its exit code, all its output read."""
+        code = self.proc.wait(STARTUP_TIMEOUT)
+        for reader in self._readers:
+            reader.join(STARTUP_TIMEOUT)
+        return code
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT, then `wait`."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+def restart_under(stream: StreamingCommand, server: ServerProcess) -> ServerProcess:
+    """SIGTERM `server`, wait until `stream` (a recallctl watch or audit --follow) says on
+    stderr that it is reconnecting, and start the server again as it was (same address and
+    data directory); return the new one."""
+    assert server.terminate() == 0
+    stream.wait_for(stream.stderr, lambda line: "reconnecting" in line, "word of the lost stream")
+    return ServerProcess(server.data_dir, *server.extra, listen=server.listen)
 
 
 def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:

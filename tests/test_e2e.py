@@ -7,7 +7,6 @@ import os
 import pathlib
 import re
 import shlex
-import sys
 import time
 
 import pytest
@@ -17,10 +16,9 @@ from recallcore.security.credentials import hash_secret
 from recallcore.security.policy import ROLES
 
 from .security.certs import CA
-from .support import ServerThread, run_command
+from .support import RECALLCTL, ServerThread, run_command
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
 
 
 def test_register_revoke_check_introspect_stats(client):

@@ -6,9 +6,9 @@ must see a record "committed meanwhile" commits it when the first line is
 printed (in-process: the Tee stdout wrapper; subprocess: reading its lines).
 """
 
+import contextlib
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -16,13 +16,21 @@ import time
 import pytest
 from recallclient import RecallClient, TokenSpec, TokenType, canonical_jti, cli
 
-from recallcore.settings import DEFAULT_MAX_TOKEN_LIFETIME
+from recallcore.settings import DEFAULT_MAX_TOKEN_LIFETIME, Settings
 
-from ..support import STARTUP_TIMEOUT, interrupt_when
+from ..support import (
+    RECALLCTL,
+    STARTUP_TIMEOUT,
+    ServerProcess,
+    StreamingCommand,
+    free_address,
+    interrupt_when,
+    recallctl,
+    restart_under,
+)
 from .test_client_unit import closed_target
 from .test_recallctl_watch import Tee
 
-RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
 OTHER = "https://other-idp.example"
 ROTATED_KEYS = {"outcome", "serial", "jti", "family", "seq"}
 AUDIT_KEYS = {"seq", "time", "type", "actor", "origin", "reason", "count"}
@@ -397,3 +405,31 @@ def test_audit_follow_as_a_process_flushes_each_line_and_stops_on_sigint(server,
     assert lines[0].startswith("1  ") and "  register  anonymous  -  1  " in lines[0]
     assert lines[1].startswith("2  ") and '  revoke  anonymous  "password reset"  1  ' in lines[1]
     assert " on_behalf_of=ops " in lines[1]
+
+
+def test_audit_follow_resumes_after_a_server_restart_after_the_last_record(tmp_path):
+    address = free_address()
+    with contextlib.ExitStack() as cleanup:
+        first = cleanup.enter_context(contextlib.closing(ServerProcess(tmp_path / "data", listen=address)))
+        with RecallClient(address) as client:
+            serial = client.register_one("alice", "web").serial
+        follow = cleanup.enter_context(contextlib.closing(
+            StreamingCommand(str(RECALLCTL), "--target", address, "audit", "--follow", "--json")))
+        follow.wait_for(follow.stdout, lambda line: json.loads(line)["seq"] == 1, "the first record")
+        cleanup.enter_context(contextlib.closing(restart_under(follow, first)))
+        with RecallClient(address) as client:
+            client.revoke(serials=[serial], reason="after the restart")
+        follow.wait_for(follow.stdout, lambda line: json.loads(line)["seq"] == 2, "the record after the restart")
+        assert follow.interrupt() == 0
+    records = [json.loads(line) for line in follow.stdout]
+    assert [(r["seq"], r["type"], r["reason"]) for r in records] == [
+        (1, "register", ""), (2, "revoke", "after the restart")]
+    assert follow.stderr[0].endswith(f"; reconnecting to {address} to resume after seq 1\n")
+    assert follow.stderr[-1] == f"recallctl: audit: reconnected to {address}; resuming after seq 1\n"
+
+
+def test_audit_follow_on_a_follower_exits_1_at_once_naming_the_primary(servers, server, tmp_path):
+    follower = servers.start(Settings(data_dir=tmp_path / "f", listen="127.0.0.1:0", follow=server.address))
+    done = recallctl(follower.address, "audit", "--follow")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("recallctl: FAILED_PRECONDITION: ") and server.address in done.stderr

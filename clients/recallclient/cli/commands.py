@@ -8,7 +8,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._proto.recall.v1 import recall_pb2 as pb
@@ -19,6 +19,7 @@ from ..errors import RecallError, rpc_errors
 from ..transport import CACERT_ENV, CERT_ENV, KEY_ENV, TOKEN_ENV, Transport
 from ..types import CheckResult, TokenState, TokenType
 from . import lifecycle as cli_lifecycle
+from . import streams
 from .common import (
     DEFAULT_TARGET,
     EXIT_CODES,
@@ -118,13 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("stats", "print counts and identity of the store")
 
-    watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C")
+    watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C; resumes "
+                             "where it was when the server restarts")
     watch.add_argument("--after-seq", type=nonnegative_int, default=0, metavar="N",
                        help="resume after seq N (0: start with a snapshot)")
     watch.add_argument("--store-id", default="", metavar="ID",
                        help="the store seq N belongs to (another store: reset, then snapshot)")
     watch.add_argument("--count", type=positive_int, default=None, metavar="N",
                        help="stop after N events")
+    streams.add_reconnect_option(watch)
     cli_lifecycle.add_commands(command)
     return parser
 
@@ -260,22 +263,51 @@ def _watch_line(event: pb.WatchEvent) -> tuple[dict[str, Any], str]:
     return obj, human
 
 
-def _run_watch(client: RecallClient, args: argparse.Namespace) -> None:
-    request = pb.WatchRequest(store_id=args.store_id, after_seq=args.after_seq)
-    call = recall_pb2_grpc.RecallStub(client.channel).Watch(request)
+class _WatchPosition:
+    """Where a watch resumes: the store, seq and history of the last complete state printed."""
+
+    def __init__(self, store_id: str, after_seq: int) -> None:
+        self.store_id, self.after_seq, self.history = store_id, after_seq, b""
+
+    def request(self) -> pb.WatchRequest:
+        return pb.WatchRequest(store_id=self.store_id, after_seq=self.after_seq, history=self.history)
+
+    def apply(self, event: pb.WatchEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "snapshot" and event.snapshot.index + 1 == event.snapshot.count:  # complete
+            self.store_id, self.after_seq, self.history = event.store_id, event.snapshot.seq, event.snapshot.history
+        elif kind == "delta":
+            self.store_id, self.after_seq, self.history = event.store_id, event.delta.seq, event.delta.history
+        elif kind == "reset":  # a snapshot follows; until it is whole, start over
+            self.store_id, self.after_seq, self.history = "", 0, b""
+
+    def __str__(self) -> str:
+        return f"after seq {self.after_seq}" if self.after_seq else "with a snapshot"
+
+
+def _run_watch(client: RecallClient, args: argparse.Namespace) -> int:
+    position = _WatchPosition(args.store_id, args.after_seq)
+    stub = recall_pb2_grpc.RecallStub(client.channel)
     seen = 0
-    try:
-        with rpc_errors():
-            for event in call:
-                obj, human = _watch_line(event)
-                print(json.dumps(obj) if args.json else human, flush=True)
-                seen += 1
-                if seen == args.count:
-                    break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        call.cancel()
+
+    def events() -> Iterator[pb.WatchEvent]:
+        call = stub.Watch(position.request())
+        try:
+            with rpc_errors():
+                yield from call
+        finally:
+            call.cancel()
+
+    def handle(event: pb.WatchEvent) -> bool:
+        nonlocal seen
+        position.apply(event)
+        obj, human = _watch_line(event)
+        print(json.dumps(obj) if args.json else human, flush=True)
+        seen += 1
+        return seen != args.count
+
+    return streams.follow("watch", client.channel, args.target, events, handle, position.__str__,
+                          args.reconnect_for)
 
 
 _COMMANDS: dict[str, Callable[[RecallClient, argparse.Namespace], int | None]] = {
@@ -315,16 +347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recallctl: {TARGET_ENV}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        transport = _transport(args)
+        channel = _transport(args).channel(target, streams.CHANNEL_OPTIONS)
     except (OSError, ValueError) as exc:
         print(f"recallctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    args.target = target
     try:
-        with RecallClient(target, cacert=transport.cacert, cert=transport.cert, key=transport.key,
-                          token=transport.token) as client:
+        with RecallClient(target, channel=channel) as client:
             code = (_COMMANDS | cli_lifecycle.COMMANDS)[args.command](client, args)
     except RecallError as err:
         where = f" (target {target})" if err.code_name == "UNAVAILABLE" else ""
         print(f"recallctl: {err}{where}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        channel.close()
     return code or 0

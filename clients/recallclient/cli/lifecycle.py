@@ -14,6 +14,7 @@ exits 5 (see common.EXIT_CODES).
 """
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typing import Any
 from ..client import RecallClient
 from ..errors import RecallError
 from ..requests import token_spec
-from . import common
+from . import common, streams
 
 _SCOPES = ("subject", "client", "issuer", "all")
 # The keys every audit record has; the rest are its detail.
@@ -69,9 +70,11 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
     aud.add_argument("--limit", type=common.positive_int, default=0, metavar="N",
                      help="at most N records (with --follow: in all)")
     aud.add_argument("--follow", action="store_true",
-                     help="then print new records as they are committed, until Ctrl-C")
+                     help="then print new records as they are committed, until Ctrl-C; resumes after the "
+                          "last record printed when the server restarts")
     aud.add_argument("--count", type=common.positive_int, default=None, metavar="N",
                      help="stop after N records")
+    streams.add_reconnect_option(aud)
 
     trace = command("trace", "print the audit trace of one token: issued, rotated, revoked, expired")
     trace.add_argument("serial", type=common.positive_int, metavar="SERIAL")
@@ -161,24 +164,35 @@ def audit_line(record: dict[str, Any]) -> str:
 
 
 def _run_audit(client: RecallClient, args: argparse.Namespace) -> int:
-    records = client.audit(
-        serial=args.serial, subject=args.subject, client_id=args.client, since=args.since,
-        until=args.until, after_seq=args.after_seq, limit=args.limit, follow=args.follow,
-    )
     # The server stops a followed stream at --limit only between batches.
     stop = min((n for n in (args.count, args.limit) if n), default=0)
-    seen = 0
-    try:
-        for record in records:
-            print(json.dumps(record) if args.json else audit_line(record), flush=True)
-            seen += 1
-            if seen == stop:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        records.close()  # cancels the call
-    if seen or args.follow:
+    cursor, seen = args.after_seq, 0
+
+    def records() -> Iterator[dict[str, Any]]:
+        return client.audit(
+            serial=args.serial, subject=args.subject, client_id=args.client, since=args.since,
+            until=args.until, after_seq=cursor, limit=args.limit - seen if args.limit else 0,
+            follow=args.follow,
+        )
+
+    def handle(record: dict[str, Any]) -> bool:
+        nonlocal cursor, seen
+        print(json.dumps(record) if args.json else audit_line(record), flush=True)
+        cursor = max(cursor, record.get("seq", 0))  # a resumed stream starts after it
+        seen += 1
+        return seen != stop
+
+    if args.follow:
+        return streams.follow("audit", client.channel, args.target, records, handle,
+                              lambda: f"after seq {cursor}", args.reconnect_for)
+    with contextlib.closing(records()) as found:
+        try:
+            for record in found:
+                if not handle(record):
+                    break
+        except KeyboardInterrupt:
+            return 0
+    if seen:
         return 0
     print(f"recallctl: {_nothing_matched(client, args.serial)}", file=sys.stderr)
     return common.EXIT_NO_RECORDS
