@@ -143,8 +143,9 @@ class StreamingCommand:
     """A command that streams lines until stopped (recallctl watch, audit --follow), read
     while it runs: `stdout` and `stderr` fill with its lines, `wait_for` waits for one."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    def __init__(self, *args: str, env: dict[str, str] | None = None, stdin=None) -> None:
+        self.proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._readers = [threading.Thread(target=self._read, args=pair, daemon=True)

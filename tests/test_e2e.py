@@ -174,8 +174,10 @@ def test_readme_walkthrough_runs_as_written(walk):
     assert (retried["serial"], retried["jti"]) == (rotated["serial"], rotated["jti"]) == (4, "rc1.4.b934")
     [reuse] = map(json.loads, outputs_of(r" rotate 3 --json$"))
     assert (reuse["outcome"], reuse["reuse_detected"], reuse["count"]) == ("REUSE_DETECTED", True, 2)
-    [cutoff] = map(json.loads, outputs_of(r" cutoff "))
+    [cutoff] = map(json.loads, outputs_of(r" cutoff --subject "))
     assert cutoff["count"] == 1 and cutoff["retires_at"] > cutoff["before"]
+    [everyone] = outputs_of(r" cutoff --all ")
+    assert re.match(r"cut off everyone before \S+: 0 tokens revoked \(seq \d+\)", everyone)  # all were already
     assert outputs_of(r" --iat ") == ["bob-42 REVOKED (reason: cut-off rule)\n"]
     types = [[row.split("  ")[2] for row in out.splitlines()] for out in outputs_of(r" trace ")]
     assert types == [["rotate", "reuse_detected"], ["register", "cutoff"]]

@@ -162,7 +162,8 @@ def test_cutoff_json_counts_registered_tokens_and_reports_the_rule(capsys, serve
     assert record["rule"] == {"scope": "subject", "value": "alice", "before": cut["before"]}
 
     # an explicit --before covers tokens issued strictly before it
-    [everyone] = ctl_json(capsys, server, "cutoff", "--all", "--before", str(latest + 1), "--actor", "ops")
+    [everyone] = ctl_json(capsys, server, "cutoff", "--all", "--before", str(latest + 1), "--actor", "ops",
+                          "--reason", "signing key leaked", "--yes")
     assert everyone["count"] == 1 and client.check(bob).state.name == "REVOKED"
     [record] = client.audit(after_seq=everyone["seq"] - 1)
     assert record["rule"] == {"scope": "all", "value": "", "before": latest + 1}
@@ -176,7 +177,7 @@ def test_cutoff_human_line_and_scopes(capsys, server, client):
     assert code == 0
     assert out == (f"cut off client web before {cli.iso(before)}: 1 token revoked (seq 2); "
                    f"the rule retires at {retires}\n")
-    code, out, _ = ctl(capsys, server, "cutoff", "--issuer", OTHER, "--before", str(before))
+    code, out, _ = ctl(capsys, server, "cutoff", "--issuer", OTHER, "--before", str(before), "--reason", "r", "--yes")
     assert code == 0 and out.startswith(f"cut off issuer {OTHER} before ") and ": 0 tokens revoked" in out
 
 

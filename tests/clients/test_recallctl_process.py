@@ -4,6 +4,8 @@ the server's issuer by default, exit codes, time formats, targets and argument c
 import datetime
 import json
 import os
+import pty
+import subprocess
 import time
 
 import pytest
@@ -11,7 +13,7 @@ from recallclient import TokenState, TokenType
 
 from recallcore.settings import Settings
 
-from ..support import RECALLCTL, ServerThread, recallctl, run_command
+from ..support import RECALLCTL, ServerThread, StreamingCommand, recallctl, run_command
 
 OTHER = "https://other-idp.example"
 
@@ -194,3 +196,46 @@ def test_audit_matching_nothing_exits_5_and_a_registered_serial_is_not_called_un
     assert (done.returncode, done.stdout, done.stderr) == (5, "", "recallctl: no audit records match\n")
     done = recallctl(server.address, "audit", "--serial", "1", "--until", "2001-01-01")
     assert (done.returncode, done.stderr) == (5, "recallctl: no audit records of serial 1 match\n")
+
+
+# ------------------------------------------------------------- the kill switch
+
+
+@pytest.mark.parametrize("scope", [["--all"], ["--issuer", "recallcore"]])
+def test_the_kill_switch_needs_a_reason_and_a_confirmation(server, client, scope):
+    serial = client.register_one("alice", "web").serial
+    flag = scope[0]
+    done = recallctl(server.address, "cutoff", *scope, "--yes", stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (2, "") and f"cutoff {flag}: give --reason" in done.stderr
+    done = recallctl(server.address, "cutoff", *scope, "--reason", "key leaked", stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (2, "") and f"cutoff {flag}: give --yes to confirm" in done.stderr
+    assert client.check(serial).state is TokenState.ACTIVE and client.stats().seq == 1
+
+    done = recallctl(server.address, "cutoff", *scope, "--reason", "key leaked", "--yes", "--json")
+    assert (done.returncode, json_of(done)["count"]) == (0, 1), done.stderr
+    assert client.check(serial).state is TokenState.REVOKED
+    [record] = client.audit(after_seq=1)
+    assert (record["type"], record["reason"]) == ("cutoff", "key leaked")
+
+
+@pytest.mark.parametrize("answer, code", [("no", 2), ("yes", 0)])
+def test_the_kill_switch_asks_on_a_terminal(server, client, answer, code):
+    serial = client.register_one("alice", "web").serial
+    terminal, line = pty.openpty()
+    asking = StreamingCommand(str(RECALLCTL), "--target", server.address, "cutoff", "--all", "--reason", "r",
+                              stdin=line)
+    os.close(line)
+    try:
+        asking.wait_for(asking.stderr, lambda text: "every token of every issuer issued before now" in text,
+                        "the question")
+        os.write(terminal, answer.encode() + b"\n")
+        assert asking.wait() == code
+    finally:
+        asking.close()
+        os.close(terminal)
+    revoked = client.check(serial).state is TokenState.REVOKED
+    assert revoked == (answer == "yes")
+    if answer == "no":
+        assert asking.stdout == [] and asking.stderr[-1].endswith("recallctl: cutoff: not confirmed; nothing was revoked\n")
+    else:
+        assert asking.stdout[0].startswith("cut off everyone before ")

@@ -16,7 +16,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REUSE, EXIT_NOT_ACTIVE, EXIT_NO_RECORDS =
 EXIT_CODES = """exit codes (stable: scripts may rely on them):
   0  success; check and introspect: every token is ACTIVE
   1  the call failed; stderr holds "recallctl: CODE_NAME: message"
-  2  usage error; no call was made
+  2  usage error, or a kill switch (cutoff --issuer, --all) not confirmed;
+     no call was made
   3  rotate: reuse detected; the token's family is revoked
   4  not active: check or introspect found a token that is not ACTIVE
      (REVOKED, EXPIRED, ROTATED or UNKNOWN); rotate refused the presented

@@ -53,8 +53,10 @@ def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None
     scope.add_argument("--all", action="store_true", help="every token of every issuer")
     cut.add_argument("--before", type=common.unix_time, default=0, metavar="TIME",
                      help="tokens issued before this time (default: now)")
-    cut.add_argument("--reason", default="")
+    cut.add_argument("--reason", default="", help="why (required with --issuer and --all)")
     cut.add_argument("--actor", default=None, help="who cuts off (default: your user name)")
+    cut.add_argument("--yes", action="store_true",
+                     help="with --issuer or --all: act without asking (else asked on a terminal; refused elsewhere)")
 
     aud = command("audit", "print audit records, oldest first")
     aud.add_argument("--serial", type=common.positive_int, default=0, metavar="N",
@@ -87,8 +89,27 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("rotate: --issuer needs --jti")
         if (args.serial is None) == (not args.jti):
             parser.error("rotate: give SERIAL or --jti (not both)")
+    elif args.command == "cutoff" and _kill_switch(args):
+        flag = "--all" if args.all else "--issuer"
+        if not args.reason.strip():
+            parser.error(f"cutoff {flag}: give --reason: the kill switch is recorded with why it was used")
+        if not args.yes and not sys.stdin.isatty():
+            parser.error(f"cutoff {flag}: give --yes to confirm (no terminal to ask on)")
     elif args.command == "audit" and args.until and args.since > args.until:
         parser.error("audit: --since is after --until")
+
+
+def _kill_switch(args: argparse.Namespace) -> bool:
+    """True for the scopes of the kill switch (the killswitch role): an issuer, or everyone."""
+    return bool(args.all or args.issuer)
+
+
+def _confirmed(whom: str, before: int) -> bool:
+    """Ask on the terminal whether to revoke every token of `whom`; True for "yes"."""
+    when = common.iso(before) if before else "now"
+    print(f"recallctl: this revokes every token of {whom} issued before {when}, on every node, at once.\n"
+          "Type yes to go on: ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() == "yes"
 
 
 def _run_rotate(client: RecallClient, args: argparse.Namespace) -> int:
@@ -126,6 +147,10 @@ def _run_rotate(client: RecallClient, args: argparse.Namespace) -> int:
 def _run_cutoff(client: RecallClient, args: argparse.Namespace) -> int:
     scope = next(name for name in _SCOPES if getattr(args, name))
     value = "" if scope == "all" else getattr(args, scope)
+    covered = "every issuer" if scope == "all" else f"issuer {value}"
+    if _kill_switch(args) and not args.yes and not _confirmed(covered, args.before):
+        print("recallctl: cutoff: not confirmed; nothing was revoked", file=sys.stderr)
+        return common.EXIT_USAGE
     result = client.cutoff(scope, value, before=args.before, reason=args.reason,
                            actor=common.default_actor() if args.actor is None else args.actor)
     noun = "token" if result.count == 1 else "tokens"
