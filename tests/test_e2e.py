@@ -179,7 +179,7 @@ def test_readme_walkthrough_runs_as_written(walk):
     [everyone] = outputs_of(r" cutoff --all ")
     assert re.match(r"cut off everyone before \S+: 0 tokens revoked \(seq \d+\)", everyone)  # all were already
     assert outputs_of(r" --iat ") == ["bob-42 REVOKED (reason: cut-off rule)\n"]
-    types = [[row.split("  ")[2] for row in out.splitlines()] for out in outputs_of(r" trace ")]
+    types = [[row.split("  ")[2] for row in out.splitlines()[1:]] for out in outputs_of(r" trace ")]  # no header
     assert types == [["rotate", "reuse_detected"], ["register", "cutoff"]]
 
 

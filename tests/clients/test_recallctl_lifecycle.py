@@ -264,8 +264,9 @@ def test_audit_human_lines(capsys, server, client):
     build_history(client)
     records = ctl_json(capsys, server, "audit")
     code, out, _ = ctl(capsys, server, "audit")
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
     assert code == 0 and len(lines) == 5
+    assert header == "seq  time  type  actor  reason  count  detail"
     iso = [cli.iso(r["time"]) for r in records]
     peer = [r["peer"] for r in records]  # the caller's address: who acted is who authenticated
     assert lines[1] == (f"2  {iso[1]}  register  anonymous  -  1  clients=cli first_serial=2 last_serial=2 "
@@ -291,7 +292,7 @@ def test_trace_is_audit_serial_in_order(capsys, server, client):
     assert [e["type"] for e in ctl_json(capsys, server, "trace", str(successor))] == ["rotate", "reuse_detected"]
     code, out, _ = ctl(capsys, server, "trace", str(alice))
     assert code == 0 and [line.split("  ")[2] for line in out.splitlines()] == [
-        "register", "rotate", "reuse_detected"]
+        "type", "register", "rotate", "reuse_detected"]  # under the header
 
 
 def test_trace_of_an_expired_token_has_its_expiry(capsys, server, client):
@@ -397,15 +398,16 @@ def test_audit_follow_as_a_process_flushes_each_line_and_stops_on_sigint(server,
     serial = client.register_one("alice", "web").serial
 
     def done(lines: list[str]) -> bool:
-        if len(lines) == 1:
+        if len(lines) == 2:  # the header and the first record
             client.revoke(serials=[serial], reason="password reset", actor="ops")
-        return len(lines) > 1
+        return len(lines) > 2
 
     code, err, lines = interrupt_when([str(RECALLCTL), "--target", server.address, "audit", "--follow"], done)
     assert (code, err) == (0, "")
-    assert lines[0].startswith("1  ") and "  register  anonymous  -  1  " in lines[0]
-    assert lines[1].startswith("2  ") and '  revoke  anonymous  "password reset"  1  ' in lines[1]
-    assert " on_behalf_of=ops " in lines[1]
+    assert lines[0] == "seq  time  type  actor  reason  count  detail\n"
+    assert lines[1].startswith("1  ") and "  register  anonymous  -  1  " in lines[1]
+    assert lines[2].startswith("2  ") and '  revoke  anonymous  "password reset"  1  ' in lines[2]
+    assert " on_behalf_of=ops " in lines[2]
 
 
 def test_audit_follow_resumes_after_a_server_restart_after_the_last_record(tmp_path):

@@ -239,3 +239,52 @@ def test_the_kill_switch_asks_on_a_terminal(server, client, answer, code):
         assert asking.stdout == [] and asking.stderr[-1].endswith("recallctl: cutoff: not confirmed; nothing was revoked\n")
     else:
         assert asking.stdout[0].startswith("cut off everyone before ")
+
+
+# ------------------------------------------------------------- what is printed
+
+
+def test_introspect_prints_only_the_fields_the_token_has(server, client):
+    serial = client.register_one("alice", "web", ttl=600).serial  # no family, origin or scopes
+    done = recallctl(server.address, "introspect", str(serial))
+    assert done.returncode == 0, done.stderr
+    keys = [line.split(":", 1)[0] for line in done.stdout.splitlines()]
+    assert keys == ["active", "client_id", "username", "token_type", "exp", "iat", "sub", "iss", "jti",
+                    "state", "serial"]
+    assert "this node keeps only" not in done.stdout
+    looked = json_of(recallctl(server.address, "introspect", str(serial), "--json"))
+    assert set(looked) == set(keys) and looked["sub"] == "alice"
+
+
+def test_on_a_follower_introspect_and_check_say_what_the_primary_keeps(servers, server, client, tmp_path):
+    active = client.register_one("alice", "web").serial
+    revoked = client.register_one("bob", "web").serial
+    seq = client.revoke(serials=[revoked], reason="leaked").seq
+    follower = servers.start(Settings(data_dir=tmp_path / "f", listen="127.0.0.1:0", follow=server.address,
+                                      heartbeat_interval=0.05))
+    assert recallctl(follower.address, "check", str(revoked), "--min-seq", str(seq)).returncode == 4
+
+    done = recallctl(follower.address, "introspect", str(active))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":", 1)[0] for line in lines[:-1]] == ["active", "exp", "state", "serial"]
+    assert lines[-1] == "(this node keeps only the state, serial and expiry: ask the primary for the rest)"
+    assert "iat" not in json_of(recallctl(follower.address, "introspect", str(active), "--json"))
+
+    done = recallctl(follower.address, "check", str(revoked))
+    assert (done.returncode, done.stdout) == (4, f"{revoked} REVOKED (why and when: this node does not know; "
+                                                 "ask the primary)\n")
+    done = recallctl(server.address, "check", str(revoked))
+    assert done.stdout.startswith(f"{revoked} REVOKED (reason: leaked, at ")
+
+
+def test_audit_and_trace_print_a_header_line_first(server, client):
+    serial = client.register_one("alice", "web").serial
+    for argv in (["audit"], ["trace", str(serial)]):
+        done = recallctl(server.address, *argv)
+        assert done.returncode == 0, done.stderr
+        header, record = done.stdout.splitlines()
+        assert header.split("  ") == ["seq", "time", "type", "actor", "reason", "count", "detail"]
+        fields = record.split("  ")
+        assert (fields[0], fields[2]) == ("1", "register")
+    assert "seq  time" not in recallctl(server.address, "audit", "--json").stdout

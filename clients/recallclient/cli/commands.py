@@ -149,6 +149,11 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     cli_lifecycle.validate(parser, args)
 
 
+def _known(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` without the fields the answer left blank (empty, or a time of 0); `active` stays."""
+    return {key: value for key, value in obj.items() if key == "active" or value not in ("", 0)}
+
+
 def _aligned(obj: dict[str, Any]) -> str:
     width = max(len(key) for key in obj) + 1
     lines = []
@@ -189,7 +194,7 @@ def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
         detail = f"at {iso(result.revoked_at)}" if result.revoked_at else ""
         if result.reason:
             detail = f"reason: {result.reason}" + (f", {detail}" if detail else "")
-        human += f" ({detail})" if detail else ""
+        human += f" ({detail or 'why and when: this node does not know; ask the primary'})"
     obj["seq"] = result.seq
     return obj, human
 
@@ -215,10 +220,13 @@ def _run_introspect(client: RecallClient, args: argparse.Namespace) -> int:
         found = [client.introspect(issuer=args.issuer, jti=args.jti)]
     else:
         found = [client.introspect(serial) for serial in args.serials]
-    for index, obj in enumerate(found):
+    for index, obj in enumerate(map(_known, found)):
         if index and not args.json:
             print()
-        emit(args, obj, _aligned(obj))
+        human = _aligned(obj)
+        if obj["active"] and "iat" not in obj:  # an active token has one, where its record is kept
+            human += "\n(this node keeps only the state, serial and expiry: ask the primary for the rest)"
+        emit(args, obj, human)
     return 0 if all(obj["active"] for obj in found) else EXIT_NOT_ACTIVE
 
 

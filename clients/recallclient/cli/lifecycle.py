@@ -175,8 +175,11 @@ def _flat(key: str, value: Any) -> Iterator[str]:
         yield f"{key}={_word(','.join(map(str, value)) if isinstance(value, list) else str(value))}"
 
 
+AUDIT_HEADER = "seq  time  type  actor  reason  count  detail"
+
+
 def audit_line(record: dict[str, Any]) -> str:
-    """The human line of one audit record:
+    """The human line of one audit record, under AUDIT_HEADER:
     seq  time  type  actor  reason  count  key=value of the origin and detail."""
     detail = {"origin": record.get("origin", ""),
               **{k: v for k, v in record.items() if k not in _AUDIT_KEYS}}
@@ -202,6 +205,8 @@ def _run_audit(client: RecallClient, args: argparse.Namespace) -> int:
 
     def handle(record: dict[str, Any]) -> bool:
         nonlocal cursor, seen
+        if not seen and not args.json:
+            print(AUDIT_HEADER)
         print(json.dumps(record) if args.json else audit_line(record), flush=True)
         cursor = max(cursor, record.get("seq", 0))  # a resumed stream starts after it
         seen += 1
