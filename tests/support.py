@@ -71,13 +71,14 @@ class ServerThread:
 class ServerProcess:
     """`python -m recallcore serve` as a real child process."""
 
-    def __init__(self, data_dir: pathlib.Path, *extra: str, listen: str = "127.0.0.1:0") -> None:
-        self.data_dir, self.extra, self.listen = data_dir, extra, listen
+    def __init__(self, data_dir: pathlib.Path, *extra: str, listen: str = "127.0.0.1:0",
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.extra, self.listen, self.env = data_dir, extra, listen, env
         self.args = [sys.executable, "-m", "recallcore", "serve", "--data-dir", str(data_dir),
                      "--listen", listen, "--log-level", "WARNING", *extra]
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         self.address = self._await_listening()
 
@@ -191,7 +192,7 @@ def restart_under(stream: StreamingCommand, server: ServerProcess) -> ServerProc
     data directory); return the new one."""
     assert server.terminate() == 0
     stream.wait_for(stream.stderr, lambda line: "reconnecting" in line, "word of the lost stream")
-    return ServerProcess(server.data_dir, *server.extra, listen=server.listen)
+    return ServerProcess(server.data_dir, *server.extra, listen=server.listen, env=server.env)
 
 
 def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
