@@ -1,7 +1,9 @@
-"""`recallcore serve`: the command line, the only reader of the environment.
+"""`recallcore serve` and `check-config`: the command line, the only reader of files and the environment.
 
-Every option can also come from an environment variable RECALL_<OPTION>
-(e.g. RECALL_DATA_DIR, RECALL_LISTEN); the command line wins.
+Every option of `serve` comes from, in increasing precedence: its default,
+the config file (--config FILE or RECALL_CONFIG; see config.py), the
+environment variable RECALL_<OPTION> (e.g. RECALL_DATA_DIR, RECALL_LISTEN),
+and the command-line flag.
 """
 
 import argparse
@@ -10,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from . import __version__, config
 from .core.errors import RecallError, StoreError
 from .security.credentials import hash_secret
 from .server import serve
@@ -64,7 +66,7 @@ _OPTIONS = (
     ("--status-list-interval", "status_list_interval", float, "seconds between rebuilds of one status list at most"),
 )
 # Repeatable options: flag, Settings field, help. Their environment variable
-# holds the values separated by whitespace.
+# holds the values separated by commas; the config file, a list.
 _LISTS = (
     ("--jwt-issuer", "jwt_issuers",
      "ISSUER=JWKS: accept JWTs of ISSUER, verified with JWKS (a file or an https:// URL); repeatable"),
@@ -75,26 +77,84 @@ _LISTS = (
 )
 
 
+_PRECEDENCE = """Every option is taken from, in increasing precedence: its default; the
+config file (--config FILE, or $RECALL_CONFIG), a TOML file whose keys are the
+options' names with underscores (listen = "0.0.0.0:50051", tls_cert = "...", or
+[tls] cert = "..."); the environment variable RECALL_<NAME> (RECALL_LISTEN); and
+the flag. `recallcore check-config FILE` says what is wrong with a file.
+Secrets never go in flags or the file: they name files that hold them."""
+
+
+def _log_level(text: str) -> str:
+    try:
+        return config.log_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recallcore", description="OAuth 2.0 token revocation server")
     parser.add_argument("--version", action="version", version=f"recallcore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the server")
+    serve_cmd = commands.add_parser("serve", help="run the server", description=_PRECEDENCE,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    # SUPPRESS: a flag not given leaves the option to the lower layers.
+    serve_cmd.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                           help=f"TOML file of options (env {config.CONFIG_ENV})")
     for flag, field, kind, text in _OPTIONS:
-        env = "RECALL_" + field.upper()
         default = getattr(Settings, field)
-        serve_cmd.add_argument(flag, dest=field, type=kind, default=os.environ.get(env, default),
-                               help=f"{text} (env {env}; default {default})")
+        serve_cmd.add_argument(flag, dest=field, type=kind, default=argparse.SUPPRESS,
+                               help=f"{text} (env {config.env_var(field)}; default {default})")
     for flag, field, text in _LISTS:
-        env = "RECALL_" + field.upper()
         default = getattr(Settings, field)
-        serve_cmd.add_argument(flag, dest=field, action="append", default=None,
-                               help=f"{text} (env {env}, space-separated; default {' '.join(default) or 'none'})")
-    serve_cmd.add_argument("--insecure", action="store_true", default=os.environ.get("RECALL_INSECURE") == "1",
+        serve_cmd.add_argument(flag, dest=field, action="append", default=argparse.SUPPRESS,
+                               help=f"{text} (env {config.env_var(field)}, comma-separated; "
+                                    f"default {','.join(default) or 'none'})")
+    serve_cmd.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
                            help="serve a non-loopback address without TLS or policy anyway (env RECALL_INSECURE=1)")
-    serve_cmd.add_argument("--log-level", default=os.environ.get("RECALL_LOG_LEVEL", "INFO"))
+    serve_cmd.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS,
+                           help=f"one of {', '.join(config.LOG_LEVELS)} (env RECALL_LOG_LEVEL; default INFO)")
+    check = commands.add_parser("check-config", help="say what is wrong with a config file, or that it is fine")
+    check.add_argument("file", metavar="FILE")
     commands.add_parser("hash-token", help="read a bearer secret on stdin; print its credentials-file value")
     return parser
+
+
+def _layers(ns: argparse.Namespace) -> config.Layers:
+    """The file, the environment and the flags `ns` holds, in that order."""
+    layers = config.Layers()
+    path = getattr(ns, "config", None) or os.environ.get(config.CONFIG_ENV)
+    if path:
+        layers.read_file(path)
+    layers.read_environment(os.environ)
+    flags = [(flag, field) for flag, field, _, _ in _OPTIONS] + [("--insecure", "insecure"), ("--log-level", "log_level")]
+    for flag, field in flags:
+        if hasattr(ns, field):
+            layers.add(field, getattr(ns, field), flag)
+    for flag, field, _ in _LISTS:
+        if hasattr(ns, field):
+            layers.add(field, tuple(getattr(ns, field)), flag)
+    return layers
+
+
+def _problems(problems: list[str]) -> int:
+    for problem in problems:
+        print(f"recallcore: {problem}", file=sys.stderr)
+    return 2
+
+
+def _check_config(path: str) -> int:
+    layers = config.Layers()
+    layers.read_file(path)
+    try:
+        settings = layers.settings()
+    except config.ConfigError as exc:
+        return _problems(exc.problems)
+    problems = config.check_files(settings)
+    if problems:
+        return _problems([f"{path}: {problem}" for problem in problems])
+    print(f"{path}: ok")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,20 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(hash_secret(secret))
         return 0
-    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ns.command == "check-config":
+        return _check_config(ns.file)
+    layers = _layers(ns)
     try:
-        lists = {}
-        for _, field, _ in _LISTS:
-            given = getattr(ns, field)
-            env = os.environ.get("RECALL_" + field.upper())
-            if given is not None or env is not None:
-                lists[field] = tuple(given if given is not None else env.split())
-        settings = Settings(insecure=ns.insecure, **lists,
-                            **{field: kind(getattr(ns, field)) for _, field, kind, _ in _OPTIONS})
-    except ValueError as exc:
-        print(f"recallcore: {exc}", file=sys.stderr)
-        return 2
+        settings = layers.settings()
+    except config.ConfigError as exc:
+        return _problems(exc.problems)
+    problems = config.check_files(settings)  # as check-config would: before the store is opened
+    if problems:
+        return _problems([problem + layers.source_of(problem) for problem in problems])
+    logging.basicConfig(level=layers.values.get("log_level", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds

@@ -20,6 +20,7 @@ from recallcore.server import Server
 from recallcore.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
+RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"  # the installed command
 
 
 def require_binary(name: str) -> str:
@@ -88,13 +89,14 @@ class ServerThread:
 class ServerProcess:
     """`python -m recallcore serve` as a real child process."""
 
-    def __init__(self, data_dir: pathlib.Path, *extra: str, listen: str = "127.0.0.1:0") -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: pathlib.Path, *extra: str, listen: str = "127.0.0.1:0",
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.extra, self.listen, self.env = data_dir, extra, listen, env
         self.args = [sys.executable, "-m", "recallcore", "serve", "--data-dir", str(data_dir),
                      "--listen", listen, "--log-level", "WARNING", *extra]
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         self.address = self._await_listening()
 
@@ -156,9 +158,70 @@ def interrupt_when(args: list[str], done: Callable[[list[str]], bool]) -> tuple[
     return code, err, lines
 
 
+class StreamingCommand:
+    """A command that streams lines until stopped (recallctl watch, audit --follow), read
+    while it runs: `stdout` and `stderr` fill with its lines, `wait_for` waits for one."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, stdin=None) -> None:
+        self.proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=pair, daemon=True)
+                         for pair in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def wait_for(self, lines: list[str], matches: Callable[[str], bool], what: str) -> str:
+        """Wait until one of `lines` (self.stdout or self.stderr) matches; return it."""
+        until(lambda: any(map(matches, lines)) or self.proc.poll() is not None, what)
+        found = [line for line in lines if matches(line)]
+        assert found, f"the command exited ({self.proc.returncode}) before {what}: {self.stderr}"
+        return found[0]
+
+    def wait(self) -> int:
+        """Wait for the command to end by itself; return its exit code, all its output read."""
+        code = self.proc.wait(STARTUP_TIMEOUT)
+        for reader in self._readers:
+            reader.join(STARTUP_TIMEOUT)
+        return code
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT, then `wait`."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+def restart_under(stream: StreamingCommand, server: ServerProcess) -> ServerProcess:
+    """SIGTERM `server`, wait until `stream` (a recallctl watch or audit --follow) says on
+    stderr that it is reconnecting, and start the server again as it was (same address and
+    data directory); return the new one."""
+    assert server.terminate() == 0
+    stream.wait_for(stream.stderr, lambda line: "reconnecting" in line, "word of the lost stream")
+    return ServerProcess(server.data_dir, *server.extra, listen=server.listen, env=server.env)
+
+
 def run_command(*args: str, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
     """Run a command to completion, capturing text output."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def recallctl(target: str, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed `recallctl --target TARGET ARGS` to completion (no RECALL_TARGET)."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "RECALL_TARGET"}
+    return run_command(str(RECALLCTL), "--target", target, *args, env=env, **kwargs)
 
 
 def until(condition: Callable[[], object], what: str = "the condition", timeout: float = STARTUP_TIMEOUT) -> None:

@@ -7,7 +7,6 @@ import os
 import pathlib
 import re
 import shlex
-import sys
 import time
 
 import pytest
@@ -17,10 +16,9 @@ from recallcore.security.credentials import hash_secret
 from recallcore.security.policy import ROLES
 
 from .security.certs import CA
-from .support import ServerThread, run_command
+from .support import RECALLCTL, ServerThread, run_command
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
 
 
 def test_register_revoke_check_introspect_stats(client):
@@ -78,9 +76,9 @@ def test_async_client(server):
     assert asyncio.run(scenario()) == (TokenState.REVOKED, "INVALID_ARGUMENT")
 
 
-def _ctl(server, *args: str) -> str:
+def _ctl(server, *args: str, code: int = 0) -> str:
     result = run_command(str(RECALLCTL), "--target", server.address, *args)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     return result.stdout
 
 
@@ -92,11 +90,11 @@ def test_recallctl_against_a_real_server(server):
     assert json.loads(_ctl(server, "check", "1", "--json"))["state"] == "ACTIVE"
     revoked = json.loads(_ctl(server, "--json", "revoke", "--family", "f1", "--reason", "reuse"))
     assert revoked["count"] == 1 and revoked["seq"] >= 2
-    checked = json.loads(_ctl(server, "check", "--json", "1"))
+    checked = json.loads(_ctl(server, "check", "--json", "1", code=4))
     assert checked["state"] == "REVOKED" and checked["reason"] == "reuse"
-    info = json.loads(_ctl(server, "introspect", "1", "--json"))
+    info = json.loads(_ctl(server, "introspect", "1", "--json", code=4))
     assert info["active"] is False and info["state"] == "REVOKED"
-    assert "REVOKED" in _ctl(server, "check", "1")
+    assert "REVOKED" in _ctl(server, "check", "1", code=4)
     stats = json.loads(_ctl(server, "stats", "--json"))
     assert stats["revoked"] == 1
 
@@ -176,10 +174,12 @@ def test_readme_walkthrough_runs_as_written(walk):
     assert (retried["serial"], retried["jti"]) == (rotated["serial"], rotated["jti"]) == (4, "rc1.4.b934")
     [reuse] = map(json.loads, outputs_of(r" rotate 3 --json$"))
     assert (reuse["outcome"], reuse["reuse_detected"], reuse["count"]) == ("REUSE_DETECTED", True, 2)
-    [cutoff] = map(json.loads, outputs_of(r" cutoff "))
+    [cutoff] = map(json.loads, outputs_of(r" cutoff --subject "))
     assert cutoff["count"] == 1 and cutoff["retires_at"] > cutoff["before"]
+    [everyone] = outputs_of(r" cutoff --all ")
+    assert re.match(r"cut off everyone before \S+: 0 tokens revoked \(seq \d+\)", everyone)  # all were already
     assert outputs_of(r" --iat ") == ["bob-42 REVOKED (reason: cut-off rule)\n"]
-    types = [[row.split("  ")[2] for row in out.splitlines()] for out in outputs_of(r" trace ")]
+    types = [[row.split("  ")[2] for row in out.splitlines()[1:]] for out in outputs_of(r" trace ")]  # no header
     assert types == [["rotate", "reuse_detected"], ["register", "cutoff"]]
 
 

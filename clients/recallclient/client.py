@@ -138,7 +138,8 @@ class RecallClient:
         self, serial: int | None = None, *, issuer: str = "", jti: str = "", min_seq: int = 0,
         sub: str = "", client_id: str = "", issued_at: int = 0,
     ) -> CheckResult:
-        """Return the state of one token, by serial or by issuer and jti.
+        """Return the state of one token, by serial or by issuer and jti (an
+        empty issuer is the server's default issuer).
 
         `min_seq` makes the server wait (within the deadline) until it has
         applied that seq. Raises RecallError when the call fails.

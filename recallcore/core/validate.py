@@ -109,12 +109,13 @@ def register(tokens: list[TokenSpec], actor: str, settings: Settings, now: int) 
 
 
 def jti_ref(ref: JtiRef, field: str, settings: Settings) -> JtiRef:
-    """Return `ref` if issuer and jti are present and fit."""
-    string(ref.issuer, f"{field}.issuer", settings, required=True)
+    """Return `ref` if its jti is present and everything fits; an empty issuer
+    becomes the server's (as a registration's does)."""
+    string(ref.issuer, f"{field}.issuer", settings)
     string(ref.jti, f"{field}.jti", settings, required=True)
     if not 0 <= ref.expires_at <= MAX_TIME:
         raise InvalidArgument(f"{field}.expires_at: {ref.expires_at} is not a time in 0..{MAX_TIME}")
-    return ref
+    return ref if ref.issuer else dataclasses.replace(ref, issuer=settings.issuer)
 
 
 def selector(sel: Selector, settings: Settings, now: int, field: str = "selector") -> Selector:
@@ -126,8 +127,8 @@ def selector(sel: Selector, settings: Settings, now: int, field: str = "selector
     count(len(sel.serials) + len(sel.tokens), f"{field}.serials+tokens", settings)
     for i, value in enumerate(sel.serials):
         serial(value, f"{field}.serials[{i}]")
-    for i, ref in enumerate(sel.tokens):
-        jti_ref(ref, f"{field}.tokens[{i}]", settings)
+    tokens = tuple(jti_ref(ref, f"{field}.tokens[{i}]", settings) for i, ref in enumerate(sel.tokens))
+    for i, ref in enumerate(tokens):
         if ref.expires_at > now + settings.max_token_lifetime:
             raise InvalidArgument(
                 f"{field}.tokens[{i}].expires_at: {ref.expires_at} is more than the maximum token "
@@ -135,7 +136,7 @@ def selector(sel: Selector, settings: Settings, now: int, field: str = "selector
             )
     for name in ("subject", "client_id", "family"):
         string(getattr(sel, name), f"{field}.{name}", settings)
-    return sel
+    return dataclasses.replace(sel, tokens=tokens)
 
 
 def revoke(sel: Selector, reason: str, actor: str, settings: Settings, now: int, origin: str = "") -> Revoke:
@@ -155,16 +156,17 @@ def claims(sub: str, client_id: str, issued_at: int, settings: Settings, field: 
 
 
 def token_ref(serial_value: int, issuer: str, jti: str, settings: Settings) -> int | JtiRef:
-    """Return a serial, or a JtiRef: exactly one of serial or (issuer, jti)."""
+    """Return a serial, or a JtiRef: exactly one of serial or (issuer, jti); an
+    empty issuer is the server's (as a registration's is)."""
     if serial_value and (issuer or jti):
         raise InvalidArgument("serial: give either serial or issuer and jti, not both")
     if serial_value:
         return serial(serial_value, "serial")
     if not (issuer or jti):
         raise InvalidArgument("serial: give a serial, or issuer and jti")
-    string(issuer, "issuer", settings, required=True)
+    string(issuer, "issuer", settings)
     string(jti, "jti", settings, required=True)
-    return JtiRef(issuer, jti)
+    return JtiRef(issuer or settings.issuer, jti)
 
 
 def packed_serials(data: bytes, settings: Settings, field: str = "serials") -> array:

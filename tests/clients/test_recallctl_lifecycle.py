@@ -6,9 +6,9 @@ must see a record "committed meanwhile" commits it when the first line is
 printed (in-process: the Tee stdout wrapper; subprocess: reading its lines).
 """
 
+import contextlib
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -16,13 +16,21 @@ import time
 import pytest
 from recallclient import RecallClient, TokenSpec, TokenType, canonical_jti, cli
 
-from recallcore.settings import DEFAULT_MAX_TOKEN_LIFETIME
+from recallcore.settings import DEFAULT_MAX_TOKEN_LIFETIME, Settings
 
-from ..support import STARTUP_TIMEOUT, interrupt_when
+from ..support import (
+    RECALLCTL,
+    STARTUP_TIMEOUT,
+    ServerProcess,
+    StreamingCommand,
+    free_address,
+    interrupt_when,
+    recallctl,
+    restart_under,
+)
 from .test_client_unit import closed_target
 from .test_recallctl_watch import Tee
 
-RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
 OTHER = "https://other-idp.example"
 ROTATED_KEYS = {"outcome", "serial", "jti", "family", "seq"}
 AUDIT_KEYS = {"seq", "time", "type", "actor", "origin", "reason", "count"}
@@ -154,7 +162,8 @@ def test_cutoff_json_counts_registered_tokens_and_reports_the_rule(capsys, serve
     assert record["rule"] == {"scope": "subject", "value": "alice", "before": cut["before"]}
 
     # an explicit --before covers tokens issued strictly before it
-    [everyone] = ctl_json(capsys, server, "cutoff", "--all", "--before", str(latest + 1), "--actor", "ops")
+    [everyone] = ctl_json(capsys, server, "cutoff", "--all", "--before", str(latest + 1), "--actor", "ops",
+                          "--reason", "signing key leaked", "--yes")
     assert everyone["count"] == 1 and client.check(bob).state.name == "REVOKED"
     [record] = client.audit(after_seq=everyone["seq"] - 1)
     assert record["rule"] == {"scope": "all", "value": "", "before": latest + 1}
@@ -168,12 +177,12 @@ def test_cutoff_human_line_and_scopes(capsys, server, client):
     assert code == 0
     assert out == (f"cut off client web before {cli.iso(before)}: 1 token revoked (seq 2); "
                    f"the rule retires at {retires}\n")
-    code, out, _ = ctl(capsys, server, "cutoff", "--issuer", OTHER, "--before", str(before))
+    code, out, _ = ctl(capsys, server, "cutoff", "--issuer", OTHER, "--before", str(before), "--reason", "r", "--yes")
     assert code == 0 and out.startswith(f"cut off issuer {OTHER} before ") and ": 0 tokens revoked" in out
 
 
 def test_cutoff_in_the_future_is_refused_exit_1(capsys, server):
-    code, out, err = ctl(capsys, server, "cutoff", "--subject", "alice", "--before", str(2**40))
+    code, out, err = ctl(capsys, server, "cutoff", "--subject", "alice", "--before", str(int(time.time()) + 86400))
     assert (code, out) == (1, "") and err.startswith("recallctl: INVALID_ARGUMENT: rule.before")
 
 
@@ -184,16 +193,16 @@ def test_check_claims_of_an_unregistered_token_against_a_cutoff_rule(capsys, ser
     before = int(time.time())
     client.cutoff("client", "web", before=before)
     ref = ["check", "--issuer", OTHER, "--jti", "ext-1"]
-    [old] = ctl_json(capsys, server, *ref, "--client", "web", "--iat", str(before - 1))
+    [old] = ctl_json(capsys, server, *ref, "--client", "web", "--iat", str(before - 1), code=4)
     assert old == {"serial": 0, "state": "REVOKED", "revoked_at": 0, "reason": "cut-off rule",
                    "seq": client.stats().seq}
-    [new] = ctl_json(capsys, server, *ref, "--client", "web", "--iat", str(before))
-    [other_client] = ctl_json(capsys, server, *ref, "--client", "cli", "--sub", "alice", "--iat", "1")
+    [new] = ctl_json(capsys, server, *ref, "--client", "web", "--iat", str(before), code=4)
+    [other_client] = ctl_json(capsys, server, *ref, "--client", "cli", "--sub", "alice", "--iat", "1", code=4)
     assert (new["state"], other_client["state"]) == ("UNKNOWN", "UNKNOWN")
-    [no_iat] = ctl_json(capsys, server, *ref, "--client", "web")  # unknown issue time: fails closed
+    [no_iat] = ctl_json(capsys, server, *ref, "--client", "web", code=4)  # unknown issue time: fails closed
     assert no_iat["state"] == "REVOKED"
     code, out, _ = ctl(capsys, server, *ref, "--client", "web", "--iat", str(before - 1))
-    assert (code, out) == (0, "ext-1 REVOKED (reason: cut-off rule)\n")
+    assert (code, out) == (4, "ext-1 REVOKED (reason: cut-off rule)\n")
 
 
 # ---------------------------------------------------------------- audit
@@ -235,7 +244,9 @@ def test_audit_json_every_record_with_its_detail(capsys, server, client):
 ])
 def test_audit_filters(capsys, server, client, argv, seqs):
     build_history(client)
-    assert [r["seq"] for r in ctl_json(capsys, server, "audit", *argv)] == seqs
+    code, out, err = ctl(capsys, server, "audit", "--json", *argv)
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == seqs
+    assert (code, err) == ((0, "") if seqs else (5, "recallctl: no audit records match\n"))
 
 
 def test_audit_time_filters_match_the_record_times(capsys, server, client):
@@ -245,15 +256,17 @@ def test_audit_time_filters_match_the_record_times(capsys, server, client):
     for since, until in ((last, 0), (last + 1, 0), (0, first), (0, first - 1), (first, last)):
         argv = ["--since", str(since)] + (["--until", str(until)] if until else [])
         expected = [r for r in records if r["time"] >= since and (not until or r["time"] <= until)]
-        assert ctl_json(capsys, server, "audit", *argv) == expected
+        code, out, _ = ctl(capsys, server, "audit", "--json", *argv)
+        assert ([json.loads(line) for line in out.splitlines()], code) == (expected, 0 if expected else 5)
 
 
 def test_audit_human_lines(capsys, server, client):
     build_history(client)
     records = ctl_json(capsys, server, "audit")
     code, out, _ = ctl(capsys, server, "audit")
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
     assert code == 0 and len(lines) == 5
+    assert header == "seq  time  type  actor  reason  count  detail"
     iso = [cli.iso(r["time"]) for r in records]
     peer = [r["peer"] for r in records]  # the caller's address: who acted is who authenticated
     assert lines[1] == (f"2  {iso[1]}  register  anonymous  -  1  clients=cli first_serial=2 last_serial=2 "
@@ -279,7 +292,7 @@ def test_trace_is_audit_serial_in_order(capsys, server, client):
     assert [e["type"] for e in ctl_json(capsys, server, "trace", str(successor))] == ["rotate", "reuse_detected"]
     code, out, _ = ctl(capsys, server, "trace", str(alice))
     assert code == 0 and [line.split("  ")[2] for line in out.splitlines()] == [
-        "register", "rotate", "reuse_detected"]
+        "type", "register", "rotate", "reuse_detected"]  # under the header
 
 
 def test_trace_of_an_expired_token_has_its_expiry(capsys, server, client):
@@ -356,12 +369,13 @@ def test_usage_errors_exit_2_before_any_call(capsys, argv):
     assert exited.value.code == 2 and "recallctl" in capsys.readouterr().err
 
 
-def test_help_documents_the_rotate_exit_codes(capsys):
+def test_help_documents_the_exit_codes(capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["rotate", "--help"])
     out = capsys.readouterr().out
-    assert exited.value.code == 0 and "3  rotate: reuse detected" in out and "4  rotate: refused" in out
-    assert "3  rotate: reuse detected" in cli.__doc__ and "4  rotate: refused" in cli.__doc__
+    assert exited.value.code == 0
+    for line in ("3  rotate: reuse detected", "4  not active: check or introspect", "5  audit, trace: no record"):
+        assert line in out and line in cli.__doc__
 
 
 # ------------------------------------------------------------ as processes
@@ -384,12 +398,41 @@ def test_audit_follow_as_a_process_flushes_each_line_and_stops_on_sigint(server,
     serial = client.register_one("alice", "web").serial
 
     def done(lines: list[str]) -> bool:
-        if len(lines) == 1:
+        if len(lines) == 2:  # the header and the first record
             client.revoke(serials=[serial], reason="password reset", actor="ops")
-        return len(lines) > 1
+        return len(lines) > 2
 
     code, err, lines = interrupt_when([str(RECALLCTL), "--target", server.address, "audit", "--follow"], done)
     assert (code, err) == (0, "")
-    assert lines[0].startswith("1  ") and "  register  anonymous  -  1  " in lines[0]
-    assert lines[1].startswith("2  ") and '  revoke  anonymous  "password reset"  1  ' in lines[1]
-    assert " on_behalf_of=ops " in lines[1]
+    assert lines[0] == "seq  time  type  actor  reason  count  detail\n"
+    assert lines[1].startswith("1  ") and "  register  anonymous  -  1  " in lines[1]
+    assert lines[2].startswith("2  ") and '  revoke  anonymous  "password reset"  1  ' in lines[2]
+    assert " on_behalf_of=ops " in lines[2]
+
+
+def test_audit_follow_resumes_after_a_server_restart_after_the_last_record(tmp_path):
+    address = free_address()
+    with contextlib.ExitStack() as cleanup:
+        first = cleanup.enter_context(contextlib.closing(ServerProcess(tmp_path / "data", listen=address)))
+        with RecallClient(address) as client:
+            serial = client.register_one("alice", "web").serial
+        follow = cleanup.enter_context(contextlib.closing(
+            StreamingCommand(str(RECALLCTL), "--target", address, "audit", "--follow", "--json")))
+        follow.wait_for(follow.stdout, lambda line: json.loads(line)["seq"] == 1, "the first record")
+        cleanup.enter_context(contextlib.closing(restart_under(follow, first)))
+        with RecallClient(address) as client:
+            client.revoke(serials=[serial], reason="after the restart")
+        follow.wait_for(follow.stdout, lambda line: json.loads(line)["seq"] == 2, "the record after the restart")
+        assert follow.interrupt() == 0
+    records = [json.loads(line) for line in follow.stdout]
+    assert [(r["seq"], r["type"], r["reason"]) for r in records] == [
+        (1, "register", ""), (2, "revoke", "after the restart")]
+    assert follow.stderr[0].endswith(f"; reconnecting to {address} to resume after seq 1\n")
+    assert follow.stderr[-1] == f"recallctl: audit: reconnected to {address}; resuming after seq 1\n"
+
+
+def test_audit_follow_on_a_follower_exits_1_at_once_naming_the_primary(servers, server, tmp_path):
+    follower = servers.start(Settings(data_dir=tmp_path / "f", listen="127.0.0.1:0", follow=server.address))
+    done = recallctl(follower.address, "audit", "--follow")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("recallctl: FAILED_PRECONDITION: ") and server.address in done.stderr

@@ -6,6 +6,7 @@ lines), and stops on the line it waits for (KeyboardInterrupt / SIGINT,
 which also checks the Ctrl-C exit code); the others are bounded by --count.
 """
 
+import contextlib
 import json
 import pathlib
 import subprocess
@@ -17,9 +18,17 @@ from recallclient import RecallClient, TokenSpec, cli
 
 from recallcore.settings import Settings
 
-from ..support import STARTUP_TIMEOUT, interrupt_when
+from ..support import (
+    RECALLCTL,
+    STARTUP_TIMEOUT,
+    ServerProcess,
+    ServerThread,
+    StreamingCommand,
+    free_address,
+    interrupt_when,
+    restart_under,
+)
 
-RECALLCTL = pathlib.Path(sys.executable).parent / "recallctl"
 OTHER = "https://other-idp.example"
 
 
@@ -167,3 +176,48 @@ def test_watch_subprocess_count(server, client):
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert [e["type"] for e in events] == ["snapshot", "heartbeat", "heartbeat"]
     assert all(e["seq"] == seq for e in events)
+
+
+# ------------------------------------------------- when the server goes away
+
+
+def test_watch_resumes_after_a_server_restart_from_its_last_seq(tmp_path):
+    address, beat = free_address(), ("--heartbeat-interval", "0.05")
+    with contextlib.ExitStack() as cleanup:
+        first = cleanup.enter_context(contextlib.closing(ServerProcess(tmp_path / "data", *beat, listen=address)))
+        with RecallClient(address) as client:
+            tokens, seq = setup_store(client)
+        watch = cleanup.enter_context(contextlib.closing(
+            StreamingCommand(str(RECALLCTL), "--target", address, "watch", "--json")))
+        watch.wait_for(watch.stdout, lambda line: json.loads(line)["type"] == "heartbeat", "a heartbeat")
+        cleanup.enter_context(contextlib.closing(restart_under(watch, first)))
+        with RecallClient(address) as client:
+            later = client.revoke(serials=[tokens[1].serial]).seq
+        watch.wait_for(watch.stdout, lambda line: json.loads(line)["seq"] == later, "the change after the restart")
+        assert watch.interrupt() == 0
+    events = [json.loads(line) for line in watch.stdout]
+    assert [e["type"] for e in events].count("snapshot") == 1 and events[0]["seq"] == seq
+    [delta] = [e for e in events if e["type"] == "delta"]
+    assert (delta["prev_seq"], delta["seq"], delta["added"]) == (seq, later, 1)  # no gap, nothing twice
+    assert watch.stderr[0].startswith("recallctl: watch: ")
+    assert watch.stderr[0].endswith(f"; reconnecting to {address} to resume after seq {seq}\n")
+    assert watch.stderr[-1] == f"recallctl: watch: reconnected to {address}; resuming after seq {seq}\n"
+
+
+@pytest.mark.parametrize("wait, says", [
+    ("0", "not reconnecting (--reconnect-for 0)"),
+    ("0.5", "gave up: no answer from {address} for 0.5 s"),
+])
+def test_watch_exits_1_saying_why_when_the_server_stays_away(settings, wait, says):
+    server = ServerThread(settings)  # stopped by the test, not by a fixture
+    watch = StreamingCommand(str(RECALLCTL), "--target", server.address, "watch", "--reconnect-for", wait)
+    try:
+        watch.wait_for(watch.stdout, lambda line: line.startswith("heartbeat"), "a heartbeat")
+    finally:
+        server.stop()
+    try:
+        assert watch.wait() == 1
+    finally:
+        watch.close()
+    assert says.format(address=server.address) in watch.stderr[-1] and watch.stderr[-1].startswith("recallctl: watch: ")
+    assert all(line.startswith("recallctl: watch: ") for line in watch.stderr)

@@ -1,6 +1,6 @@
 """recallctl: register, revoke, check and introspect tokens from the shell.
 
-Usage: recallctl [--target HOST:PORT] [--json] COMMAND [options]
+Usage: recallctl [--target HOST[:PORT]] [--json] COMMAND [options]
 
 COMMAND is register, revoke, check, introspect, stats or watch (the Watch
 stream, one line per event, until Ctrl-C or --count events), or one of the
@@ -12,17 +12,12 @@ The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051. --target
 and --json may come before or after the command name. With --json each
 result is one JSON object on its own line; otherwise a short human line.
 
-Exit codes:
-  0  success
-  1  the call failed (the server's status, or UNAVAILABLE when it cannot be
-     reached); stderr holds "recallctl: CODE_NAME: message"
-  2  usage error (bad or missing arguments); no call was made
-  3  rotate: reuse detected (the token was already rotated; its whole family
-     is now revoked): an answer, not a crash
-  4  rotate: refused (the presented token is revoked, expired or unknown)
+The exit codes (common.EXIT_CODES) follow.
 """
 
 from .commands import main
-from .common import DEFAULT_TARGET, TARGET_ENV, iso
+from .common import DEFAULT_TARGET, EXIT_CODES, TARGET_ENV, iso
+
+__doc__ += "\n" + EXIT_CODES
 
 __all__ = ["DEFAULT_TARGET", "TARGET_ENV", "iso", "main"]

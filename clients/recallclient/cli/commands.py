@@ -8,7 +8,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .._proto.recall.v1 import recall_pb2 as pb
@@ -19,25 +19,31 @@ from ..errors import RecallError, rpc_errors
 from ..transport import CACERT_ENV, CERT_ENV, KEY_ENV, TOKEN_ENV, Transport
 from ..types import CheckResult, TokenState, TokenType
 from . import lifecycle as cli_lifecycle
+from . import streams
 from .common import (
     DEFAULT_TARGET,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_NOT_ACTIVE,
+    EXIT_USAGE,
     TARGET_ENV,
+    TIME_FORMATS,
     add_jti_options,
     default_actor,
     emit,
     iso,
     nonnegative_int,
     positive_int,
+    positive_seconds,
+    target_address,
+    target_type,
+    unix_time,
 )
 
-_EPILOG = """exit codes:
-  0  success
-  1  the call failed; stderr holds "recallctl: CODE_NAME: message"
-  2  usage error; no call was made
-  3  rotate: reuse detected; the token's family is revoked
-  4  rotate: refused; the presented token is not active
-
-The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051."""
+_EPILOG = EXIT_CODES + """
+The server is --target, else $RECALL_TARGET, else 127.0.0.1:50051 (HOST[:PORT],
+port 50051 unless given). Times (--before, --since, --until, --iat, --exp) are
+""" + TIME_FORMATS + "."
 
 _TIME_KEYS = ("exp", "iat", "revoked_at")
 
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS defaults: an option given after the command is not overwritten
     # by the main parser's default, nor the reverse; `main` fills them in.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=argparse.SUPPRESS, metavar="HOST:PORT",
+    common.add_argument("--target", default=argparse.SUPPRESS, metavar="HOST[:PORT]", type=target_type,
                         help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON object per result")
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--scope", action="append", default=[],
                      help="space-separated scopes (repeatable)")
     reg.add_argument("--type", choices=["access", "refresh"], default="access")
-    reg.add_argument("--ttl", type=nonnegative_int, metavar="SECONDS",
+    reg.add_argument("--ttl", type=positive_seconds, metavar="SECONDS",
                      help="lifetime from now (default: the server's)")
     reg.add_argument("--family", default="")
     reg.add_argument("--origin", default="")
@@ -89,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--serial", type=positive_int, action="append", default=[],
                      help="token serial (repeatable)")
     add_jti_options(rev)
-    rev.add_argument("--exp", type=nonnegative_int, default=0, metavar="UNIX",
+    rev.add_argument("--exp", type=unix_time, default=0, metavar="TIME",
                      help="expiry of a --jti token this store never registered")
     rev.add_argument("--subject", default="")
     rev.add_argument("--client", default="", help="client_id")
@@ -108,18 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
             # Claims of a --jti token never registered here, so cut-off rules apply.
             sub.add_argument("--sub", default="", help="with --jti: the token's subject")
             sub.add_argument("--client", default="", help="with --jti: the token's client_id")
-            sub.add_argument("--iat", type=nonnegative_int, default=0, metavar="UNIX_TIME",
+            sub.add_argument("--iat", type=unix_time, default=0, metavar="TIME",
                              help="with --jti: when the token was issued")
 
     command("stats", "print counts and identity of the store")
 
-    watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C")
+    watch = command("watch", "print the Watch stream: one line per event, until Ctrl-C; resumes "
+                             "where it was when the server restarts")
     watch.add_argument("--after-seq", type=nonnegative_int, default=0, metavar="N",
                        help="resume after seq N (0: start with a snapshot)")
     watch.add_argument("--store-id", default="", metavar="ID",
                        help="the store seq N belongs to (another store: reset, then snapshot)")
     watch.add_argument("--count", type=positive_int, default=None, metavar="N",
                        help="stop after N events")
+    streams.add_reconnect_option(watch)
     cli_lifecycle.add_commands(command)
     return parser
 
@@ -141,6 +149,11 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     cli_lifecycle.validate(parser, args)
 
 
+def _known(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` without the fields the answer left blank (empty, or a time of 0); `active` stays."""
+    return {key: value for key, value in obj.items() if key == "active" or value not in ("", 0)}
+
+
 def _aligned(obj: dict[str, Any]) -> str:
     width = max(len(key) for key in obj) + 1
     lines = []
@@ -158,8 +171,13 @@ def _run_register(client: RecallClient, args: argparse.Namespace) -> None:
         type=TokenType.REFRESH if args.type == "refresh" else TokenType.ACCESS,
         ttl=args.ttl, origin=args.origin, family=args.family, actor=args.actor,
     )
-    human = f"registered serial {token.serial} jti {token.jti}"
-    emit(args, dataclasses.asdict(token), human + (" (existing)" if token.existing else ""))
+    human = f"registered serial {token.serial} jti {token.jti}" + (" (existing)" if token.existing else "")
+    obj = dataclasses.asdict(token)
+    if token.status_uri:  # the server publishes status lists
+        human += f" status {token.status_uri} idx {token.status_idx}"
+    else:
+        del obj["status_uri"], obj["status_idx"]
+    emit(args, obj, human)
 
 
 def _run_revoke(client: RecallClient, args: argparse.Namespace) -> None:
@@ -181,30 +199,40 @@ def _check_line(result: CheckResult, name: str) -> tuple[dict[str, Any], str]:
         detail = f"at {iso(result.revoked_at)}" if result.revoked_at else ""
         if result.reason:
             detail = f"reason: {result.reason}" + (f", {detail}" if detail else "")
-        human += f" ({detail})" if detail else ""
+        human += f" ({detail or 'why and when: this node does not know; ask the primary'})"
     obj["seq"] = result.seq
     return obj, human
 
 
-def _run_check(client: RecallClient, args: argparse.Namespace) -> None:
+def _run_check(client: RecallClient, args: argparse.Namespace) -> int:
+    """Print each token's state; EXIT_NOT_ACTIVE unless every one is ACTIVE."""
     if args.jti:
         result = client.check(issuer=args.issuer, jti=args.jti, min_seq=args.min_seq,
                               sub=args.sub, client_id=args.client, issued_at=args.iat)
         emit(args, *_check_line(result, str(result.serial or args.jti)))
-        return
-    for serial in args.serials:
-        emit(args, *_check_line(client.check(serial, min_seq=args.min_seq), str(serial)))
+        results = [result]
+    else:
+        results = []
+        for serial in args.serials:
+            results.append(client.check(serial, min_seq=args.min_seq))
+            emit(args, *_check_line(results[-1], str(serial)))
+    return 0 if all(r.state is TokenState.ACTIVE for r in results) else EXIT_NOT_ACTIVE
 
 
-def _run_introspect(client: RecallClient, args: argparse.Namespace) -> None:
+def _run_introspect(client: RecallClient, args: argparse.Namespace) -> int:
+    """Print each token's introspection; EXIT_NOT_ACTIVE unless every one is active."""
     if args.jti:
         found = [client.introspect(issuer=args.issuer, jti=args.jti)]
     else:
         found = [client.introspect(serial) for serial in args.serials]
-    for index, obj in enumerate(found):
+    for index, obj in enumerate(map(_known, found)):
         if index and not args.json:
             print()
-        emit(args, obj, _aligned(obj))
+        human = _aligned(obj)
+        if obj["active"] and "iat" not in obj:  # an active token has one, where its record is kept
+            human += "\n(this node keeps only the state, serial and expiry: ask the primary for the rest)"
+        emit(args, obj, human)
+    return 0 if all(obj["active"] for obj in found) else EXIT_NOT_ACTIVE
 
 
 def _run_stats(client: RecallClient, args: argparse.Namespace) -> None:
@@ -248,22 +276,51 @@ def _watch_line(event: pb.WatchEvent) -> tuple[dict[str, Any], str]:
     return obj, human
 
 
-def _run_watch(client: RecallClient, args: argparse.Namespace) -> None:
-    request = pb.WatchRequest(store_id=args.store_id, after_seq=args.after_seq)
-    call = recall_pb2_grpc.RecallStub(client.channel).Watch(request)
+class _WatchPosition:
+    """Where a watch resumes: the store, seq and history of the last complete state printed."""
+
+    def __init__(self, store_id: str, after_seq: int) -> None:
+        self.store_id, self.after_seq, self.history = store_id, after_seq, b""
+
+    def request(self) -> pb.WatchRequest:
+        return pb.WatchRequest(store_id=self.store_id, after_seq=self.after_seq, history=self.history)
+
+    def apply(self, event: pb.WatchEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "snapshot" and event.snapshot.index + 1 == event.snapshot.count:  # complete
+            self.store_id, self.after_seq, self.history = event.store_id, event.snapshot.seq, event.snapshot.history
+        elif kind == "delta":
+            self.store_id, self.after_seq, self.history = event.store_id, event.delta.seq, event.delta.history
+        elif kind == "reset":  # a snapshot follows; until it is whole, start over
+            self.store_id, self.after_seq, self.history = "", 0, b""
+
+    def __str__(self) -> str:
+        return f"after seq {self.after_seq}" if self.after_seq else "with a snapshot"
+
+
+def _run_watch(client: RecallClient, args: argparse.Namespace) -> int:
+    position = _WatchPosition(args.store_id, args.after_seq)
+    stub = recall_pb2_grpc.RecallStub(client.channel)
     seen = 0
-    try:
-        with rpc_errors():
-            for event in call:
-                obj, human = _watch_line(event)
-                print(json.dumps(obj) if args.json else human, flush=True)
-                seen += 1
-                if seen == args.count:
-                    break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        call.cancel()
+
+    def events() -> Iterator[pb.WatchEvent]:
+        call = stub.Watch(position.request())
+        try:
+            with rpc_errors():
+                yield from call
+        finally:
+            call.cancel()
+
+    def handle(event: pb.WatchEvent) -> bool:
+        nonlocal seen
+        position.apply(event)
+        obj, human = _watch_line(event)
+        print(json.dumps(obj) if args.json else human, flush=True)
+        seen += 1
+        return seen != args.count
+
+    return streams.follow("watch", client.channel, args.target, events, handle, position.__str__,
+                          args.reconnect_for)
 
 
 _COMMANDS: dict[str, Callable[[RecallClient, argparse.Namespace], int | None]] = {
@@ -288,25 +345,33 @@ def _transport(args: argparse.Namespace) -> Transport:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run recallctl with `argv` (default: sys.argv[1:]).
 
-    Returns the exit code: 0 on success, 1 when a call fails (message on
-    stderr), 3 or 4 for a rotation that found reuse or was refused. Usage
-    errors raise SystemExit(2) from argparse.
+    Returns the exit code (common.EXIT_CODES): 0 on success, 1 when a call
+    fails (message on stderr), 3 to 5 for answers a script must tell apart.
+    Usage errors raise SystemExit(2) from argparse.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(parser, args)
     args.json = getattr(args, "json", False)
-    target = getattr(args, "target", None) or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    target = getattr(args, "target", None)
     try:
-        transport = _transport(args)
+        target = target or target_address(os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+    except ValueError as exc:
+        print(f"recallctl: {TARGET_ENV}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        channel = _transport(args).channel(target, streams.CHANNEL_OPTIONS)
     except (OSError, ValueError) as exc:
         print(f"recallctl: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    args.target = target
     try:
-        with RecallClient(target, cacert=transport.cacert, cert=transport.cert, key=transport.key,
-                          token=transport.token) as client:
+        with RecallClient(target, channel=channel) as client:
             code = (_COMMANDS | cli_lifecycle.COMMANDS)[args.command](client, args)
     except RecallError as err:
-        print(f"recallctl: {err}", file=sys.stderr)
-        return 1
+        where = f" (target {target})" if err.code_name == "UNAVAILABLE" else ""
+        print(f"recallctl: {err}{where}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        channel.close()
     return code or 0
