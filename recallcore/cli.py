@@ -64,6 +64,10 @@ _OPTIONS = (
     ("--status-list-size", "status_list_size", int, "statuses in one status list"),
     ("--status-list-ttl", "status_list_ttl", int, "seconds a verifier may keep a status list (its ttl)"),
     ("--status-list-interval", "status_list_interval", float, "seconds between rebuilds of one status list at most"),
+    ("--metrics-listen", "metrics_listen", str,
+     "HOST:PORT of the Prometheus metrics listener (GET /metrics); off if empty; keep it on loopback"),
+    ("--presented-interval", "presented_interval", float,
+     "seconds between records of recalled tokens presented again"),
 )
 # Repeatable options: flag, Settings field, help. Their environment variable
 # holds the values separated by commas; the config file, a list.

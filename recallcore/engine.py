@@ -29,7 +29,7 @@ from recallclient.types import JtiRef, RegisterResult, RevokeResult, TokenSpec, 
 from .core import audit, validate
 from .core.audit import AuditQuery
 from .core.errors import OutOfRange, RecallError, Unavailable
-from .core.model import CutoffResult, RotateResult, Selector, Sweep
+from .core.model import CutoffResult, Presented, RotateResult, Selector, Sweep
 from .core.operations import now_seconds
 from .replication.audit_feed import AuditFeed
 from .replication.node import Node
@@ -219,6 +219,10 @@ class Engine(Node):
 
     async def _audit_read(self, fn: Callable[[ReadTxn], object]):
         return await asyncio.get_running_loop().run_in_executor(self._audit_reader, self._in_txn, fn)
+
+    async def note_presented(self, tokens: list[dict], dropped: int = 0) -> int:
+        """Record recalled tokens presented again in the audit trail; returns the seq of the record."""
+        return await self._submit(Presented(tuple(tokens), dropped))
 
     async def sweep(self) -> int:
         """Run one expiry sweep and log compaction now; returns the seq of its change or 0."""

@@ -17,6 +17,9 @@ from .api.decision import Decider
 from .api.grpc_service import GuardedHealth, RecallService, decoder
 from .api.http.app import Edge, HttpListener
 from .api.http.status_lists import StatusLists, load_signing_key
+from .api.metrics import Metrics, MetricsListener
+from .api.presented import Presented
+from .core.errors import RecallError
 from .engine import Engine
 from .replication.follower import Follower
 from .security.credentials import Credentials
@@ -87,13 +90,31 @@ class Server:
         signing_key = load_signing_key(settings.status_list_key) if settings.status_list_uri else None
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.decider = Decider(self.engine, verifier)
+        self.metrics = Metrics(self.engine)
+        writer = getattr(self.engine, "_writer", None)
+        if writer is not None:
+            writer.observe = self.metrics.committed
+        self.presented = Presented(self.engine, self.metrics, settings.presented_interval)
         lists = StatusLists(settings, self.engine, signing_key, self.engine.clock) if signing_key else None
-        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, lists),
+        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, self.metrics, self.presented,
+                                      lists),
                                  self.tls.ssl_context() if self.tls else None) if settings.http_listen else None
+        self.metrics_http = MetricsListener(
+            self.metrics, settings, self.tls.ssl_context() if self.tls else None,
+            self._scraper_admitted if self.gate.enforcing else None,
+        ) if settings.metrics_listen else None
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None
         self._health_task: asyncio.Task | None = None
         self.address = ""
+
+    def _scraper_admitted(self, authorization: str) -> bool:
+        """A scrape under a policy: a bearer credential whose identity holds the check role."""
+        try:
+            self.gate.authorize(self.gate.identify("", authorization, ""), "check")
+        except RecallError:
+            return False
+        return True
 
     def _build(self) -> grpc.aio.Server:
         # grpc.aio objects bind to the running loop: build them inside it.
@@ -107,10 +128,10 @@ class Server:
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
-        _add_recall_service(RecallService(self.engine, self.gate), server)
+        _add_recall_service(RecallService(self.engine, self.gate, self.metrics, self.presented), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         ext_authz.external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            ext_authz.ExtAuthz(self.decider, self.gate), server)
+            ext_authz.ExtAuthz(self.decider, self.gate, self.metrics, self.presented), server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, ext_authz.SERVICE_NAME,
              reflection.SERVICE_NAME),
@@ -132,8 +153,11 @@ class Server:
         if bound == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.engine.start()
+        self.presented.start()
         if self.http is not None:
             await self.http.start()
+        if self.metrics_http is not None:
+            await self.metrics_http.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.follow:
@@ -193,6 +217,9 @@ class Server:
             await self.grpc.stop(grace)
         if self.http is not None:
             await self.http.stop()
+        if self.metrics_http is not None:
+            await self.metrics_http.stop()
+        await self.presented.stop()  # what it saw goes into the trail before the store closes
         if self.decider.verifier is not None:
             await self.decider.verifier.close()
         await self.engine.close()
@@ -209,6 +236,8 @@ async def serve(settings: Settings) -> None:
     print(f"recallcore listening on {address}", flush=True)
     if server.http is not None:
         print(f"recallcore HTTP edge on {server.http.address}", flush=True)
+    if server.metrics_http is not None:
+        print(f"recallcore metrics on {server.metrics_http.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

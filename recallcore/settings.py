@@ -33,6 +33,7 @@ DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", 
 DEFAULT_STATUS_LIST_SIZE = 1 << 20  # statuses in one list: large lists hide which token a verifier asks about
 DEFAULT_STATUS_LIST_TTL = 60  # seconds a verifier may keep a list before fetching it anew
 DEFAULT_STATUS_LIST_INTERVAL = 1.0  # seconds between rebuilds of one list at most, however many changes
+DEFAULT_PRESENTED_INTERVAL = 10.0  # seconds between records of recalled tokens presented again
 DEFAULT_CHECK_HEADERS = ("sub=X-Recall-Subject", "client_id=X-Recall-Client")
 CHECK_HEADER_FIELDS = ("sub", "client_id", "scope", "iss", "jti", "exp", "serial")
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
@@ -125,6 +126,13 @@ class Settings:
     status_list_ttl: the lists' `ttl` (seconds); they expire 5 ttl after
         they were signed.
     status_list_interval: a list is rebuilt at most this often (seconds).
+    metrics_listen: HOST:PORT of the Prometheus metrics listener (GET
+        /metrics); empty: none. TLS (the server's files) applies as for the
+        other listeners; with a policy, scrapes need a bearer credential
+        whose identity holds the check role. Keep it on loopback or behind
+        both.
+    presented_interval: seconds between counts and audit records of
+        recalled tokens presented again.
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -174,11 +182,13 @@ class Settings:
     status_list_size: int = DEFAULT_STATUS_LIST_SIZE
     status_list_ttl: int = DEFAULT_STATUS_LIST_TTL
     status_list_interval: float = DEFAULT_STATUS_LIST_INTERVAL
+    metrics_listen: str = ""
+    presented_interval: float = DEFAULT_PRESENTED_INTERVAL
 
     @property
     def loopback(self) -> bool:
-        """True when `listen` (and `http_listen`, if set) are loopback addresses."""
-        return _is_loopback(self.listen) and (not self.http_listen or _is_loopback(self.http_listen))
+        """True when `listen` (and `http_listen`, `metrics_listen`, if set) are loopback addresses."""
+        return all(_is_loopback(a) for a in (self.listen, self.http_listen, self.metrics_listen) if a)
 
     @functools.cached_property
     def issuer_keys(self) -> dict[str, str]:
@@ -195,8 +205,9 @@ class Settings:
         for name in ("jwt_issuers", "jwt_algorithms", "check_headers"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _host_port(self.listen, "listen")
-        if self.http_listen:
-            _host_port(self.http_listen, "http_listen")
+        for name in ("http_listen", "metrics_listen"):
+            if getattr(self, name):
+                _host_port(getattr(self, name), name)
         self._check_edge()
         if not self.issuer:
             raise ValueError("issuer: must not be empty")
@@ -221,8 +232,8 @@ class Settings:
         if bool(self.primary_cert) != bool(self.primary_key):
             raise ValueError("primary_cert, primary_key: give both, or neither")
         if not self.insecure and not self.loopback:
-            name, where = ("listen", self.listen) if not _is_loopback(self.listen) else \
-                ("http_listen", self.http_listen)
+            name, where = next((n, getattr(self, n)) for n in ("listen", "http_listen", "metrics_listen")
+                               if getattr(self, n) and not _is_loopback(getattr(self, n)))
             if not self.tls_cert:
                 raise ValueError(
                     f"{name}: {where} is not a loopback address and the server has no TLS: add --tls-cert "
@@ -254,6 +265,8 @@ class Settings:
             raise ValueError("status_list_size: must be a positive multiple of 8")
         if self.status_list_ttl < 1 or self.status_list_interval <= 0:
             raise ValueError("status_list_ttl, status_list_interval: must be positive")
+        if self.presented_interval <= 0:
+            raise ValueError("presented_interval: must be positive")
         seen = set()
         for entry in self.jwt_issuers:
             issuer, sep, location = entry.partition("=")

@@ -178,6 +178,12 @@ class _ReplicaBase:
         return self._core.state.seq
 
     @property
+    def fail_closed(self) -> bool:
+        """True while the replica cannot vouch for its set (before its first snapshot, past
+        max_staleness): is_revoked then answers as `on_stale` says, never "not revoked"."""
+        return self._stale
+
+    @property
     def store_id(self) -> str:
         """The store the replica follows ("" before its first snapshot)."""
         return self._core.state.store_id

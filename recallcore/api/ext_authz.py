@@ -25,7 +25,7 @@ from ..security import identity
 from ..security.gate import Gate
 from .decision import Decider, Decision
 from .http.app import REALM, quoted
-from .http.gateway import identity_headers
+from .http.gateway import identity_headers, noted
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,11 @@ def answer(decision: Decision, wanted: tuple[tuple[str, str], ...]) -> pb.CheckR
 class ExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization over a Decider."""
 
-    def __init__(self, decider: Decider, gate: Gate) -> None:
+    def __init__(self, decider: Decider, gate: Gate, metrics, presented=None) -> None:
         self.decider = decider
         self.gate = gate
+        self.metrics = metrics
+        self.presented = presented
 
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         try:
@@ -87,6 +89,7 @@ class ExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
             caller = self.gate.identify(cert_identity, authorization, context.peer())
             self.gate.authorize(caller, "check")
             decision = await self.decider.decide(_token(request))
+            noted(self.metrics, self.presented, decision, lambda: f"{caller.identity} ({caller.peer})")
         except RecallError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
         except Exception:

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient._proto.recall.v1 import recall_pb2_grpc
-from recallclient.types import JtiRef, TokenSpec
+from recallclient.types import JtiRef, TokenSpec, TokenState
 
 from ..core import audit, status_list, validate
 from ..core.audit import AuditQuery
@@ -31,9 +31,11 @@ from ..security import identity
 from ..security.gate import Gate
 from ..security.identity import Caller
 from ..security.policy import required_role
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+_RECALLED = (TokenState.REVOKED, TokenState.ROTATED)
 # The keys every audit record has; the rest of a record goes to AuditEvent.detail.
 _AUDIT_FIELDS = ("seq", "time", "kind", "actor", "origin", "reason", "count")
 
@@ -133,30 +135,52 @@ def _rpc(method):
 
         @functools.wraps(method)
         async def streaming(self, request, context: grpc.aio.ServicerContext):
+            started, code = time.perf_counter(), "OK"
             try:
                 _decoded(request)
                 caller = self.admit(context, name, request)
                 async for item in method(self, request, context, caller):
                     yield item
-            except (grpc.aio.AbortError, grpc.RpcError, asyncio.CancelledError):
+            except (grpc.aio.AbortError, grpc.RpcError):
+                code = _code(context)
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
                 raise
             except Exception as exc:
+                code = _status_of(exc)
                 await _fail(context, name, exc)
+            finally:
+                self.metrics.rpc(name, code, time.perf_counter() - started)
 
         return streaming
 
     @functools.wraps(method)
     async def handler(self, request, context: grpc.aio.ServicerContext):
+        started, code = time.perf_counter(), "OK"
         try:
             _decoded(request)
             caller = self.admit(context, name, request)
             return await method(self, request, context, caller)
         except (grpc.aio.AbortError, grpc.RpcError):
+            code = _code(context)
             raise
         except Exception as exc:
+            code = _status_of(exc)
             await _fail(context, name, exc)
+        finally:
+            self.metrics.rpc(name, code, time.perf_counter() - started)
 
     return handler
+
+
+def _status_of(exc: Exception) -> str:
+    return exc.status if isinstance(exc, RecallError) else "INTERNAL"
+
+
+def _code(context) -> str:
+    code = context.code()
+    return getattr(code, "name", None) or str(code or "UNKNOWN")
 
 
 def _spec(msg: pb.TokenSpec, field: str, settings) -> TokenSpec:
@@ -213,9 +237,11 @@ class GuardedHealth(health.aio.HealthServicer):
 class RecallService(recall_pb2_grpc.RecallServicer):
     """recall.v1.Recall over an Engine."""
 
-    def __init__(self, engine: Engine, gate: Gate | None = None) -> None:
+    def __init__(self, engine: Engine, gate: Gate | None = None, metrics=None, presented=None) -> None:
         self.engine = engine
         self.gate = gate if gate is not None else Gate()
+        self.metrics = metrics if metrics is not None else Metrics(engine)
+        self.presented = presented
 
     def admit(self, context, method: str, request) -> Caller:
         return admit(self.gate, context, method, request)
@@ -248,6 +274,10 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         if request.min_seq:
             await self.engine.wait_for_seq(request.min_seq, _timeout(context))
         result = await self.engine.check(ref, Claims(request.sub, request.client_id, request.issued_at))
+        self.metrics.checked(result.state)
+        if result.state in _RECALLED and self.presented is not None:
+            issuer, jti = (ref.issuer, ref.jti) if not isinstance(ref, int) else ("", "")
+            self.presented.saw(result.serial, issuer, jti, request.client_id, caller.identity)
         return pb.CheckResponse(
             state=result.state, serial=result.serial, revoked_at=result.revoked_at,
             reason=result.reason, seq=result.seq,
@@ -267,6 +297,12 @@ class RecallService(recall_pb2_grpc.RecallServicer):
         states = self.engine.check_packed(request.serials)
         seq = self.engine.state.seq
         token_states = await self.engine.check_refs(refs, claims)
+        self.metrics.checked_many(states)
+        self.metrics.checked_many(bytes(token_states))
+        if self.presented is not None:
+            for ref, state, claim in zip(refs, token_states, claims):
+                if state in _RECALLED:
+                    self.presented.saw(0, ref.issuer, ref.jti, claim.client_id, caller.identity)
         return pb.CheckBatchResponse(states=states, token_states=token_states, seq=seq)
 
     @_rpc

@@ -97,4 +97,17 @@ class Sweep:
     """Drop expired tokens from the revoked set; purge records past retention."""
 
 
-Operation = Register | Revoke | Sweep | Rotate | Cutoff
+@dataclasses.dataclass(frozen=True)
+class Presented:
+    """Recalled tokens that were presented again: what the trail's presented_after_recall records.
+
+    Each entry: serial (0 for a foreign token), iss, jti, client, reason, presented_by
+    (the caller that asked), first and last (Unix seconds), count.
+    """
+
+    tokens: tuple[dict, ...]
+    dropped: int = 0  # presentations past the cap of one record
+    actor: str = "recallcore"
+
+
+Operation = Register | Revoke | Sweep | Rotate | Cutoff | Presented

@@ -25,7 +25,7 @@ from ..settings import Settings
 from ..storage.base import WriteTxn
 from .errors import InvalidArgument
 from .mirror import PURGED, Mirror
-from .model import Register, Revoke, Selector, Sweep
+from .model import Presented, Register, Revoke, Selector, Sweep
 
 # The name indexes every registration feeds: the token field of each.
 NAME_INDEXES = ("subject", "client_id", "family", "issuer")
@@ -298,6 +298,20 @@ def sweep(txn: WriteTxn, state: Mirror, op: Sweep, now: int, settings: Settings)
         "count": len(removed) + len(foreign_due), "expired": len(removed),
         "foreign_expired": len(foreign_due), "purged": len(purged),
         "rules_retired": [list(r) for r in sorted(retired)],
+    })
+    return delta.seq, delta
+
+
+def presented(txn: WriteTxn, state: Mirror, op: Presented, now: int) -> tuple[int, Delta]:
+    """Record recalled tokens presented again: an audit record under a change that changes nothing.
+
+    Returns (its seq, the empty delta), which replicas apply as a no-op.
+    """
+    delta = Delta(prev_seq=state.seq, seq=state.seq + 1, time=now)
+    delta = commit_change(txn, state, delta, {
+        "kind": "presented_after_recall", "actor": op.actor, "reason": "a recalled token was presented again",
+        "count": sum(t["count"] for t in op.tokens), "tokens": list(op.tokens),
+        **_names("clients", [t["client"] for t in op.tokens]), **({"dropped": op.dropped} if op.dropped else {}),
     })
     return delta.seq, delta
 

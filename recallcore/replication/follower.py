@@ -129,6 +129,10 @@ class Follower(Node):
 
     ahead_wait = 5.0
 
+    def link_state(self) -> tuple[bool, bool]:
+        """(a Watch stream to the primary is open, the primary's vouches are fresh)."""
+        return self._call is not None, self.vouching()
+
     def vouching(self) -> bool:
         """Only while the primary vouches for this follower (within a few of
         its heartbeat intervals) does it vouch for its own subscribers: cut

@@ -43,6 +43,7 @@ class Hub:
         self._waiters: list[asyncio.Future] = []
         self.epoch = 0  # bumped when the node's history is replaced (follower snapshot)
         self.streams = 0
+        self.cursors: dict[object, int] = {}  # open stream -> the last seq it was sent (for metrics)
         self.closed = False  # set at shutdown: streams end so the server can stop
         # The last snapshot built, per with_expiries: (seq, encoded chunks).
         # Streams starting at the same seq share it; any change outdates it.

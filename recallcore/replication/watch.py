@@ -155,6 +155,7 @@ async def _start(node: Node, request: pb.WatchRequest) -> tuple[str, int]:
 async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
     """The encoded events of one Watch stream, until the caller stops iterating."""
     node.hub.streams += 1
+    me = object()
     try:
         reason, cursor = await _start(node, request)
         interval = node.settings.heartbeat_interval
@@ -167,6 +168,7 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                 for chunk in chunks[:-1]:
                     yield chunk
                 yield stamped(node, chunks[-1])  # the last chunk installs: it vouches
+                node.hub.cursors[me] = cursor
             reason = ""
             last_sent = time.monotonic()
             while epoch == node.hub.epoch and not node.hub.closed:
@@ -185,6 +187,7 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                         merged = merge_all(page)
                         payload, cursor = delta_event(node.store_id, merged, node.state.seq), merged.seq
                     yield stamped(node, payload)
+                    node.hub.cursors[me] = cursor
                     last_sent = time.monotonic()
                     continue
                 idle = time.monotonic() - last_sent
@@ -201,3 +204,4 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
             cursor = -1
     finally:
         node.hub.streams -= 1
+        node.hub.cursors.pop(me, None)

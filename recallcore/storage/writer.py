@@ -23,6 +23,7 @@ any abort the writer's mirror is reloaded from the store.
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from recallclient.revoked_set import Delta
 from ..core import lifecycle, operations
 from ..core.errors import RecallError, ResourceExhausted, Unavailable
 from ..core.mirror import Mirror
-from ..core.model import Cutoff, Operation, Register, Revoke, Rotate, Sweep
+from ..core.model import Cutoff, Operation, Presented, Register, Revoke, Rotate, Sweep
 from ..settings import Settings
 from .base import Store, StoreFull, WriteTxn
 
@@ -53,6 +54,7 @@ class Writer:
         self.settings = settings
         self.clock = clock
         self.on_commit = on_commit
+        self.observe: Callable[[float, int], None] | None = None  # (seconds, group size) of each commit
         self.state = state  # the writer's own mirror: a copy of the loop's, never shared
         self._queue: queue.Queue = queue.Queue(maxsize=65536)
         self._registering = 0  # tokens the running group registered so far
@@ -96,6 +98,7 @@ class Writer:
     def _commit(self, group: list[tuple[Operation, Any]]) -> None:
         while True:
             now = int(self.clock())
+            started = time.perf_counter()
             try:
                 deltas, outcomes = self._run_group(group, now)
             except StoreFull:
@@ -118,6 +121,8 @@ class Writer:
                 log.exception("write failed")
                 self.on_commit([], [(group[0][1], exc)])
                 return
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, len(group))
             self.on_commit(deltas, outcomes)
             return
 
@@ -156,4 +161,6 @@ class Writer:
             return lifecycle.rotate(txn, self.state, op, now, self.settings, self._refused(1))
         if isinstance(op, Cutoff):
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
+        if isinstance(op, Presented):
+            return operations.presented(txn, self.state, op, now)
         raise TypeError(f"unknown operation {op!r}")

@@ -107,6 +107,13 @@ def answers(handler):
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await _answer(request)
+        request.app[EDGE].metrics.http_request(request.match_info.route.resource.canonical, response.status,
+                                               time.perf_counter() - started)
+        return response
+
+    async def _answer(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except HttpError as exc:
@@ -134,6 +141,8 @@ class Edge:
     gate: Gate
     clients: Reloading[Credentials] | None
     decider: Decider
+    metrics: object  # api.metrics.Metrics
+    presented: object = None  # api.presented.Presented
     status_lists: object = None  # status_lists.StatusLists when lists are published
 
     @property

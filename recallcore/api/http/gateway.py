@@ -16,7 +16,7 @@ from aiohttp import web
 from ...core.errors import Unauthenticated
 from ...security.identity import bearer
 from ..decision import Decision
-from .app import EDGE, REALM, answers, error_response, quoted
+from .app import EDGE, REALM, answers, error_response, peer_of, quoted
 
 _HEADER_SAFE = " !#$%&'()*+,-./:;<=>?@[]^_`{|}~"
 # What the identity headers of an allowed request may carry.
@@ -28,6 +28,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v1/check", check)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+
+
+def noted(metrics, presented, decision: Decision, presented_by) -> None:
+    """Count an edge decision; a recalled token presented again goes to the `presented`
+    monitor, with presented_by() (who asked: the gateway) computed only then."""
+    metrics.decided(decision.allowed, decision.cause)
+    if decision.cause == "revoked" and presented is not None:
+        presented.saw(decision.serial, decision.issuer, decision.jti, decision.client_id, presented_by())
 
 
 def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -44,12 +52,13 @@ def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) ->
 async def check(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     try:
-        edge.api_caller(request, "check", authorization=False)  # Authorization holds the token checked
+        caller = edge.api_caller(request, "check", authorization=False)  # Authorization holds the token checked
     except Unauthenticated as exc:
         # The gateway itself is not known: not the client's token's fault, so not 401.
         return error_response(403, "access_denied", f"gateway: {exc}")
     token = bearer(request.headers.get("Authorization", "")) or ""
     decision = await edge.decider.decide(token)
+    noted(edge.metrics, edge.presented, decision, lambda: peer_of(request) if caller.anonymous else f"{caller.identity} ({peer_of(request)})")
     if decision.allowed:
         headers = decision.memo.get("headers")
         if headers is None:

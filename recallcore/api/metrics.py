@@ -1,0 +1,179 @@
+"""Prometheus metrics of one node, and the listener that serves them (--metrics-listen).
+
+Counters and histograms are updated where things happen: every RPC and
+HTTP request (by method or path and code, with latency), Check outcomes by
+state, edge decisions by outcome and cause, recalled tokens presented again
+(by the token's client and the revocation's reason), commits (latency and
+group size). What describes the node's state — head and applied sequence,
+staleness, whether it answers, Watch streams and how far behind the slowest
+is, map use, the follower's link — is read when scraped. Each Server has a
+registry of its own (tests run several in one process).
+
+Label values that come from data (clients, reasons) are capped at
+MAX_LABEL_VALUES distinct values each; past that they count as "other", so
+a flood of made-up client ids cannot grow the exposition without bound.
+"""
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from recallclient.types import TokenState
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+MAX_LABEL_VALUES = 64
+_STATES = {int(s): s.name for s in TokenState}
+
+
+class _Capped:
+    """Label values as given until MAX_LABEL_VALUES distinct ones were seen; "other" after."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= MAX_LABEL_VALUES:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class Metrics:
+    """The metrics of one node; `node` is read at each scrape."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.rpcs = Counter("recall_rpc_requests", "gRPC calls by method and status code", ["method", "code"],
+                            registry=r)
+        self.rpc_seconds = Histogram("recall_rpc_duration_seconds", "gRPC call latency", ["method"],
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.http = Counter("recall_http_requests", "HTTP requests by path and status", ["path", "code"], registry=r)
+        self.http_seconds = Histogram("recall_http_duration_seconds", "HTTP request latency", ["path"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.checks = Counter("recall_check_outcomes", "tokens checked, by the state found", ["state"], registry=r)
+        self.edge = Counter("recall_edge_decisions", "gateway decisions (HTTP edge, ext_authz) by outcome and cause",
+                            ["outcome", "cause"], registry=r)
+        self.presented = Counter("recall_recalled_token_presented",
+                                 "checks that found a recalled token: a stolen token in use, or a client not told",
+                                 ["client", "reason"], registry=r)
+        self.commit_seconds = Histogram("recall_commit_duration_seconds", "durable commit of one group of writes",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.commit_group = Histogram("recall_commit_group_size", "writes committed together", buckets=GROUP_BUCKETS,
+                                      registry=r)
+        self._clients, self._reasons = _Capped(), _Capped()
+        self._sizes = (0, 0, 0)
+        r.register(_NodeState(self))
+
+    def rpc(self, method: str, code: str, seconds: float) -> None:
+        self.rpcs.labels(method, code).inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+
+    def http_request(self, path: str, code: int, seconds: float) -> None:
+        self.http.labels(path, str(code)).inc()
+        self.http_seconds.labels(path).observe(seconds)
+
+    def checked(self, state: int) -> None:
+        self.checks.labels(_STATES.get(state, str(state))).inc()
+
+    def checked_many(self, states: bytes) -> None:
+        """One count per state byte of a CheckBatch answer, without a loop per token."""
+        if states:
+            counts = np.bincount(np.frombuffer(states, dtype=np.uint8), minlength=len(_STATES))
+            for state in np.flatnonzero(counts):
+                self.checks.labels(_STATES.get(int(state), str(state))).inc(int(counts[state]))
+
+    def recalled(self, client: str, reason: str, count: int = 1) -> None:
+        self.presented.labels(self._clients(client or "unknown"), self._reasons(reason or "unknown")).inc(count)
+
+    def decided(self, allowed: bool, cause: str) -> None:
+        self.edge.labels("allowed" if allowed else "denied", cause).inc()
+
+    def committed(self, seconds: float, size: int) -> None:
+        """Called on the writer thread after each group."""
+        self.commit_seconds.observe(seconds)
+        self.commit_group.observe(size)
+
+    async def render(self) -> bytes:
+        """The exposition text, the store's sizes read first (off the event loop)."""
+        data, mapped, limit, _ = await self.node.sizes()
+        self._sizes = (data, mapped, limit)
+        return generate_latest(self.registry)
+
+
+class _NodeState:
+    """The gauges read off the node at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        node = self.metrics.node
+        state = node.state
+        cursors = list(node.hub.cursors.values())
+        gauges = [
+            ("recall_applied_seq", "newest change applied to this node's memory (a primary's head)", state.seq),
+            ("recall_staleness_seconds", "seconds since this node last knew it was current", node.staleness()),
+            ("recall_answering", "1 while the node answers reads (synced, within max staleness)",
+             int(node.answering())),
+            ("recall_watch_streams", "open Watch streams", node.hub.streams),
+            ("recall_watch_lag_max_seq", "changes the slowest Watch stream is behind",
+             max((state.seq - c for c in cursors), default=0)),
+            ("recall_watch_streams_behind", "Watch streams not yet sent the newest change",
+             sum(1 for c in cursors if c < state.seq)),
+            ("recall_map_used_bytes", "bytes of data in the store", self.metrics._sizes[0]),
+            ("recall_map_bytes", "bytes the store has reserved", self.metrics._sizes[1]),
+            ("recall_map_max_bytes", "the most the store may grow to", self.metrics._sizes[2]),
+        ]
+        link = getattr(node, "link_state", None)
+        if link is not None:
+            connected, vouching = link()
+            gauges += [("recall_follower_connected", "1 while the follower has a stream to its primary", connected),
+                       ("recall_follower_vouched", "1 while the primary's vouches are fresh", vouching)]
+        for name, text, value in gauges:
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], float(value))
+            yield family
+
+
+class MetricsListener:
+    """GET /metrics on settings.metrics_listen (TLS and a bearer credential when configured)."""
+
+    def __init__(self, metrics: Metrics, settings, tls_context, token_check) -> None:
+        self.metrics = metrics
+        self.settings = settings
+        self.tls_context = tls_context
+        self.token_check = token_check  # authorization header -> bool; None: open (loopback)
+        self._runner: web.AppRunner | None = None
+        self.address = ""
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        if self.token_check is not None and not self.token_check(request.headers.get("Authorization", "")):
+            return web.Response(status=401, text="a bearer credential of the credentials file is required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="recallcore-metrics"'})
+        body = await self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        host, _, port = self.settings.metrics_listen.rpartition(":")
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=self.tls_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(f"cannot listen on {self.settings.metrics_listen} (metrics_listen): {exc}") from exc
+        self.address = f"{host}:{self._runner.addresses[0][1]}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
