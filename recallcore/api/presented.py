@@ -55,10 +55,14 @@ class Presented:
         self._task = asyncio.create_task(self._run(), name="recallcore-presented")
 
     async def stop(self) -> None:
+        """End the flushes, and flush what is left (a failure is logged: the server stops anyway)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+        try:
+            await self.flush()
+        except RecallError as exc:
+            log.warning("presented_after_recall not recorded at shutdown: %s", exc)
 
     async def _run(self) -> None:
         while True:

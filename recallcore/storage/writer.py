@@ -162,5 +162,8 @@ class Writer:
         if isinstance(op, Cutoff):
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
         if isinstance(op, Presented):
+            # A record of what was seen, never at the cost of the room kept to revoke.
+            if self._refused(1):
+                raise ResourceExhausted("the store is nearly full: presented_after_recall is not recorded")
             return operations.presented(txn, self.state, op, now)
         raise TypeError(f"unknown operation {op!r}")
