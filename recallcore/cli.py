@@ -68,6 +68,10 @@ _OPTIONS = (
      "HOST:PORT of the Prometheus metrics listener (GET /metrics); off if empty; keep it on loopback"),
     ("--presented-interval", "presented_interval", float,
      "seconds between records of recalled tokens presented again"),
+    ("--presented-webhook", "presented_webhook", str,
+     "URL each recalled token presented again is POSTed to as JSON"),
+    ("--presented-webhook-token-file", "presented_webhook_token_file", str,
+     "file holding a bearer secret for the webhook"),
 )
 # Repeatable options: flag, Settings field, help. Their environment variable
 # holds the values separated by commas; the config file, a list.

@@ -19,6 +19,7 @@ from .api.http.app import Edge, HttpListener
 from .api.http.status_lists import StatusLists, load_signing_key
 from .api.metrics import Metrics, MetricsListener
 from .api.presented import Presented
+from .api.webhook import Webhook
 from .core.errors import RecallError
 from .engine import Engine
 from .replication.follower import Follower
@@ -94,7 +95,9 @@ class Server:
         writer = getattr(self.engine, "_writer", None)
         if writer is not None:
             writer.observe = self.metrics.committed
-        self.presented = Presented(self.engine, self.metrics, settings.presented_interval)
+        webhook = Webhook(settings.presented_webhook, settings.presented_webhook_token_file) \
+            if settings.presented_webhook else None
+        self.presented = Presented(self.engine, self.metrics, settings.presented_interval, webhook)
         lists = StatusLists(settings, self.engine, signing_key, self.engine.clock) if signing_key else None
         self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, self.metrics, self.presented,
                                       lists),

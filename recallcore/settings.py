@@ -133,6 +133,9 @@ class Settings:
         both.
     presented_interval: seconds between counts and audit records of
         recalled tokens presented again.
+    presented_webhook: URL each recalled token presented again is POSTed
+        to as JSON (retried with backoff, in order; a bounded queue).
+    presented_webhook_token_file: file holding a bearer secret for it.
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -184,6 +187,8 @@ class Settings:
     status_list_interval: float = DEFAULT_STATUS_LIST_INTERVAL
     metrics_listen: str = ""
     presented_interval: float = DEFAULT_PRESENTED_INTERVAL
+    presented_webhook: str = ""
+    presented_webhook_token_file: str = ""
 
     @property
     def loopback(self) -> bool:
@@ -267,6 +272,8 @@ class Settings:
             raise ValueError("status_list_ttl, status_list_interval: must be positive")
         if self.presented_interval <= 0:
             raise ValueError("presented_interval: must be positive")
+        if self.presented_webhook and not self.presented_webhook.startswith(("https://", "http://")):
+            raise ValueError(f"presented_webhook: {self.presented_webhook!r} is not an http(s) URL")
         seen = set()
         for entry in self.jwt_issuers:
             issuer, sep, location = entry.partition("=")

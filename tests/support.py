@@ -331,7 +331,9 @@ def readme_blocks(section: str, kind: str) -> list[str]:
 
 
 class LocalHttp:
-    """A small HTTP(S) server on 127.0.0.1:0 in a thread: `respond(handler)` gives (status, body)."""
+    """A small HTTP(S) server on 127.0.0.1:0 in a thread: `respond(handler)` gives (status, body).
+
+    For a POST, the handler's `body` attribute holds the request body."""
 
     def __init__(self, respond: Callable[[http.server.BaseHTTPRequestHandler], tuple[int, bytes]],
                  context: ssl.SSLContext | None = None) -> None:
@@ -342,6 +344,10 @@ class LocalHttp:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self):
+                self.body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.do_GET()
 
             def log_message(self, *args):
                 pass

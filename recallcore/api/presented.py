@@ -10,7 +10,8 @@ reason, and, on a primary, writes one `presented_after_recall` audit record
 listing each token with its client, who presented it, first and last time
 and count. A burst is bounded: at most MAX_TOKENS tokens are tracked
 between flushes; the presentations of others are counted as `dropped`.
-Followers count; their trail is the primary's.
+Followers count; their trail is the primary's. With a webhook, each
+flushed token is also POSTed to it as JSON (api/webhook.py).
 """
 
 import asyncio
@@ -29,10 +30,12 @@ MAX_TOKENS = 256  # tokens tracked between two flushes (one audit record lists t
 class Presented:
     """Presentations of recalled tokens since the last flush."""
 
-    def __init__(self, node, metrics, every: float) -> None:
+    def __init__(self, node, metrics, every: float, webhook=None) -> None:
+        """`webhook`: an api.webhook.Webhook each flushed token is also sent to, or None."""
         self.node = node
         self.metrics = metrics
         self.every = every
+        self.webhook = webhook
         self._pending: dict[tuple, dict] = {}
         self._dropped = 0
         self._task: asyncio.Task | None = None
@@ -53,6 +56,8 @@ class Presented:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="recallcore-presented")
+        if self.webhook is not None:
+            self.webhook.start()
 
     async def stop(self) -> None:
         """End the flushes, and flush what is left (a failure is logged: the server stops anyway)."""
@@ -63,6 +68,8 @@ class Presented:
             await self.flush()
         except RecallError as exc:
             log.warning("presented_after_recall not recorded at shutdown: %s", exc)
+        if self.webhook is not None:
+            await self.webhook.stop()
 
     async def _run(self) -> None:
         while True:
@@ -90,6 +97,8 @@ class Presented:
                 except RecallError:
                     pass
             self.metrics.recalled(entry["client"], entry["reason"], entry["count"])
+            if self.webhook is not None:
+                self.webhook.send({"type": "presented_after_recall", **entry})
         if dropped:
             self.metrics.recalled("other", "other", dropped)
         if hasattr(self.node, "note_presented") and not getattr(self.node, "closed", False):
