@@ -116,10 +116,10 @@ def run_replica(address: str, seq: int, ids: list[int], refs: list, repeats: int
     """
     progress("lookup: Replica.is_revoked (replica synced from the server), with the floor again")
     _, contains, call, foreign_floor, _, replica_jti = _loops(ids, refs)
-    canonical = [canonical_jti(x) for x in ids]
     with Replica(address, max_staleness=60.0) as replica:
         if not replica.wait_for(seq, timeout=60):
             raise RuntimeError(f"replica did not reach seq {seq}")
+        canonical = [canonical_jti(x, replica.store_id) for x in ids]  # the bound form stores issue
         deadline = time.monotonic() + 10
         while replica.staleness > 1 and time.monotonic() < deadline:
             time.sleep(0.01)

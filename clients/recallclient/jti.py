@@ -1,10 +1,17 @@
 """Canonical jtis and foreign token keys.
 
 A canonical jti encodes the token's serial, so a service holding the token
-derives the serial with no lookup: ``rc1.<serial>.<check>``, where ``check``
-is four hex digits of a CRC-32 over the serial. The check digits catch
-mistyped or truncated jtis; they are not a secret (the jti sits inside a
-signed token).
+derives the serial with no lookup. Stores issue the form bound to them,
+``rc2.<serial>.<check>``, where ``check`` is eight hex digits of a CRC-32
+over the store's id and the serial: a jti issued by another deployment (a
+serial of another store) does not read as one of this store's. The check
+digits also catch mistyped or truncated jtis; they are not a secret (the
+jti sits inside a signed token, and the store id is no secret either).
+
+The older form ``rc1.<serial>.<check4>`` (four hex digits over the serial
+alone) is still read, so tokens issued before stores bound their jtis stay
+checkable until they expire; it is no longer issued. `canonical_jti(serial)`
+without a store id gives that form, for those tokens and for tests.
 
 Tokens revoked by (issuer, jti) without being registered are keyed by a
 64-bit hash of the pair: `foreign_key`.
@@ -19,45 +26,66 @@ import functools
 import hashlib
 import zlib
 
-CANONICAL_PREFIX = "rc1."
+CANONICAL_PREFIX = "rc2."  # bound to a store
+UNBOUND_PREFIX = "rc1."  # read, no longer issued
 MAX_SERIAL = 2**63 - 1
-
 
 
 def _check_digits(serial: int) -> str:
     return "%04x" % (zlib.crc32(b"rc1:%d" % serial) & 0xFFFF)
 
 
-def canonical_jti(serial: int) -> str:
-    """Return the canonical jti of `serial`; raise ValueError out of range."""
+@functools.lru_cache(maxsize=64)
+def _store_crc(store_id: str) -> int:
+    """The CRC-32 of a store's check-digit prefix, from which each serial's check continues."""
+    return zlib.crc32(b"rc2:%s:" % store_id.encode())
+
+
+def _bound_check(digits: bytes, store_id: str) -> str:
+    return "%08x" % zlib.crc32(digits, _store_crc(store_id))
+
+
+def canonical_jti(serial: int, store_id: str = "") -> str:
+    """The canonical jti of `serial` in the store `store_id` (rc2); without a store id the
+    unbound rc1 form. Raises ValueError out of range."""
     if not 1 <= serial <= MAX_SERIAL:
         raise ValueError(f"serial {serial} is outside 1..{MAX_SERIAL}")
-    return f"{CANONICAL_PREFIX}{serial}.{_check_digits(serial)}"
+    if store_id:
+        return f"{CANONICAL_PREFIX}{serial}.{_bound_check(b'%d' % serial, store_id)}"
+    return f"{UNBOUND_PREFIX}{serial}.{_check_digits(serial)}"
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def serial_from_jti(jti: str) -> int | None:
-    """Return the serial a canonical jti encodes, or None for any other jti.
+def serial_from_jti(jti: str, store_id: str = "") -> int | None:
+    """The serial a canonical jti encodes, or None for any other jti.
 
-    Cached: a service sees the same tokens again and again.
+    An rc2 jti counts only when its check digits are those of `store_id`
+    (with no store id, none does); an rc1 jti counts in any store. Cached:
+    a service sees the same tokens again and again.
     """
-    if not jti.startswith(CANONICAL_PREFIX):
+    bound = jti.startswith(CANONICAL_PREFIX)
+    if not bound and not jti.startswith(UNBOUND_PREFIX):
         return None
     digits, dot, check = jti[4:].partition(".")
     if (
-        not dot or len(check) != 4 or not 0 < len(digits) <= 19
+        not dot or len(check) != (8 if bound else 4) or not 0 < len(digits) <= 19
         or not (digits.isascii() and digits.isdigit()) or digits[0] == "0"
     ):
         return None
+    if bound:  # the digits are the serial's decimal form (no sign, no leading zero): check them as they are
+        if not store_id or check != _bound_check(digits.encode(), store_id):
+            return None
+        serial = int(digits)
+        return serial if serial <= MAX_SERIAL else None
     serial = int(digits)
-    if serial > MAX_SERIAL or check != _check_digits(serial):
+    if serial > MAX_SERIAL:
         return None
-    return serial
+    return serial if check == _check_digits(serial) else None
 
 
 def looks_canonical(jti: str) -> bool:
-    """True when `jti` has the canonical prefix (valid check digits or not)."""
-    return jti.startswith(CANONICAL_PREFIX)
+    """True when `jti` has a canonical prefix, rc2 or rc1 (valid check digits or not)."""
+    return jti.startswith((CANONICAL_PREFIX, UNBOUND_PREFIX))
 
 
 def foreign_key(issuer: str, jti: str) -> int:

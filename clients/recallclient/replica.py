@@ -158,7 +158,7 @@ class _ReplicaBase:
             raise TypeError(f"token: an int serial or a str jti, not {type(token).__name__}")
         if issuer is not None and foreign_key(issuer, token) in self._foreign:
             return True
-        serial = serial_from_jti(token)
+        serial = serial_from_jti(token, self._core.state.store_id)
         if serial is not None:
             return serial in self._revoked
         if issuer is None:

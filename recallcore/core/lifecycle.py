@@ -72,8 +72,8 @@ def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Setting
         successor, when, _, fingerprint = txn.rotation(serial)
         if fingerprint and now - when <= settings.rotation_grace and fingerprint == _fingerprint(op):
             found = txn.record(successor)
-            jti = found.jti if found is not None else canonical_jti(successor)
-            again = Registered(successor, jti, canonical_jti(successor), True)
+            canonical = canonical_jti(successor, state.revocations.store_id)
+            again = Registered(successor, found.jti if found is not None else canonical, canonical, True)
             return RotateResult("RETRIED", again, current, 0, state.seq, record.family), None
         return _reuse(txn, state, op, serial, record, now)
     if current != TokenState.ACTIVE:
@@ -81,7 +81,7 @@ def rotate(txn: WriteTxn, state: Mirror, op: Rotate, now: int, settings: Setting
 
     if no_room:
         raise ResourceExhausted(no_room)
-    family = record.family or canonical_jti(serial)  # an id, never a caller's opaque jti
+    family = record.family or canonical_jti(serial, state.revocations.store_id)  # an id, never a caller's jti
     s = op.successor
     issued_at = s.issued_at or now
     spec = validate.token_spec(TokenSpec(

@@ -116,20 +116,21 @@ def assign_serials(txn: WriteTxn, state: Mirror, specs: tuple[TokenSpec, ...], f
     fresh: list[tuple[int, str, TokenSpec]] = []
     seen: dict[tuple[str, str], int] = {}
     serial = state.revocations.registered_through
+    store_id = state.revocations.store_id
     for i, spec in enumerate(specs):
         if spec.jti:
             pair = (spec.issuer, spec.jti)
             known = seen.get(pair) or txn.serial_for(*pair)
             if known:
-                results.append(Registered(known, spec.jti, canonical_jti(known), True))
+                results.append(Registered(known, spec.jti, canonical_jti(known, store_id), True))
                 continue
             if looks_canonical(spec.jti):
                 raise InvalidArgument(
-                    f"{field}[{i}].jti: {spec.jti!r} has the canonical form this store "
-                    "assigns (rc1.<serial>.<check>); leave jti empty to be given one"
+                    f"{field}[{i}].jti: {spec.jti!r} has the canonical form stores "
+                    "assign (rc2.<serial>.<check>, or rc1); leave jti empty to be given one"
                 )
         serial += 1
-        canonical = canonical_jti(serial)
+        canonical = canonical_jti(serial, store_id)
         jti = spec.jti or canonical
         seen[(spec.issuer, jti)] = serial
         results.append(Registered(serial, jti, canonical, False))
@@ -147,6 +148,7 @@ def store_tokens(txn: WriteTxn, state: Mirror, fresh: list[tuple[int, str, Token
     expiring: dict[int, BitMap64] = defaultdict(BitMap64)
     cut = BitMap64()
     rules = state.revocations
+    store_id = rules.store_id
     for serial, jti, spec in fresh:
         txn.put_record(serial, dataclasses.replace(spec, jti=jti))
         txn.put_jti(spec.issuer, jti, serial)
@@ -154,7 +156,7 @@ def store_tokens(txn: WriteTxn, state: Mirror, fresh: list[tuple[int, str, Token
             name = getattr(spec, kind)
             if name:
                 indexes[(kind, name)].add(serial)
-        if jti != canonical_jti(serial):
+        if serial_from_jti(jti, store_id) != serial:
             indexes[CUSTOM_JTI].add(serial)
         expiring[spec.expires_at].add(serial)
         if rules.cut_off(spec.issuer, spec.subject, spec.client_id, spec.issued_at) or (
@@ -204,7 +206,7 @@ def _covered(txn: WriteTxn, state: Mirror, sel: Selector, now: int, settings: Se
         if serial:
             serials.add(serial)
             continue
-        encoded = serial_from_jti(ref.jti)
+        encoded = serial_from_jti(ref.jti, state.revocations.store_id)
         if encoded:
             # A canonical jti names a serial of this store, whatever issuer
             # spelling comes with it (as Check reads it): revoke that serial
@@ -280,7 +282,7 @@ def sweep(txn: WriteTxn, state: Mirror, op: Sweep, now: int, settings: Settings)
         state.revocations.registered_through, now - settings.audit_retention, settings.purge_batch
     )
     if len(purged):
-        _purge(txn, purged)
+        _purge(txn, purged, state.revocations.store_id)
     txn.compact_log(state.seq - settings.log_keep, now - settings.log_keep_seconds, settings.purge_batch)
     # A record may explain a revocation until the token expires: keep it for
     # the longest lifetime a token can have, then for the retention.
@@ -316,7 +318,7 @@ def presented(txn: WriteTxn, state: Mirror, op: Presented, now: int) -> tuple[in
     return delta.seq, delta
 
 
-def _purge(txn: WriteTxn, serials: np.ndarray) -> None:
+def _purge(txn: WriteTxn, serials: np.ndarray, store_id: str) -> None:
     """Delete the records, indexes and revocation records of `serials`."""
     indexes: dict[tuple[str, str], BitMap64] = defaultdict(BitMap64)
     for serial in serials.tolist():
@@ -327,7 +329,7 @@ def _purge(txn: WriteTxn, serials: np.ndarray) -> None:
                 name = getattr(record, kind)
                 if name:
                     indexes[(kind, name)].add(serial)
-            if record.jti != canonical_jti(serial):
+            if serial_from_jti(record.jti, store_id) != serial:
                 indexes[CUSTOM_JTI].add(serial)
             txn.delete_record(serial)
         txn.delete_revocation(serial)

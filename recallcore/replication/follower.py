@@ -257,7 +257,7 @@ class Follower(Node):
         `introspect` role there); Unavailable when it does not answer.
         """
         self.require_ready()
-        if isinstance(ref, JtiRef) and not serial_from_jti(ref.jti):
+        if isinstance(ref, JtiRef) and not serial_from_jti(ref.jti, self.store_id):
             return await self._introspect_at_primary(ref)
         result = await self.check(ref)
         out = {"state": result.state, "active": result.state == TokenState.ACTIVE}

@@ -160,7 +160,7 @@ class Node:
         out = []
         for serial, ref in zip(found, refs):
             if not serial and not revocations.is_foreign_revoked(foreign_key(ref.issuer, ref.jti)):
-                encoded = serial_from_jti(ref.jti) or 0
+                encoded = serial_from_jti(ref.jti, revocations.store_id) or 0
                 serial = encoded if encoded <= revocations.registered_through else 0
             out.append(serial)
         return out
@@ -233,7 +233,7 @@ class Node:
         revocations = self.state.revocations
         if revocations.is_foreign_revoked(key or foreign_key(ref.issuer, ref.jti)):
             return TokenState.REVOKED, 0
-        serial = serial_from_jti(ref.jti) or 0
+        serial = serial_from_jti(ref.jti, revocations.store_id) or 0
         if serial and serial <= revocations.registered_through:
             return self.state.state(serial, int(self.clock())), serial
         if revocations.cut_off(ref.issuer, claims.sub, claims.client_id, claims.issued_at):

@@ -95,12 +95,27 @@ def test_leading_zeros_rejected_even_with_matching_check():
 
 
 def test_looks_canonical_is_about_the_prefix_only():
-    assert CANONICAL_PREFIX == "rc1."
-    assert looks_canonical("rc1.whatever")
-    assert looks_canonical("rc1.5.0000")
-    assert not looks_canonical("rc2.5.0000")
+    assert CANONICAL_PREFIX == "rc2."
+    assert looks_canonical("rc1.whatever") and looks_canonical("rc2.whatever")
+    assert looks_canonical("rc1.5.0000") and looks_canonical("rc2.5.00000000")
+    assert not looks_canonical("rc3.5.0000")
     assert not looks_canonical("RC1.5")
     assert not looks_canonical("")
+
+
+@given(st.integers(min_value=1, max_value=MAX_SERIAL), st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
+def test_a_bound_jti_names_its_serial_in_its_store_only(serial, store, other):
+    jti = canonical_jti(serial, store)
+    assert jti.startswith("rc2.") and len(jti.rpartition(".")[2]) == 8
+    assert serial_from_jti(jti, store) == serial
+    assert serial_from_jti(jti) is None  # a bound jti needs its store
+    if canonical_jti(serial, other) != jti:  # 2^-32: two stores' check digits may meet
+        assert serial_from_jti(jti, other) is None
+
+
+def test_the_unbound_form_is_read_in_every_store():
+    assert serial_from_jti(canonical_jti(42), "any-store") == 42
+    assert serial_from_jti(canonical_jti(42)) == 42
 
 
 @given(st.text(max_size=40), st.text(max_size=40))

@@ -86,7 +86,7 @@ def test_rotate_retry_then_reuse_exits_3_then_refused_exits_4(capsys, server, cl
     [retried] = ctl_json(capsys, server, "rotate", str(serial), "--request-id", "r-1")
     assert retried == {**rotated, "outcome": "RETRIED", "retried": True}
     family = client.introspect(rotated["serial"])["family"]
-    assert rotated["family"] == family == canonical_jti(serial)  # founded by the first rotation
+    assert rotated["family"] == family == canonical_jti(serial, client.stats().store_id)  # founded by the first rotation
 
     [reuse] = ctl_json(capsys, server, "rotate", str(serial), "--request-id", "r-2", code=3)
     assert reuse == {"outcome": "REUSE_DETECTED", "reuse_detected": True, "count": 2,
@@ -101,7 +101,7 @@ def test_rotate_retry_then_reuse_exits_3_then_refused_exits_4(capsys, server, cl
 
 def test_rotate_human_lines(capsys, server, client):
     serial = refresh_token(client, family="fam-h")
-    successor = f"successor serial {serial + 1} jti rc1."
+    successor = f"successor serial {serial + 1} jti rc2."
     code, out, _ = ctl(capsys, server, "rotate", str(serial), "--request-id", "r-1")
     assert code == 0 and out.startswith(f"rotated {serial}: {successor}")
     assert out.endswith(f" (family fam-h, seq {serial + 1})\n")
@@ -122,7 +122,7 @@ def test_rotate_by_issuer_and_jti_with_ttl_actor_and_origin(capsys, server, clie
                          "--actor", "gateway", "--origin", "node-7")
     after = int(time.time())
     # a family founded by rotation is named after the canonical jti (an id), never the caller's jti
-    assert rotated["outcome"] == "ROTATED" and rotated["family"] == canonical_jti(serial)
+    assert rotated["outcome"] == "ROTATED" and rotated["family"] == canonical_jti(serial, client.stats().store_id)
     info = client.introspect(rotated["serial"])
     assert before + 120 <= info["exp"] <= after + 120 and info["iss"] == OTHER
     [record] = client.audit(serial=serial, after_seq=rotated["seq"] - 1)

@@ -110,8 +110,8 @@ def h(data_dir, clock, stores):
 def test_one_call_gets_dense_serials_in_request_order(h):
     first = h.register(*(spec(f"user{i}") for i in range(5)))
     assert [t.serial for t in first.tokens] == [1, 2, 3, 4, 5]
-    assert [t.canonical_jti for t in first.tokens] == [canonical_jti(s) for s in range(1, 6)]
-    assert [t.jti for t in first.tokens] == [canonical_jti(s) for s in range(1, 6)]
+    assert [t.canonical_jti for t in first.tokens] == [canonical_jti(s, h.engine.store_id) for s in range(1, 6)]
+    assert [t.jti for t in first.tokens] == [canonical_jti(s, h.engine.store_id) for s in range(1, 6)]
     assert not any(t.existing for t in first.tokens)
     assert first.seq == 1 == h.seq
     second = h.register(spec("x"), spec("y"), spec("z"))
@@ -122,7 +122,7 @@ def test_one_call_gets_dense_serials_in_request_order(h):
 def test_the_same_issuer_and_jti_keeps_its_serial(h):
     first = h.register(spec(issuer=IDP, jti="x"), spec(), spec("bob", issuer=IDP, jti="x"))
     assert [(t.serial, t.jti, t.existing) for t in first.tokens] == [
-        (1, "x", False), (2, canonical_jti(2), False), (1, "x", True)]
+        (1, "x", False), (2, canonical_jti(2, h.engine.store_id), False), (1, "x", True)]
     assert first.seq == 1
 
     second = h.register(spec(issuer=IDP, jti="x"), spec(issuer=IDP, jti="y"))
@@ -130,7 +130,7 @@ def test_the_same_issuer_and_jti_keeps_its_serial(h):
     assert second.seq == 2
 
     # Only known pairs: nothing is written, and the answer carries the current seq.
-    again = h.register(spec(issuer=IDP, jti="x"), spec(jti=canonical_jti(2)))
+    again = h.register(spec(issuer=IDP, jti="x"), spec(jti=canonical_jti(2, h.engine.store_id)))
     assert [(t.serial, t.existing) for t in again.tokens] == [(1, True), (2, True)]
     assert again.seq == h.seq == 2
     assert h.history(2) == [] and h.through == 3
@@ -144,6 +144,8 @@ def test_the_same_issuer_and_jti_keeps_its_serial(h):
     canonical_jti(10**6),
     "rc1.1.0000",                           # wrong check digits
     "rc1.whatever",
+    canonical_jti(1, "another-store"),      # the bound form, of another store
+    "rc2.1.00000000",
 ])
 def test_a_caller_chosen_jti_in_the_reserved_form_is_refused(h, jti):
     h.register(spec(), spec())
@@ -156,7 +158,7 @@ def test_a_caller_chosen_jti_in_the_reserved_form_is_refused(h, jti):
 
 
 def test_a_canonical_jti_assigned_earlier_in_the_same_call_names_that_token(h):
-    result = h.register(spec(), spec("bob", jti=canonical_jti(1)))
+    result = h.register(spec(), spec("bob", jti=canonical_jti(1, h.engine.store_id)))
     assert [(t.serial, t.existing) for t in result.tokens] == [(1, False), (1, True)]
 
 
@@ -357,9 +359,26 @@ def test_revoking_a_canonical_jti_under_another_issuer_spelling_revokes_the_seri
     assert h.state(token.serial) == REVOKED  # ...so the serial must be revoked too
 
 
+def test_a_canonical_jti_of_another_store_is_not_a_serial_of_this_one(h):
+    """Jtis are bound to their store: serial 1 of another deployment is a foreign token here."""
+    (token,) = h.register(spec()).tokens
+    stranger = JtiRef(DEFAULT_ISSUER, canonical_jti(token.serial, "another-store"))
+    assert token.canonical_jti != stranger.jti and h.state(stranger) == UNKNOWN
+    assert h.revoke(tokens=(stranger,)).count == 1  # revoked as a foreign token...
+    assert h.state(stranger) == REVOKED and h.state(token.serial) == ACTIVE  # ...not as serial 1
+
+
+def test_the_unbound_rc1_form_still_names_its_serial_during_the_transition(h):
+    (token,) = h.register(spec()).tokens
+    old = JtiRef(DEFAULT_ISSUER, canonical_jti(token.serial))
+    assert old.jti.startswith("rc1.") and h.state(old) == ACTIVE
+    assert h.revoke(tokens=(old,)).count == 1
+    assert h.state(token.serial) == REVOKED
+
+
 def test_revoking_the_canonical_jti_of_a_serial_not_issued_yet_does_not_revoke_it_later(h):
     h.register(spec())
-    h.revoke(tokens=(JtiRef(DEFAULT_ISSUER, canonical_jti(2)),))
+    h.revoke(tokens=(JtiRef(DEFAULT_ISSUER, canonical_jti(2, h.engine.store_id)),))
     (token,) = h.register(spec("bob")).tokens
     assert token.serial == 2
     assert h.state(2) == ACTIVE

@@ -42,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from recallclient.jti import canonical_jti, foreign_key, serial_from_jti
+from recallclient.jti import canonical_jti, foreign_key, looks_canonical, serial_from_jti
 from recallclient.revoked_set import Delta
 from recallclient.types import JtiRef, TokenSpec, TokenState
 
@@ -174,7 +174,7 @@ class EngineMachine(RuleBasedStateMachine):
             return state
         if revoked_foreign:
             return TokenState.REVOKED
-        encoded = serial_from_jti(jti)  # a canonical jti under another issuer spelling: its serial
+        encoded = serial_from_jti(jti, self.engine.store_id)  # a canonical jti under another issuer spelling: its serial
         return self.state(encoded) if encoded and encoded <= self.n else TokenState.UNKNOWN
 
     def model_sweep(self) -> tuple[set[int], set[int], list[int]]:
@@ -223,7 +223,7 @@ class EngineMachine(RuleBasedStateMachine):
             if kind == "pool":
                 jti = data.draw(st.sampled_from(JTIS))
             elif kind == "canonical" and self.n:  # refers to an issued serial: existing, or refused
-                jti = canonical_jti(data.draw(st.integers(min_value=1, max_value=self.n)))
+                jti = canonical_jti(data.draw(st.integers(min_value=1, max_value=self.n)), self.engine.store_id)
             else:
                 jti = ""
             # Lifetimes line up with the clock's steps so that "now == expiry" happens.
@@ -244,7 +244,7 @@ class EngineMachine(RuleBasedStateMachine):
         if data.draw(st.integers(min_value=0, max_value=5), label="unissued canonical") == 0:
             # A canonical jti of a serial not issued yet: the whole call is refused.
             at = data.draw(st.integers(min_value=0, max_value=len(specs)))
-            jti = canonical_jti(self.n + data.draw(st.integers(min_value=1, max_value=3)))
+            jti = canonical_jti(self.n + data.draw(st.integers(min_value=1, max_value=3)), self.engine.store_id)
             specs.insert(at, TokenSpec(subject="mallory", client_id="web", jti=jti))
         self.register_specs(specs)
 
@@ -256,15 +256,15 @@ class EngineMachine(RuleBasedStateMachine):
             if spec.jti:
                 known = seen.get((issuer, spec.jti)) or self.jtis.get((issuer, spec.jti))
                 if known:
-                    expected.append((known, spec.jti, canonical_jti(known), True))
+                    expected.append((known, spec.jti, canonical_jti(known, self.engine.store_id), True))
                     continue
-                if spec.jti.startswith("rc1."):
+                if looks_canonical(spec.jti):
                     invalid = True
                     break
             serial += 1
-            jti = spec.jti or canonical_jti(serial)
+            jti = spec.jti or canonical_jti(serial, self.engine.store_id)
             seen[(issuer, jti)] = serial
-            expected.append((serial, jti, canonical_jti(serial), False))
+            expected.append((serial, jti, canonical_jti(serial, self.engine.store_id), False))
             fresh.append((serial, Token(issuer, jti, spec.subject, spec.client_id, spec.family, spec.expires_at)))
 
         before = self.seq
@@ -308,7 +308,7 @@ class EngineMachine(RuleBasedStateMachine):
             if serial:
                 covered.add(serial)
                 continue
-            encoded = serial_from_jti(ref.jti)
+            encoded = serial_from_jti(ref.jti, self.engine.store_id)
             if encoded:  # a canonical jti names its serial under any issuer; ignored if not issued
                 if encoded <= self.n:
                     covered.add(encoded)
@@ -338,7 +338,7 @@ class EngineMachine(RuleBasedStateMachine):
             for serial in added:
                 token = self.tokens[serial]
                 key = foreign_key(token.issuer, token.jti)
-                if token.jti != canonical_jti(serial) and key not in self.foreign:
+                if serial_from_jti(token.jti, self.engine.store_id) != serial and key not in self.foreign:
                     new_foreign[key] = token.expires_at
             self.seq += 1
             (delta,) = self.published(before)
@@ -382,7 +382,7 @@ class EngineMachine(RuleBasedStateMachine):
     def revoke_by_canonical_jti(self, data):
         # Under any issuer spelling, for serials issued or not (yet).
         refs = [JtiRef(data.draw(st.sampled_from(["https://other.example", DEFAULT_ISSUER, *ISSUERS[1:]])),
-                       canonical_jti(s), data.draw(st.sampled_from([0, self.now + 5])))
+                       canonical_jti(s, data.draw(st.sampled_from([self.engine.store_id, ""]))), data.draw(st.sampled_from([0, self.now + 5])))
                 for s in data.draw(st.lists(st.integers(min_value=1, max_value=self.n + 3), min_size=1, max_size=2))]
         self._revoke(Selector(tokens=tuple(refs)), set(), refs)
 
@@ -484,7 +484,7 @@ class EngineMachine(RuleBasedStateMachine):
         refs += [JtiRef(i, j) for i, j in FOREIGN]
         refs += [JtiRef(DEFAULT_ISSUER, j) for j in JTIS]
         # Canonical jtis under an issuer nothing was registered under: they name their serial.
-        refs += [JtiRef("https://other.example", canonical_jti(s)) for s in sorted({1, self.n, self.n + 1}) if s]
+        refs += [JtiRef("https://other.example", canonical_jti(s, self.engine.store_id)) for s in sorted({1, self.n, self.n + 1}) if s]
         engine = self.engine
 
         async def both():
@@ -496,7 +496,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert got.state == self.ref_state(ref.issuer, ref.jti), ref
             serial = self.jtis.get((ref.issuer, ref.jti), 0)
             if not serial and foreign_key(ref.issuer, ref.jti) not in self.foreign:
-                encoded = serial_from_jti(ref.jti) or 0
+                encoded = serial_from_jti(ref.jti, self.engine.store_id) or 0
                 serial = encoded if encoded <= self.n else 0
             assert got.serial == serial
             if got.state == TokenState.REVOKED and not serial:

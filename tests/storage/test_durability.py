@@ -20,7 +20,7 @@ from recallclient import (
     RegisterResult,
     TokenSpec,
     TokenState,
-    canonical_jti,
+    serial_from_jti,
 )
 
 from ..support import ServerProcess
@@ -247,6 +247,8 @@ def test_serials_stay_dense_and_unique_across_sigkill_restarts(spawn):
         ]
         switch = KillSwitch(server, at=threads * batches)
 
+        with RecallClient(server.address) as probe:
+            store_id = probe.stats().store_id
         acked = run_threads(server.address, jobs, register_again, switch)
 
         assert switch.killed and len(acked) == threads * batches
@@ -254,7 +256,7 @@ def test_serials_stay_dense_and_unique_across_sigkill_restarts(spawn):
             assert len(result.tokens) == len(fresh) + len(again)
             for spec, got in zip(fresh, result.tokens):
                 assert not got.existing
-                assert got.canonical_jti == canonical_jti(got.serial)
+                assert serial_from_jti(got.canonical_jti, store_id) == got.serial
                 assert got.jti == (spec.jti or got.canonical_jti)
                 issued.append(got.serial)
                 known[spec.issuer or DEFAULT_ISSUER, got.jti] = got.serial
