@@ -53,6 +53,7 @@ class _Tables:
     rules: dict[tuple[int, str], tuple[int, int]] = dataclasses.field(default_factory=dict)  # -> (before, seq)
     log: dict[int, Delta] = dataclasses.field(default_factory=dict)
     audit: dict[int, str] = dataclasses.field(default_factory=dict)
+    signals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> "_Tables":
         """A copy to write on. Values are never changed in place (sets are replaced, not
@@ -65,7 +66,8 @@ class _Tables:
     def entries(self) -> int:
         sets = sum(len(b) for b in self.indexes.values()) + len(self.revoked) + len(self.rotated)
         return (sets + len(self.records) + len(self.jtis) + len(self.expires) + len(self.issuance)
-                + len(self.revocations) + len(self.rotations) + len(self.foreign) + len(self.log))
+                + len(self.revocations) + len(self.rotations) + len(self.foreign) + len(self.log)
+                + len(self.signals))
 
 
 class MemoryTxn(WriteTxn):
@@ -206,6 +208,12 @@ class MemoryTxn(WriteTxn):
 
     def delete_rule(self, rule: Rule) -> None:
         self.t.rules.pop(rule[:2], None)
+
+    def signal(self, issuer: str, jti: str) -> int | None:
+        return self.t.signals.get((issuer, jti))
+
+    def put_signal(self, issuer: str, jti: str, seq: int) -> None:
+        self.t.signals[(issuer, jti)] = seq
 
     # change log and audit
     def put_change(self, delta: Delta, audit: dict) -> None:

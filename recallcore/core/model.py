@@ -64,6 +64,7 @@ class Revoke:
     origin: str = ""
     on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
     peer: str = ""  # where the call came from
+    signal: tuple[tuple[str, str], ...] = ()  # the Security Event Token that asked for it (audit fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,27 @@ class Cutoff:
     actor: str = ""
     on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
     peer: str = ""  # where the call came from
+    signal: tuple[tuple[str, str], ...] = ()  # the Security Event Token that asked for it (audit fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """Apply a verified Security Event Token once: its recall (None: an event that recalls
+    nothing) and, in the same change, its (issuer, jti) as applied."""
+
+    issuer: str
+    jti: str
+    action: "Revoke | Cutoff | None" = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalResult:
+    """What applying a SET did: `duplicate` when it was applied before (and so did nothing
+    now); `seq` of the change it made (or the store's head when it made none)."""
+
+    seq: int
+    count: int = 0
+    duplicate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,4 +119,4 @@ class Sweep:
     """Drop expired tokens from the revoked set; purge records past retention."""
 
 
-Operation = Register | Revoke | Sweep | Rotate | Cutoff
+Operation = Register | Revoke | Sweep | Rotate | Cutoff | Signal

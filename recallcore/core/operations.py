@@ -54,6 +54,8 @@ def who(op) -> dict:
         out["on_behalf_of"] = op.on_behalf_of
     if op.peer:
         out["peer"] = op.peer
+    if getattr(op, "signal", ()):
+        out["signal"] = dict(op.signal)
     return out
 
 

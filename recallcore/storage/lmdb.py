@@ -27,6 +27,7 @@ Tables (named databases):
                 record lists; S|C + seq -> b"" for records that name more than they list
   sums          tag + key -> CRC-32 of the value under key in revoked (r), rotated (o)
                 or exp (e); checked at start (see lmdb_checks.py)
+  signals       hash16(issuer, jti) -> seq of the change a Security Event Token made (0: none)
 A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
 only the chunks it touches. Format 2 adds "sums"; a format-1 store gets them
 when first opened.
@@ -67,7 +68,7 @@ _U64X2 = struct.Struct(">QQ")
 _TABLES = (
     "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
-    "rotated", "rotations", "rules", "issuance", "sums", "audit_names",
+    "rotated", "rotations", "rules", "issuance", "sums", "audit_names", "signals",
 )
 _AUDIT_NAMES = {"subject": (b"s", b"S", "subjects"), "client_id": (b"c", b"C", "clients")}
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
@@ -384,6 +385,14 @@ class LmdbTxn(WriteTxn):
         with self.raw.cursor(db=self.db["foreign"]) as cur:
             for key in cur.iternext(values=False):
                 yield from_u64(key)
+
+    # signals
+    def signal(self, issuer: str, jti: str) -> int | None:
+        data = self.raw.get(name_hash(issuer, jti), db=self.db["signals"])
+        return from_u64(data) if data is not None else None
+
+    def put_signal(self, issuer: str, jti: str, seq: int) -> None:
+        self.raw.put(name_hash(issuer, jti), u64(seq), db=self.db["signals"])
 
     # change log and audit
     def put_change(self, delta: Delta, audit: dict) -> None:

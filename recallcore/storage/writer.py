@@ -28,10 +28,10 @@ from typing import Any
 
 from recallclient.revoked_set import Delta
 
-from ..core import lifecycle, operations
+from ..core import lifecycle, operations, signals
 from ..core.errors import RecallError, ResourceExhausted, Unavailable
 from ..core.mirror import Mirror
-from ..core.model import Cutoff, Operation, Register, Revoke, Rotate, Sweep
+from ..core.model import Cutoff, Operation, Register, Revoke, Rotate, Signal, Sweep
 from ..settings import Settings
 from .base import Store, StoreFull, WriteTxn
 
@@ -156,4 +156,6 @@ class Writer:
             return lifecycle.rotate(txn, self.state, op, now, self.settings, self._refused(1))
         if isinstance(op, Cutoff):
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
+        if isinstance(op, Signal):
+            return signals.apply(txn, self.state, op, now, self.settings)
         raise TypeError(f"unknown operation {op!r}")

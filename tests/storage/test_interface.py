@@ -204,3 +204,31 @@ def test_a_full_store_says_so_keeps_nothing_and_grows_up_to_its_limit(kind, tmp_
         assert full.sizes()[1] == 4 * (SMALL if kind == "lmdb" else 1000)
     finally:
         full.close()
+
+
+def test_a_signal_is_kept_per_issuer_and_jti_and_only_when_its_transaction_commits(store: Store):
+    with store.write() as txn:
+        txn.put_signal("https://idp.example", "set-1", 7)
+        txn.put_signal("https://idp.example", "set-2", 0)
+        assert txn.signal("https://idp.example", "set-1") == 7  # the transaction sees its own write
+    with pytest.raises(RuntimeError), store.write() as txn:
+        txn.put_signal("https://idp.example", "set-3", 8)
+        raise RuntimeError("abort")
+    with store.read() as txn:
+        assert txn.signal("https://idp.example", "set-1") == 7
+        assert txn.signal("https://idp.example", "set-2") == 0  # applied, changed nothing: still seen
+        assert txn.signal("https://idp.example", "set-3") is None  # rolled back
+        assert txn.signal("https://other.example", "set-1") is None  # jtis are per issuer
+
+
+def test_signals_outlive_a_reopen_of_the_data_directory(tmp_path):
+    store = lmdb_store(tmp_path / "data")
+    with store.write() as txn:
+        txn.put_signal("https://idp.example", "set-1", 3)
+    store.close()
+    store = lmdb_store(tmp_path / "data")
+    try:
+        with store.read() as txn:
+            assert txn.signal("https://idp.example", "set-1") == 3
+    finally:
+        store.close()
