@@ -17,6 +17,8 @@ from .api.decision import Decider
 from .api.grpc_service import GuardedHealth, RecallService, decoder
 from .api.http.app import Edge, HttpListener
 from .api.http.status_lists import StatusLists, load_signing_key
+from .api.signals import Receiver, streams
+from .api.ssf_poll import Poller
 from .engine import Engine
 from .replication.follower import Follower
 from .security.credentials import Credentials
@@ -85,10 +87,13 @@ class Server:
         ) if settings.jwt_issuers else None
         clients = Reloading(settings.oauth_clients, Credentials.load_clients) if settings.oauth_clients else None
         signing_key = load_signing_key(settings.status_list_key) if settings.status_list_uri else None
+        ssf_streams = streams(settings, engine_args.get("clock", time.time))
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.decider = Decider(self.engine, verifier)
         lists = StatusLists(settings, self.engine, signing_key, self.engine.clock) if signing_key else None
-        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, lists),
+        self.receiver = Receiver(self.engine, ssf_streams) if ssf_streams else None
+        self.pollers = [Poller(self.receiver, s, settings) for s in ssf_streams.values() if s.transmitter.poll]
+        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, lists, self.receiver),
                                  self.tls.ssl_context() if self.tls else None) if settings.http_listen else None
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None
@@ -134,6 +139,8 @@ class Server:
         await self.engine.start()
         if self.http is not None:
             await self.http.start()
+        for poller in self.pollers:
+            poller.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.follow:
@@ -183,6 +190,8 @@ class Server:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
+        for poller in self.pollers:
+            await poller.stop()
         if self.grpc is not None:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -195,6 +204,8 @@ class Server:
             await self.http.stop()
         if self.decider.verifier is not None:
             await self.decider.verifier.close()
+        if self.receiver is not None:
+            await self.receiver.close()
         await self.engine.close()
 
 
