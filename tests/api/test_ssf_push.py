@@ -1,5 +1,9 @@
 """SET push delivery (RFC 8935) to a real server: what reaches Check and a replica, and every refusal."""
 
+import json
+import ssl
+import subprocess
+import sys
 import time
 
 import httpx
@@ -11,7 +15,8 @@ from recallcore.core.signals import CAEP, RISC
 from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
-from ..support import ServerThread, until
+from ..security.certs import CA
+from ..support import LocalHttp, ServerThread, until
 from .transmitter import AUDIENCE, SESSION_REVOKED, TRANSMITTER, Transmitter
 
 SET_TYPE = {"Content-Type": "application/secevent+jwt"}
@@ -208,3 +213,43 @@ def test_transmitters_are_read_from_the_config_file_tables(tmp_path, sender):
     layers.read_file(path)
     with pytest.raises(ValueError, match="unknown key 'jwk' \\(did you mean 'jwks'\\?\\)"):
         layers.settings()
+
+
+def test_keys_named_by_the_transmitters_ssf_metadata_are_fetched_from_its_jwks_uri(data_dir, tmp_path, sender):
+    ca = CA(tmp_path / "ca")
+    leaf = ca.server("idp-web")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(leaf.cert, leaf.key)
+    fetched = []
+
+    def respond(request):
+        fetched.append(request.path)
+        if request.path == "/.well-known/ssf-configuration":
+            return 200, json.dumps({"issuer": TRANSMITTER, "jwks_uri": f"https://{web.address}/jwks.json",
+                                    "delivery_methods_supported": ["urn:ietf:rfc:8935"]}).encode()
+        return 200, sender.jwks.read_bytes()
+
+    web = LocalHttp(respond, context)
+    srv = ServerThread(Settings(
+        data_dir=data_dir, listen="127.0.0.1:0", http_listen="127.0.0.1:0", sweep_interval=3600,
+        ssf_transmitters=({"stream": "okta-main", "issuer": TRANSMITTER, "audience": AUDIENCE, "cacert": str(ca.path),
+                           "metadata": f"https://{web.address}/.well-known/ssf-configuration"},)))
+    try:
+        with httpx.Client(base_url=f"http://{srv.server.http.address}", timeout=10) as http:
+            assert push(http, sender.set(subject="fay")).status_code == 202
+            assert fetched == ["/.well-known/ssf-configuration", "/jwks.json"]
+            assert push(http, sender.set(subject="gus")).status_code == 202
+            assert len(fetched) == 2  # kept
+    finally:
+        srv.stop()
+        web.close()
+
+
+def test_check_config_names_a_transmitters_missing_key_file(tmp_path):
+    path = tmp_path / "recallcore.toml"
+    path.write_text(f'http_listen = "127.0.0.1:0"\n[[ssf.transmitters]]\nstream = "okta-main"\nissuer = "{TRANSMITTER}"\n'
+                    f'jwks = "{tmp_path}/absent.json"\naudience = "{AUDIENCE}"\n')
+    done = subprocess.run([sys.executable, "-m", "recallcore", "check-config", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"ssf_transmitters[0] (okta-main).jwks: cannot read {tmp_path}/absent.json" in done.stderr
