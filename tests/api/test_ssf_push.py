@@ -11,12 +11,13 @@ import pytest
 from joserfc.jwk import ECKey
 from recallclient import RecallClient, Replica
 
+from recallcore.config import Layers
 from recallcore.core.signals import CAEP, RISC
 from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
 from ..security.certs import CA
-from ..support import LocalHttp, ServerThread, until
+from ..support import LocalHttp, ServerThread, readme_blocks, until
 from .transmitter import AUDIENCE, SESSION_REVOKED, TRANSMITTER, Transmitter
 
 SET_TYPE = {"Content-Type": "application/secevent+jwt"}
@@ -199,8 +200,6 @@ def test_a_guarded_stream_needs_its_transmitters_credential_too(receiver, sender
 
 
 def test_transmitters_are_read_from_the_config_file_tables(tmp_path, sender):
-    from recallcore.config import Layers
-
     path = tmp_path / "recallcore.toml"
     path.write_text(f'http_listen = "127.0.0.1:0"\n[ssf]\nmax_age = 600\n\n[[ssf.transmitters]]\nstream = "okta-main"\n'
                     f'issuer = "{TRANSMITTER}"\njwks = "{sender.jwks}"\naudience = "{AUDIENCE}"\n')
@@ -253,3 +252,16 @@ def test_check_config_names_a_transmitters_missing_key_file(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2
     assert f"ssf_transmitters[0] (okta-main).jwks: cannot read {tmp_path}/absent.json" in done.stderr
+
+
+def test_the_readme_config_for_transmitters_is_read_as_it_says(tmp_path):
+    (block,) = readme_blocks("## Signals from identity providers (Shared Signals, CAEP, RISC)", "toml")
+    path = tmp_path / "recallcore.toml"
+    creds = tmp_path / "credentials.toml"
+    creds.write_text(f'[tokens]\nokta = "{hash_secret(PUSH_SECRET)}"\n')
+    path.write_text(f'credentials = "{creds}"\n' + block.replace("0.0.0.0", "127.0.0.1"))
+    layers = Layers()
+    layers.read_file(path)
+    okta, google = layers.settings().transmitters
+    assert (okta.stream, okta.jwks, okta.identity) == ("okta-main", "/etc/recall/idp-jwks.json", "token:okta")
+    assert google.metadata.endswith("/.well-known/ssf-configuration") and google.poll.startswith("https://")
