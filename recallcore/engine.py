@@ -29,7 +29,7 @@ from recallclient.types import JtiRef, RegisterResult, RevokeResult, TokenSpec, 
 from .core import audit, validate
 from .core.audit import AuditQuery
 from .core.errors import OutOfRange, RecallError, Unavailable
-from .core.model import CutoffResult, RotateResult, Selector, Signal, SignalResult, Sweep
+from .core.model import Advance, CutoffResult, RotateResult, Selector, Signal, SignalResult, Sweep
 from .core.operations import now_seconds
 from .core.signals import Recall
 from .replication.audit_feed import AuditFeed
@@ -196,6 +196,14 @@ class Engine(Node):
             if caller is not None:
                 action = dataclasses.replace(action, actor=caller.identity, peer=caller.peer)
         return await self._submit(Signal(issuer, jti, action))
+
+    async def cursor(self, name: str) -> int:
+        """How far SSF receiver `name` has taken the events of changes (a seq; 0: none)."""
+        return await self._read(lambda txn: txn.cursor(name))
+
+    async def advance(self, name: str, seq: int) -> int:
+        """Move receiver `name`'s cursor up to `seq`, durably; returns it."""
+        return await self._submit(Advance(name, seq))
 
     async def audit_pages(self, q: AuditQuery, upto: int) -> AsyncIterator[list[dict]]:
         """The records matching `q` up to seq `upto`, oldest first, a page (audit.PAGE) at a time.

@@ -54,6 +54,7 @@ class _Tables:
     log: dict[int, Delta] = dataclasses.field(default_factory=dict)
     audit: dict[int, str] = dataclasses.field(default_factory=dict)
     signals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    cursors: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> "_Tables":
         """A copy to write on. Values are never changed in place (sets are replaced, not
@@ -67,7 +68,7 @@ class _Tables:
         sets = sum(len(b) for b in self.indexes.values()) + len(self.revoked) + len(self.rotated)
         return (sets + len(self.records) + len(self.jtis) + len(self.expires) + len(self.issuance)
                 + len(self.revocations) + len(self.rotations) + len(self.foreign) + len(self.log)
-                + len(self.signals))
+                + len(self.signals) + len(self.cursors))
 
 
 class MemoryTxn(WriteTxn):
@@ -214,6 +215,12 @@ class MemoryTxn(WriteTxn):
 
     def put_signal(self, issuer: str, jti: str, seq: int) -> None:
         self.t.signals[(issuer, jti)] = seq
+
+    def cursor(self, name: str) -> int:
+        return self.t.cursors.get(name, 0)
+
+    def put_cursor(self, name: str, seq: int) -> None:
+        self.t.cursors[name] = seq
 
     # change log and audit
     def put_change(self, delta: Delta, audit: dict) -> None:

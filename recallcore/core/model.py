@@ -115,8 +115,16 @@ class SignalResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Advance:
+    """Move SSF receiver `name`'s cursor up to `seq` (never back); no change to the revoked set."""
+
+    name: str
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
     """Drop expired tokens from the revoked set; purge records past retention."""
 
 
-Operation = Register | Revoke | Sweep | Rotate | Cutoff | Signal
+Operation = Register | Revoke | Sweep | Rotate | Cutoff | Signal | Advance

@@ -24,7 +24,7 @@ from ..settings import Settings
 from ..storage.base import WriteTxn
 from . import lifecycle, operations
 from .mirror import Mirror
-from .model import Cutoff, Signal, SignalResult
+from .model import Advance, Cutoff, Signal, SignalResult
 
 CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
 RISC = "https://schemas.openid.net/secevent/risc/event-type/"
@@ -132,3 +132,35 @@ def apply(txn: WriteTxn, state: Mirror, op: Signal, now: int, settings: Settings
     txn.put_signal(op.issuer, op.jti, delta.seq if delta is not None else 0)
     return SignalResult(delta.seq if delta is not None else state.seq, result.count if result else 0), delta
 
+
+
+def advance(txn: WriteTxn, op: Advance) -> tuple[int, None]:
+    """Move a receiver's cursor forward; returns (its cursor now, no delta)."""
+    current = txn.cursor(op.name)
+    if op.seq > current:
+        txn.put_cursor(op.name, op.seq)
+        current = op.seq
+    return current, None
+
+
+def outgoing(record: dict, issuer: str, audience: str, store_id: str) -> dict | None:
+    """The claims of the CAEP session-revoked SET that audit `record` calls for, or None.
+
+    A revocation by subject and a cut-off of a subject call for one: the
+    subject (an `opaque` subject identifier) has no session issued before
+    the change left. Its jti is the store's id and the change's seq, the
+    same each time it is sent, so a receiver recognises it sent again.
+    """
+    if record.get("kind") == "revoke":
+        subject, when = record.get("selector", {}).get("subject", ""), record["time"]
+    elif record.get("kind") == "cutoff" and record.get("rule", {}).get("scope") == "subject":
+        subject, when = record["rule"]["value"], record["rule"]["before"]
+    else:
+        return None
+    if not subject:
+        return None
+    event = {"event_timestamp": when, "initiating_entity": "admin" if "signal" not in record else "policy"}
+    if record.get("reason"):
+        event["reason_admin"] = {"en": record["reason"]}
+    return {"iss": issuer, "aud": audience, "iat": record["time"], "jti": f"{store_id}-{record['seq']}",
+            "sub_id": {"format": "opaque", "id": subject}, "events": {CAEP + "session-revoked": event}}

@@ -28,6 +28,7 @@ Tables (named databases):
   sums          tag + key -> CRC-32 of the value under key in revoked (r), rotated (o)
                 or exp (e); checked at start (see lmdb_checks.py)
   signals       hash16(issuer, jti) -> seq of the change a Security Event Token made (0: none)
+  cursors       receiver name (UTF-8) -> seq up to which it has taken the SETs sent to it
 A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
 only the chunks it touches. Format 2 adds "sums"; a format-1 store gets them
 when first opened.
@@ -69,6 +70,7 @@ _TABLES = (
     "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
     "rotated", "rotations", "rules", "issuance", "sums", "audit_names", "signals",
+    "cursors",
 )
 _AUDIT_NAMES = {"subject": (b"s", b"S", "subjects"), "client_id": (b"c", b"C", "clients")}
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
@@ -393,6 +395,13 @@ class LmdbTxn(WriteTxn):
 
     def put_signal(self, issuer: str, jti: str, seq: int) -> None:
         self.raw.put(name_hash(issuer, jti), u64(seq), db=self.db["signals"])
+
+    def cursor(self, name: str) -> int:
+        data = self.raw.get(name.encode(), db=self.db["cursors"])
+        return from_u64(data) if data is not None else 0
+
+    def put_cursor(self, name: str, seq: int) -> None:
+        self.raw.put(name.encode(), u64(seq), db=self.db["cursors"])
 
     # change log and audit
     def put_change(self, delta: Delta, audit: dict) -> None:

@@ -31,7 +31,7 @@ from recallclient.revoked_set import Delta
 from ..core import lifecycle, operations, signals
 from ..core.errors import RecallError, ResourceExhausted, Unavailable
 from ..core.mirror import Mirror
-from ..core.model import Cutoff, Operation, Register, Revoke, Rotate, Signal, Sweep
+from ..core.model import Advance, Cutoff, Operation, Register, Revoke, Rotate, Signal, Sweep
 from ..settings import Settings
 from .base import Store, StoreFull, WriteTxn
 
@@ -158,4 +158,6 @@ class Writer:
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
         if isinstance(op, Signal):
             return signals.apply(txn, self.state, op, now, self.settings)
+        if isinstance(op, Advance):
+            return signals.advance(txn, op)
         raise TypeError(f"unknown operation {op!r}")

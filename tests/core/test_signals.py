@@ -119,3 +119,23 @@ def test_a_set_that_recalls_nothing_is_still_remembered_and_makes_no_change(h):
     assert h.run(h.engine.signal(IDP, "set-7", Recall("urn:example:other"), FIELDS)).duplicate
     # The same jti from another issuer is another SET.
     assert not h.run(h.engine.signal("https://other.example", "set-7", Recall("urn:example:other"), FIELDS)).duplicate
+
+
+def test_a_revocation_by_subject_or_a_subject_cutoff_calls_for_a_session_revoked_set():
+    from recallcore.core.signals import outgoing
+
+    revoke = {"kind": "revoke", "seq": 9, "time": START, "reason": "leaked", "selector": {"subject": "alice"}}
+    claims = outgoing(revoke, "https://recall.example", "https://rp.example", "store1")
+    assert claims == {
+        "iss": "https://recall.example", "aud": "https://rp.example", "iat": START, "jti": "store1-9",
+        "sub_id": {"format": "opaque", "id": "alice"},
+        "events": {CAEP + "session-revoked": {"event_timestamp": START, "initiating_entity": "admin",
+                                               "reason_admin": {"en": "leaked"}}}}
+    cutoff = {"kind": "cutoff", "seq": 10, "time": START, "reason": "", "signal": {"jti": "x"},
+              "rule": {"scope": "subject", "value": "bob", "before": START - 5}}
+    event = outgoing(cutoff, "i", "a", "s")["events"][CAEP + "session-revoked"]
+    assert event == {"event_timestamp": START - 5, "initiating_entity": "policy"}
+    for other in ({"kind": "revoke", "seq": 1, "time": START, "selector": {"serials": 3}},
+                  {"kind": "cutoff", "seq": 2, "time": START, "rule": {"scope": "client", "value": "web", "before": 1}},
+                  {"kind": "register", "seq": 3, "time": START}):
+        assert outgoing(other, "i", "a", "s") is None

@@ -232,3 +232,12 @@ def test_signals_outlive_a_reopen_of_the_data_directory(tmp_path):
             assert txn.signal("https://idp.example", "set-1") == 3
     finally:
         store.close()
+
+
+def test_a_receivers_cursor_reads_back_and_starts_at_zero(store: Store):
+    with store.read() as txn:
+        assert txn.cursor("rp-1") == 0
+    with store.write() as txn:
+        txn.put_cursor("rp-1", 12)
+    with store.read() as txn:
+        assert (txn.cursor("rp-1"), txn.cursor("rp-2")) == (12, 0)
