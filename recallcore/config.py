@@ -235,6 +235,8 @@ def check_files(settings: Settings) -> list[str]:
         for key in ("poll_token_file", "cacert"):
             if getattr(t, key):
                 loads.append((f"{where}.{key}", lambda path=getattr(t, key): pathlib.Path(path).read_bytes()))
+    if settings.ssf_receivers:
+        loads.append(("ssf_key", lambda: load_signing_key(settings.ssf_key, "ssf_key")))
     if settings.status_list_uri:
         loads.append(("status_list_key", lambda: load_signing_key(settings.status_list_key)))
     for key in ("primary_cacert", "primary_cert", "primary_key", "primary_token_file"):

@@ -19,6 +19,7 @@ from .api.http.app import Edge, HttpListener
 from .api.http.status_lists import StatusLists, load_signing_key
 from .api.signals import Receiver, streams
 from .api.ssf_poll import Poller
+from .api.ssf_transmit import Transmission
 from .engine import Engine
 from .replication.follower import Follower
 from .security.credentials import Credentials
@@ -88,12 +89,15 @@ class Server:
         clients = Reloading(settings.oauth_clients, Credentials.load_clients) if settings.oauth_clients else None
         signing_key = load_signing_key(settings.status_list_key) if settings.status_list_uri else None
         ssf_streams = streams(settings, engine_args.get("clock", time.time))
+        ssf_key = load_signing_key(settings.ssf_key, "ssf_key") if settings.ssf_receivers else None
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.decider = Decider(self.engine, verifier)
         lists = StatusLists(settings, self.engine, signing_key, self.engine.clock) if signing_key else None
         self.receiver = Receiver(self.engine, ssf_streams) if ssf_streams else None
         self.pollers = [Poller(self.receiver, s, settings) for s in ssf_streams.values() if s.transmitter.poll]
-        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, lists, self.receiver),
+        self.transmission = Transmission(self.engine, settings, ssf_key) if ssf_key else None
+        self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, lists, self.receiver,
+                                      self.transmission),
                                  self.tls.ssl_context() if self.tls else None) if settings.http_listen else None
         self.health: health.aio.HealthServicer | None = None
         self.grpc: grpc.aio.Server | None = None
@@ -141,6 +145,8 @@ class Server:
             await self.http.start()
         for poller in self.pollers:
             poller.start()
+        if self.transmission is not None:
+            self.transmission.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.follow:
@@ -192,6 +198,8 @@ class Server:
             await asyncio.gather(self._health_task, return_exceptions=True)
         for poller in self.pollers:
             await poller.stop()
+        if self.transmission is not None:
+            await self.transmission.stop()
         if self.grpc is not None:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)

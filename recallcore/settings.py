@@ -75,6 +75,32 @@ class Transmitter:
 
 
 TRANSMITTER_KEYS = tuple(f.name for f in dataclasses.fields(Transmitter))
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+    """One `[[ssf.receivers]]` table: a relying party recallcore sends CAEP SETs to when it
+    revokes by subject or cuts a subject off (see api/ssf_transmit.py).
+
+    stream: its name (the poll path is /ssf/poll/<stream>).
+    audience: the SETs' `aud`.
+    push: the https:// URL of its RFC 8935 push endpoint; without it, the
+        receiver polls /ssf/poll/<stream> (RFC 8936).
+    push_token_file: a file holding the bearer secret sent with each push.
+    identity: who may poll the stream (as the policy names it); without
+        it, with a policy, a caller with the `audit` role.
+    cacert: PEM CA bundle for `push` (default: the system's).
+    """
+
+    stream: str
+    audience: str
+    push: str = ""
+    push_token_file: str = ""
+    identity: str = ""
+    cacert: str = ""
+
+
+DOWNSTREAM_KEYS = tuple(f.name for f in dataclasses.fields(Downstream))
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 
 
@@ -170,8 +196,11 @@ class Settings:
     ssf_max_age: seconds after its iat a SET is refused.
     ssf_poll_interval: seconds between polls of a transmitter that had
         nothing to deliver.
-    ssf_poll_backoff: the longest wait (seconds) after failed polls; the
-        wait doubles from ssf_poll_interval / 5 up to it.
+    ssf_poll_backoff: the longest wait (seconds) after failed polls (and
+        pushes); the wait doubles from ssf_poll_interval / 5 up to it.
+    ssf_receivers: the `[[ssf.receivers]]` tables, as Downstream describes.
+    ssf_key: JWK file of the private key the SETs sent are signed with.
+    ssf_issuer: their `iss` (default: issuer).
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -225,6 +254,9 @@ class Settings:
     ssf_max_age: int = DEFAULT_SSF_MAX_AGE
     ssf_poll_interval: float = DEFAULT_SSF_POLL_INTERVAL
     ssf_poll_backoff: float = DEFAULT_SSF_POLL_BACKOFF
+    ssf_receivers: tuple[dict[str, str], ...] = ()
+    ssf_key: str = ""
+    ssf_issuer: str = ""
 
     @property
     def loopback(self) -> bool:
@@ -242,13 +274,19 @@ class Settings:
         return tuple(Transmitter(**entry) for entry in self.ssf_transmitters)
 
     @functools.cached_property
+    def downstreams(self) -> tuple[Downstream, ...]:
+        """ssf_receivers as Downstream values (checked on construction)."""
+        return tuple(Downstream(**entry) for entry in self.ssf_receivers)
+
+    @functools.cached_property
     def identity_headers(self) -> tuple[tuple[str, str], ...]:
         """check_headers as (field, header) pairs."""
         return tuple(tuple(entry.split("=", 1)) for entry in self.check_headers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
-        for name in ("jwt_issuers", "jwt_algorithms", "check_headers", "ssf_transmitters"):
+        for name in ("jwt_issuers", "jwt_algorithms", "check_headers", "ssf_transmitters",
+                     "ssf_receivers"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _host_port(self.listen, "listen")
         if self.http_listen:
@@ -330,30 +368,15 @@ class Settings:
                                  f"{list(CHECK_HEADER_FIELDS)}")
 
     def _check_ssf(self) -> None:
+        self._check_downstreams()
         if self.ssf_max_age < 1 or self.ssf_poll_interval <= 0 or self.ssf_poll_backoff <= 0:
             raise ValueError("ssf_max_age, ssf_poll_interval, ssf_poll_backoff: must be positive")
         if self.ssf_transmitters and self.follow:
             raise ValueError("ssf_transmitters: a follower cannot apply signals; configure them on the primary")
-        streams = set()
+        streams: set[str] = set()
         for i, entry in enumerate(self.ssf_transmitters):
             where = f"ssf_transmitters[{i}]"
-            if not isinstance(entry, dict):
-                raise ValueError(f"{where}: expected a table")
-            for key, value in entry.items():
-                if key not in TRANSMITTER_KEYS:
-                    near = difflib.get_close_matches(key, TRANSMITTER_KEYS, n=1)
-                    raise ValueError(f"{where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-                if not isinstance(value, str):
-                    raise ValueError(f"{where}.{key}: expected a string")
-            for key in ("stream", "issuer", "audience"):
-                if not entry.get(key):
-                    raise ValueError(f"{where}.{key}: missing")
-            stream = entry["stream"]
-            if not _STREAM.fullmatch(stream):
-                raise ValueError(f"{where}.stream: {stream!r} is not 1-64 of A-Z a-z 0-9 . _ -")
-            if stream in streams:
-                raise ValueError(f"{where}.stream: {stream!r} is given twice")
-            streams.add(stream)
+            stream = _stream_table(entry, where, TRANSMITTER_KEYS, ("stream", "issuer", "audience"), streams)
             if bool(entry.get("jwks")) == bool(entry.get("metadata")):
                 raise ValueError(f"{where} ({stream}): give jwks (a file or an https:// URL) or metadata, one of them")
             for key in ("metadata", "poll"):
@@ -367,3 +390,40 @@ class Settings:
                 raise ValueError(f"{where}.poll_token_file: only for a transmitter with poll")
             if entry.get("identity", "").startswith("token:") and not self.credentials:
                 raise ValueError(f"{where}.identity: a token: identity needs the credentials file (credentials)")
+
+    def _check_downstreams(self) -> None:
+        if self.ssf_receivers and self.follow:
+            raise ValueError("ssf_receivers: a follower sends no SETs; configure them on the primary")
+        if self.ssf_receivers and not self.ssf_key:
+            raise ValueError("ssf_key: SETs are signed: give the JWK file of the signing key")
+        streams: set[str] = set()
+        for i, entry in enumerate(self.ssf_receivers):
+            where = f"ssf_receivers[{i}]"
+            stream = _stream_table(entry, where, DOWNSTREAM_KEYS, ("stream", "audience"), streams)
+            if entry.get("push") and not entry["push"].startswith("https://"):
+                raise ValueError(f"{where}.push: {entry['push']!r} is not an https:// URL")
+            if not entry.get("push") and not self.http_listen:
+                raise ValueError(f"{where} ({stream}): it polls the HTTP edge: set http_listen, or give push")
+
+
+def _stream_table(entry, where: str, known: tuple[str, ...], required: tuple[str, ...], seen: set[str]) -> str:
+    """Check one [[ssf.*]] table (string values of `known` keys, `required` ones given, a new
+    stream name); return its stream. Raises ValueError naming `where` and the key."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a table")
+    for key, value in entry.items():
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"{where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        if not isinstance(value, str):
+            raise ValueError(f"{where}.{key}: expected a string")
+    for key in required:
+        if not entry.get(key):
+            raise ValueError(f"{where}.{key}: missing")
+    stream = entry["stream"]
+    if not _STREAM.fullmatch(stream):
+        raise ValueError(f"{where}.stream: {stream!r} is not 1-64 of A-Z a-z 0-9 . _ -")
+    if stream in seen:
+        raise ValueError(f"{where}.stream: {stream!r} is given twice")
+    seen.add(stream)
+    return stream

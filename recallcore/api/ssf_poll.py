@@ -50,22 +50,16 @@ def backoff(failures: int, interval: float, ceiling: float) -> float:
     return min(ceiling, interval / 5 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 
 
-class Poller:
-    """Polls `stream`'s transmitter and applies what it delivers through `receiver`."""
+class Background:
+    """A task of its own speaking https to one peer (the poller here, the pusher of ssf_transmit)."""
 
-    def __init__(self, receiver: Receiver, stream: Stream, settings: Settings) -> None:
-        self.receiver, self.stream, self.settings = receiver, stream, settings
-        self.url = stream.transmitter.poll
-        self.peer = "poll:" + self.url
-        self.acks: list[str] = []
-        self.errors: dict[str, dict] = {}
-        self.failures = 0
+    def __init__(self, name: str, cacert: str) -> None:
+        self.name, self.cacert = name, cacert
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
-        stream.poll_state.update(url=self.url, polls=0, failures=0, last_error="", last_success=0)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"recallcore-ssf-poll-{self.stream.name}")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -73,6 +67,32 @@ class Poller:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The client session (made on first use, inside the loop), trusting `cacert` or the system's CAs."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=self.cacert or None)),
+                timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT))
+        return self._session
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Poller(Background):
+    """Polls `stream`'s transmitter and applies what it delivers through `receiver`."""
+
+    def __init__(self, receiver: Receiver, stream: Stream, settings: Settings) -> None:
+        super().__init__(f"recallcore-ssf-poll-{stream.name}", stream.transmitter.cacert or settings.jwks_cacert)
+        self.receiver, self.stream, self.settings = receiver, stream, settings
+        self.url = stream.transmitter.poll
+        self.peer = "poll:" + self.url
+        self.acks: list[str] = []
+        self.errors: dict[str, dict] = {}
+        self.failures = 0
+        stream.poll_state.update(url=self.url, polls=0, failures=0, last_error="", last_success=0)
 
     async def _run(self) -> None:
         interval, ceiling = self.settings.ssf_poll_interval, self.settings.ssf_poll_backoff
@@ -118,16 +138,11 @@ class Poller:
 
     async def _poll(self) -> tuple[dict[str, str], bool]:
         """Send the acknowledgements, get the next SETs: (jti -> SET, moreAvailable)."""
-        if self._session is None:
-            cacert = self.stream.transmitter.cacert or self.settings.jwks_cacert
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=cacert or None)),
-                timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT))
         body = {"ack": list(self.acks), "maxEvents": MAX_EVENTS, "returnImmediately": True}
         if self.errors:
             body["setErrs"] = dict(self.errors)
         self.stream.poll_state["polls"] += 1
-        async with self._session.post(self.url, json=body, headers=self._headers()) as response:
+        async with self.session.post(self.url, json=body, headers=self._headers()) as response:
             if response.status != 200:
                 raise PollError(f"HTTP {response.status}")
             raw = await response.content.read(MAX_ANSWER + 1)

@@ -2,7 +2,6 @@
 
 import http.server
 import json
-import ssl
 import threading
 import time
 
@@ -14,20 +13,17 @@ from recallcore.settings import Settings
 
 from ..security.certs import CA
 from ..support import ServerThread, free_address, until
-from .transmitter import AUDIENCE, TRANSMITTER, Transmitter
+from .transmitter import AUDIENCE, TRANSMITTER, HttpsPeer, Transmitter, serve_https
 
 POLL_SECRET = "secret-of-the-poll-endpoint"
 
 
-class PollEndpoint:
+class PollEndpoint(HttpsPeer):
     """An RFC 8936 poll endpoint over https on `address`: it serves its queue of SETs until
     they are acknowledged, and records every poll. Not listening until `start`."""
 
     def __init__(self, address: str, ca: CA) -> None:
-        self.address = address
-        leaf = ca.server("poll")
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(leaf.cert, leaf.key)
+        super().__init__(address, ca)
         self.queue: dict[str, str] = {}  # jti -> SET, in the order added
         self.acked: list[str] = []
         self.errors: dict[str, dict] = {}
@@ -36,7 +32,6 @@ class PollEndpoint:
         self.lose_acks = 0  # the acks of this many polls that carry some are lost on the way
         self.on_ack = lambda jtis: None
         self.lock = threading.Lock()
-        self.httpd = None
 
     def start(self) -> None:
         endpoint = self
@@ -61,10 +56,7 @@ class PollEndpoint:
             def log_message(self, *args):
                 pass
 
-        host, port = self.address.split(":")
-        self.httpd = http.server.ThreadingHTTPServer((host, int(port)), Handler)
-        self.httpd.socket = self.context.wrap_socket(self.httpd.socket, server_side=True)
-        threading.Thread(target=self.httpd.serve_forever, name="test-poll", daemon=True).start()
+        self.httpd = serve_https(self.address, self.ca, "poll", Handler)
 
     def answer(self, body: dict) -> dict:
         with self.lock:
@@ -83,10 +75,6 @@ class PollEndpoint:
             chosen = dict(list(self.queue.items())[:body.get("maxEvents", 100)])
             return {"sets": chosen, "moreAvailable": len(self.queue) > len(chosen)}
 
-    def close(self) -> None:
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
 
 
 @pytest.fixture

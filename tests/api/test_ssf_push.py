@@ -11,7 +11,7 @@ import pytest
 from joserfc.jwk import ECKey
 from recallclient import RecallClient, Replica
 
-from recallcore.config import Layers
+from recallcore.config import Layers, check_files
 from recallcore.core.signals import CAEP, RISC
 from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
@@ -255,13 +255,23 @@ def test_check_config_names_a_transmitters_missing_key_file(tmp_path):
 
 
 def test_the_readme_config_for_transmitters_is_read_as_it_says(tmp_path):
-    (block,) = readme_blocks("## Signals from identity providers (Shared Signals, CAEP, RISC)", "toml")
+    receiving, transmitting = readme_blocks("## Signals from identity providers (Shared Signals, CAEP, RISC)", "toml")
+    key = tmp_path / "ssf-key.json"
+    key.write_text(json.dumps(ECKey.generate_key("P-256").as_dict(private=True)))
+    block = receiving + transmitting.replace("/etc/recall/ssf-key.json", str(key))
     path = tmp_path / "recallcore.toml"
     creds = tmp_path / "credentials.toml"
     creds.write_text(f'[tokens]\nokta = "{hash_secret(PUSH_SECRET)}"\n')
     path.write_text(f'credentials = "{creds}"\n' + block.replace("0.0.0.0", "127.0.0.1"))
     layers = Layers()
     layers.read_file(path)
-    okta, google = layers.settings().transmitters
+    read = layers.settings()
+    okta, google = read.transmitters
+    billing, crm = read.downstreams
+    assert (billing.push, crm.push, crm.identity) == ("https://billing.example/ssf/events", "", "token:crm")
+    assert read.ssf_key == str(key)
+    # The key loads; what is missing is only the example's /etc files, each named.
+    assert [line.split(": cannot read ")[0] for line in check_files(read)] == [
+        "ssf_transmitters[0] (okta-main).jwks", "ssf_transmitters[1] (google).poll_token_file"]
     assert (okta.stream, okta.jwks, okta.identity) == ("okta-main", "/etc/recall/idp-jwks.json", "token:okta")
     assert google.metadata.endswith("/.well-known/ssf-configuration") and google.poll.startswith("https://")

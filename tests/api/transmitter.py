@@ -1,14 +1,18 @@
 """A Shared Signals transmitter for the receiver tests: its keys, its JWKS file, and SETs it signs."""
 
+import http.server
 import itertools
 import json
 import pathlib
+import ssl
+import threading
 import time
 
 from joserfc import jws
 
 from recallcore.core.signals import CAEP
 
+from ..security.certs import CA
 from .issuer import Issuer
 
 TRANSMITTER = "https://idp.example"
@@ -37,3 +41,27 @@ class Transmitter(Issuer):
     def set(self, event: str = SESSION_REVOKED, subject: str = "alice", **extra) -> str:
         """A signed SET of `event` about `subject` (its jti: set-1, set-2, ...)."""
         return self.sign(self.claims(event, subject, **extra))
+
+
+def serve_https(address: str, ca: CA, name: str, handler: type[http.server.BaseHTTPRequestHandler]):
+    """A threading https server of `handler` on `address` (a certificate of `ca` named `name`), serving."""
+    leaf = ca.server(name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(leaf.cert, leaf.key)
+    host, port = address.split(":")
+    httpd = http.server.ThreadingHTTPServer((host, int(port)), handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, name=f"test-{name}", daemon=True).start()
+    return httpd
+
+
+class HttpsPeer:
+    """A test peer served over https on `address` once `start` (its subclass's) runs."""
+
+    def __init__(self, address: str, ca: CA) -> None:
+        self.address, self.ca, self.httpd = address, ca, None
+
+    def close(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()

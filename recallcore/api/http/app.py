@@ -140,6 +140,7 @@ class Edge:
     decider: Decider
     status_lists: object = None  # status_lists.StatusLists when lists are published
     receiver: object = None  # api.signals.Receiver when SSF transmitters are configured
+    transmission: object = None  # api.ssf_transmit.Transmission when SSF receivers are configured
 
     @property
     def settings(self):
@@ -254,6 +255,8 @@ def make_app(edge: Edge) -> web.Application:
         status_lists.add_routes(app, edge.status_lists)
     if edge.receiver is not None:
         ssf.add_routes(app)
+    if edge.transmission is not None:
+        ssf.add_transmitter_routes(app)
     return app
 
 

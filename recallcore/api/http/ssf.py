@@ -1,4 +1,8 @@
-"""POST /ssf/push/{stream}: Security Event Tokens pushed by a transmitter (RFC 8935); GET /ssf/status.
+"""Shared Signals over HTTP: receiving pushed SETs (RFC 8935), and serving those recallcore transmits.
+
+Receiving: POST /ssf/push/{stream}, GET /ssf/status. Transmitting: POST
+/ssf/poll/{stream} (RFC 8936), GET /.well-known/ssf-configuration (SSF
+metadata) and GET /ssf/jwks.json (the key SETs are signed with).
 
 A push carries one SET as `application/secevent+jwt`. It is answered 202
 (no body) only once what it asks is durable (api/signals.py), or once it is
@@ -14,19 +18,36 @@ counts of applied, duplicate, ignored (by event type) and rejected SETs, and
 its poller's state.
 """
 
+import json
+
 from aiohttp import web
 
 from ...core.errors import Unauthenticated
+from ...core.signals import CAEP
 from ...security.identity import ANONYMOUS
 from ...security.set_verifier import SetRejected
 from .app import EDGE, MAX_BODY, HttpError, answers, peer_of
 
 MEDIA_TYPE = "application/secevent+jwt"
+SESSION_REVOKED = CAEP + "session-revoked"
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/ssf/push/{stream}", push)
     app.router.add_get("/ssf/status", status)
+
+
+def _require(edge, request: web.Request, identity: str, what: str) -> None:
+    """Raise SetRejected unless the caller authenticates (Authorization or certificate) as `identity`."""
+    try:
+        caller = edge.identify(request, request.headers.get("Authorization", ""))
+    except Unauthenticated as exc:
+        raise SetRejected("authentication_failed", str(exc), 401) from None
+    if caller.identity == ANONYMOUS:
+        raise SetRejected("authentication_failed", f"to {what} needs a credential (Authorization) or a client "
+                                                   "certificate", 401)
+    if caller.identity != identity:
+        raise SetRejected("access_denied", f"{caller.identity} may not {what}", 403)
 
 
 @answers
@@ -36,15 +57,7 @@ async def push(request: web.Request) -> web.Response:
     if stream is None:
         raise HttpError(404, "invalid_request", f"no SSF stream {request.match_info['stream']!r} here")
     if stream.transmitter.identity:
-        try:
-            caller = edge.identify(request, request.headers.get("Authorization", ""))
-        except Unauthenticated as exc:
-            raise SetRejected("authentication_failed", str(exc), 401) from None
-        if caller.identity == ANONYMOUS:
-            raise SetRejected("authentication_failed", f"stream {stream.name!r} needs the transmitter's "
-                                                       "credential (Authorization) or client certificate", 401)
-        if caller.identity != stream.transmitter.identity:
-            raise SetRejected("access_denied", f"{caller.identity} may not push to stream {stream.name!r}", 403)
+        _require(edge, request, stream.transmitter.identity, f"push to stream {stream.name!r}")
     if request.content_type != MEDIA_TYPE:
         raise SetRejected("invalid_request", f"content type: expected {MEDIA_TYPE}, got {request.content_type!r}")
     if request.content_length is not None and request.content_length > MAX_BODY:
@@ -63,3 +76,52 @@ async def status(request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     return web.json_response({"streams": {name: s.status() for name, s in edge.receiver.streams.items()}},
                              headers={"Cache-Control": "no-store"})
+
+
+def add_transmitter_routes(app: web.Application) -> None:
+    app.router.add_post("/ssf/poll/{stream}", poll)
+    app.router.add_get("/.well-known/ssf-configuration", configuration)
+    app.router.add_get("/ssf/jwks.json", jwks)
+
+
+@answers
+async def poll(request: web.Request) -> web.Response:
+    """RFC 8936: `ack` the SETs taken, get the next ones (always at once: returnImmediately)."""
+    edge = request.app[EDGE]
+    stream = edge.transmission.polls.get(request.match_info["stream"])
+    if stream is None:
+        raise HttpError(404, "invalid_request", f"no SSF poll stream {request.match_info['stream']!r} here")
+    if stream.outbox.downstream.identity:
+        _require(edge, request, stream.outbox.downstream.identity, f"poll stream {stream.outbox.name!r}")
+    else:
+        edge.api_caller(request, "audit")  # the SETs name subjects
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        raise SetRejected("invalid_request", "the poll request is not JSON") from None
+    acks = body.get("ack", []) if isinstance(body, dict) else None
+    limit = body.get("maxEvents", 100) if isinstance(body, dict) else None
+    if not isinstance(acks, list) or not all(isinstance(a, str) for a in acks) or \
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise SetRejected("invalid_request", "ack must be a list of jtis and maxEvents a count")
+    sets, more = await stream.poll(acks, min(limit, 1000))
+    return web.json_response({"sets": sets, "moreAvailable": more}, headers={"Cache-Control": "no-store"})
+
+
+@answers
+async def configuration(request: web.Request) -> web.Response:
+    edge = request.app[EDGE]
+    base = f"{request.scheme}://{request.host}"
+    return web.json_response({
+        "spec_version": "1_0", "issuer": edge.transmission.issuer, "jwks_uri": f"{base}/ssf/jwks.json",
+        "delivery_methods_supported": ["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"],
+        "events_supported": [SESSION_REVOKED],
+        "default_subjects": "ALL",
+    }, headers={"Cache-Control": "max-age=300"})
+
+
+@answers
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EDGE].transmission.signer.jwks, headers={"Cache-Control": "max-age=300"})
