@@ -34,6 +34,7 @@ from .ssf_poll import Background, backoff
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 5.0  # seconds a pusher waits for a change before looking again anyway
+SKIP_PERSIST = 4096  # changes that call for no SET passed over before the cursor is moved past them
 
 
 class Signer:
@@ -93,20 +94,24 @@ class Pusher(Background):
 
     async def _run(self) -> None:
         engine = self.outbox.engine
-        cursor = self.state["cursor"] = await engine.cursor(self.outbox.name)
+        cursor = looked = self.state["cursor"] = await engine.cursor(self.outbox.name)
         failures = 0
         while True:
             try:
-                batch, looked = await self.outbox.after(cursor, PAGE)
+                batch, scanned = await self.outbox.after(looked, PAGE)
                 for seq, jti, token in batch:
                     await self._push(jti, token)
                     cursor = self.state["cursor"] = await engine.advance(self.outbox.name, seq)
                     self.state["sent"] += 1
-                if looked > cursor:  # past records that call for no SET
+                looked = max(scanned, cursor)
+                # Past records that call for no SET the cursor moves durably only now and then:
+                # not one more commit for every commit of others (a restart reads them again).
+                if looked - cursor >= SKIP_PERSIST:
                     cursor = self.state["cursor"] = await engine.advance(self.outbox.name, looked)
                 failures = 0
                 self.state["failures"] = 0
             except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, RecallError, PushRefused) as exc:
+                looked = cursor  # from the SET that failed, again
                 failures += 1
                 self.state.update(failures=failures, last_error=f"{exc}")
                 (log.warning if failures == 1 else log.debug)("ssf push to %s: %s", self.url, exc)

@@ -104,7 +104,9 @@ def test_a_receiver_down_for_a_while_gets_every_set_in_order_once_and_none_again
             seqs = [int(c["jti"].rsplit("-", 1)[1]) for c in claims]
             assert seqs == sorted(seqs) and all(c["jti"].startswith(srv.engine.store_id) for c in claims)
             assert receiver.authorizations == {f"Bearer {PUSH_SECRET}"}
-            until(lambda: pusher.state["cursor"] == srv.engine.state.seq, "the cursor past every change")
+            until(lambda: pusher.state["cursor"] == srv.engine.state.seq, "the cursor at the last SET's change")
+            status = httpx.get(f"http://{srv.server.http.address}/ssf/status").json()["receivers"]
+            assert status["rp-push"]["sent"] == 3 and status["rp-poll"] == {"delivery": "poll"}
     finally:
         srv.stop()
     srv = ServerThread(config)  # the cursor is durable: nothing is sent twice
@@ -146,5 +148,30 @@ def test_a_polling_receiver_gets_the_sets_after_what_it_acknowledged(setup):
             metadata = http.get("/.well-known/ssf-configuration").json()
             assert metadata["issuer"] == ISSUER and metadata["jwks_uri"].endswith("/ssf/jwks.json")
             assert "urn:ietf:rfc:8936" in metadata["delivery_methods_supported"]
+    finally:
+        srv.stop()
+
+
+def test_changes_that_call_for_no_set_move_the_cursor_only_in_bulk(setup, monkeypatch):
+    from recallcore.api import ssf_transmit
+
+    monkeypatch.setattr(ssf_transmit, "SKIP_PERSIST", 3)
+    config, receiver, _ = setup
+    receiver.start()
+    srv = ServerThread(config)
+    try:
+        with RecallClient(srv.address) as client:
+            pusher = srv.server.transmission.pushers["rp-push"]
+            client.register_one("ann", "web", ttl=3600)
+            client.revoke(subject="ann", reason="test")
+            until(lambda: len(receiver.received) == 1, "the SET delivered")
+            at_set = srv.engine.state.seq
+            until(lambda: pusher.state["cursor"] == at_set, "the cursor at the SET's change")
+            client.register_one("ben", "web", ttl=3600)
+            client.register_one("cat", "web", ttl=3600)
+            assert srv.call(srv.engine.cursor("rp-push")) == at_set  # two changes: not worth a commit
+            client.register_one("dan", "web", ttl=3600)
+            until(lambda: srv.call(srv.engine.cursor("rp-push")) == at_set + 3, "the cursor moved past three")
+            assert len(receiver.received) == 1
     finally:
         srv.stop()

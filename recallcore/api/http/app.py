@@ -256,7 +256,7 @@ def make_app(edge: Edge) -> web.Application:
     if edge.receiver is not None:
         ssf.add_routes(app)
     if edge.transmission is not None:
-        ssf.add_transmitter_routes(app)
+        ssf.add_transmitter_routes(app, status_too=edge.receiver is None)
     return app
 
 

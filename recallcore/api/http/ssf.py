@@ -15,7 +15,8 @@ configured with an `identity` also needs the push to authenticate as it
 (bearer credential in Authorization, or client certificate), else 401
 authentication_failed. /ssf/status (role `check`) gives each stream's
 counts of applied, duplicate, ignored (by event type) and rejected SETs, and
-its poller's state.
+its poller's state; and with receivers configured, each pusher's cursor,
+SETs sent, failures and last error.
 """
 
 import json
@@ -74,12 +75,17 @@ async def push(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     edge.api_caller(request, "check")
-    return web.json_response({"streams": {name: s.status() for name, s in edge.receiver.streams.items()}},
-                             headers={"Cache-Control": "no-store"})
+    out = {"streams": {name: s.status() for name, s in edge.receiver.streams.items()} if edge.receiver else {}}
+    if edge.transmission is not None:
+        out["receivers"] = {**{name: dict(p.state) for name, p in edge.transmission.pushers.items()},
+                            **{name: {"delivery": "poll"} for name in edge.transmission.polls}}
+    return web.json_response(out, headers={"Cache-Control": "no-store"})
 
 
-def add_transmitter_routes(app: web.Application) -> None:
+def add_transmitter_routes(app: web.Application, status_too: bool) -> None:
     app.router.add_post("/ssf/poll/{stream}", poll)
+    if status_too:
+        app.router.add_get("/ssf/status", status)
     app.router.add_get("/.well-known/ssf-configuration", configuration)
     app.router.add_get("/ssf/jwks.json", jwks)
 
