@@ -1,5 +1,6 @@
 """SET push delivery (RFC 8935) to a real server: what reaches Check and a replica, and every refusal."""
 
+import base64
 import json
 import ssl
 import subprocess
@@ -16,6 +17,7 @@ from recallcore.core.signals import CAEP, RISC
 from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
+from ..memory_store import MemoryStore
 from ..security.certs import CA
 from ..support import LocalHttp, ServerThread, readme_blocks, until
 from .transmitter import AUDIENCE, SESSION_REVOKED, TRANSMITTER, Transmitter
@@ -275,3 +277,32 @@ def test_the_readme_config_for_transmitters_is_read_as_it_says(tmp_path):
         "ssf_transmitters[0] (okta-main).jwks", "ssf_transmitters[1] (google).poll_token_file"]
     assert (okta.stream, okta.jwks, okta.identity) == ("okta-main", "/etc/recall/idp-jwks.json", "token:okta")
     assert google.metadata.endswith("/.well-known/ssf-configuration") and google.poll.startswith("https://")
+
+
+def _unsigned(claims: dict, alg: str) -> str:
+    def b64(doc: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    return f"{b64({'alg': alg, 'typ': 'secevent+jwt'})}.{b64(claims)}."
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_a_set_of_an_algorithm_off_the_allow_list_is_refused(receiver, sender, alg):
+    _, client, http = receiver
+    seq = client.stats().seq
+    assert f"{alg!r} is not accepted" in refused(push(http, _unsigned(sender.claims(), alg)), "invalid_key")
+    assert client.stats().seq == seq
+
+
+def test_a_change_that_cannot_be_committed_is_answered_503_and_the_set_is_not_taken(data_dir, tmp_path, sender):
+    store = MemoryStore(capacity=1, max_capacity=1).open()  # every write finds it full
+    srv = ServerThread(settings(data_dir, tmp_path, sender), store=store)
+    try:
+        with httpx.Client(base_url=f"http://{srv.server.http.address}", timeout=10) as http:
+            answer = push(http, sender.set(subject="hal"))
+            assert answer.status_code == 503 and answer.headers["Retry-After"]
+            assert srv.engine.state.seq == 0
+            counts = http.get("/ssf/status").json()["streams"]["okta-main"]
+            assert counts["applied"] == counts["duplicate"] == 0
+    finally:
+        srv.stop()
