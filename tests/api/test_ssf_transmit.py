@@ -175,3 +175,40 @@ def test_changes_that_call_for_no_set_move_the_cursor_only_in_bulk(setup, monkey
             assert len(receiver.received) == 1
     finally:
         srv.stop()
+
+
+def test_one_recallcore_transmits_to_another_over_tls_and_its_recall_reaches_the_others_check(tmp_path):
+    from recallcore.api.http.status_lists import load_signing_key
+    from recallcore.api.ssf_transmit import Signer
+
+    ca = CA(tmp_path / "ca")
+    leaf = ca.server("recall-b")
+    key = tmp_path / "a-key.json"
+    key.write_text(json.dumps(ECKey.generate_key("P-256").as_dict(private=True)))
+    a_jwks = tmp_path / "a-jwks.json"
+    a_jwks.write_text(json.dumps(Signer(load_signing_key(str(key))).jwks))
+    b = ServerThread(Settings(
+        data_dir=tmp_path / "b", listen="127.0.0.1:0", http_listen="127.0.0.1:0", sweep_interval=3600,
+        tls_cert=str(leaf.cert), tls_key=str(leaf.key),
+        ssf_transmitters=({"stream": "upstream", "issuer": ISSUER, "jwks": str(a_jwks), "audience": RP},)))
+    a = None
+    try:
+        a = ServerThread(Settings(
+            data_dir=tmp_path / "a", listen="127.0.0.1:0", sweep_interval=3600, ssf_key=str(key), ssf_issuer=ISSUER,
+            ssf_receivers=({"stream": "b", "audience": RP, "cacert": str(ca.path),
+                            "push": f"https://{b.server.http.address}/ssf/push/upstream"},)))
+        issued = int(time.time()) - 60
+        with RecallClient(a.address) as at_a, RecallClient(b.address, cacert=str(ca.path)) as at_b:
+            on_b = at_b.register_one("alice", "web", issued_at=issued, ttl=3600)
+            other_on_b = at_b.register_one("bob", "web", issued_at=issued, ttl=3600)
+            at_a.register_one("alice", "web", issued_at=issued, ttl=3600)
+            at_a.revoke(subject="alice", reason="password reset at the identity provider")
+            until(lambda: at_b.check(on_b.serial).state.name == "REVOKED", "alice's token refused at the other")
+            assert at_b.check(other_on_b.serial).state.name == "ACTIVE"
+            record = [r for r in at_b.audit(subject="alice") if r["type"] == "cutoff"][-1]
+            assert record["actor"] == "ssf:upstream"
+            assert record["signal"]["issuer"] == ISSUER and record["signal"]["jti"].startswith(a.engine.store_id)
+    finally:
+        if a is not None:
+            a.stop()
+        b.stop()
