@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from ..core.errors import InvalidArgument
-from ..core.signals import BadEvent, recall_of
+from ..core.signals import BadEvent, cause, recall_of
 from ..security.identity import Caller
 from ..security.jwks import KeySource
 from ..security.set_verifier import MetadataKeys, SetRejected, SetVerifier
@@ -90,7 +90,8 @@ class Receiver:
         except SetRejected:
             stream.counts["rejected"] += 1
             raise
-        fields = {"transmitter": stream.name, "issuer": claims["iss"], "jti": claims["jti"], "event": recall.event}
+        fields = {"transmitter": stream.name, "issuer": claims["iss"], "jti": claims["jti"], "event": recall.event,
+                  **cause(recall.event, claims["events"][recall.event])}
         try:
             result = await self.node.signal(claims["iss"], claims["jti"], recall, fields,
                                             caller=Caller(f"ssf:{stream.name}", peer))

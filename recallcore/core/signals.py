@@ -36,6 +36,7 @@ CUTOFF_EVENTS = frozenset({
     RISC + "credential-compromise", RISC + "account-credential-change-required",
 })
 TOKEN_EVENTS = frozenset({OAUTH + "token-revoked"})
+CREDENTIAL_CHANGE = CAEP + "credential-change"
 SUBJECT_FORMATS = ("iss_sub", "email", "opaque")  # their value names a subject: sub, email, id
 
 
@@ -144,7 +145,8 @@ def advance(txn: WriteTxn, op: Advance) -> tuple[int, None]:
 
 
 def outgoing(record: dict, issuer: str, audience: str, store_id: str) -> dict | None:
-    """The claims of the CAEP session-revoked SET that audit `record` calls for, or None.
+    """The claims of the CAEP session-revoked SET that audit `record` calls for, or None
+    (credential-change instead when an incoming credential-change, with its types, caused it).
 
     A revocation by subject and a cut-off of a subject call for one: the
     subject (an `opaque` subject identifier) has no session issued before
@@ -159,8 +161,21 @@ def outgoing(record: dict, issuer: str, audience: str, store_id: str) -> dict | 
         return None
     if not subject:
         return None
-    event = {"event_timestamp": when, "initiating_entity": "admin" if "signal" not in record else "policy"}
+    signal = record.get("signal", {})
+    event = {"event_timestamp": when, "initiating_entity": "admin" if not signal else "policy"}
     if record.get("reason"):
         event["reason_admin"] = {"en": record["reason"]}
+    kind = CAEP + "session-revoked"
+    if signal.get("event") == CREDENTIAL_CHANGE and signal.get("credential_type") and signal.get("change_type"):
+        kind = CREDENTIAL_CHANGE  # the cause, passed on
+        event.update(credential_type=signal["credential_type"], change_type=signal["change_type"])
     return {"iss": issuer, "aud": audience, "iat": record["time"], "jti": f"{store_id}-{record['seq']}",
-            "sub_id": {"format": "opaque", "id": subject}, "events": {CAEP + "session-revoked": event}}
+            "sub_id": {"format": "opaque", "id": subject}, "events": {kind: event}}
+
+
+def cause(event: str, payload: dict) -> dict:
+    """The parts of an event's payload worth keeping with its recall (a credential change's
+    credential_type and change_type, passed on when recallcore transmits)."""
+    if event != CREDENTIAL_CHANGE:
+        return {}
+    return {k: payload[k] for k in ("credential_type", "change_type") if isinstance(payload.get(k), str)}

@@ -306,3 +306,14 @@ def test_a_change_that_cannot_be_committed_is_answered_503_and_the_set_is_not_ta
             assert counts["applied"] == counts["duplicate"] == 0
     finally:
         srv.stop()
+
+
+def test_a_credential_change_cuts_off_and_its_types_are_kept_in_the_audit_trail(receiver, sender):
+    _, client, http = receiver
+    ivy = client.register_one("ivy", "web", issued_at=int(time.time()) - 60, ttl=3600)
+    payload = {"credential_type": "password", "change_type": "update"}
+    assert push(http, sender.set(CAEP + "credential-change", "ivy", payload=payload)).status_code == 202
+    assert state(client, ivy.serial) == "REVOKED"
+    record = [r for r in client.audit(subject="ivy") if r["type"] == "cutoff"][-1]
+    assert record["signal"]["event"] == CAEP + "credential-change"
+    assert (record["signal"]["credential_type"], record["signal"]["change_type"]) == ("password", "update")

@@ -139,3 +139,19 @@ def test_a_revocation_by_subject_or_a_subject_cutoff_calls_for_a_session_revoked
                   {"kind": "cutoff", "seq": 2, "time": START, "rule": {"scope": "client", "value": "web", "before": 1}},
                   {"kind": "register", "seq": 3, "time": START}):
         assert outgoing(other, "i", "a", "s") is None
+
+
+
+def test_a_cutoff_caused_by_a_credential_change_is_passed_on_as_one():
+    from recallcore.core.signals import cause, outgoing
+
+    kept = cause(CAEP + "credential-change", {"credential_type": "password", "change_type": "update", "x": 1})
+    assert kept == {"credential_type": "password", "change_type": "update"}
+    assert cause(CAEP + "session-revoked", {"credential_type": "password"}) == {}
+    record = {"kind": "cutoff", "seq": 4, "time": START, "reason": "",
+              "signal": {"event": CAEP + "credential-change", **kept},
+              "rule": {"scope": "subject", "value": "bob", "before": START}}
+    assert outgoing(record, "i", "a", "s")["events"] == {CAEP + "credential-change": {
+        "event_timestamp": START, "initiating_entity": "policy", "credential_type": "password", "change_type": "update"}}
+    record["signal"] = {"event": CAEP + "credential-change"}  # its types unknown: a session-revoked then
+    assert list(outgoing(record, "i", "a", "s")["events"]) == [CAEP + "session-revoked"]

@@ -123,7 +123,7 @@ async def configuration(request: web.Request) -> web.Response:
     return web.json_response({
         "spec_version": "1_0", "issuer": edge.transmission.issuer, "jwks_uri": f"{base}/ssf/jwks.json",
         "delivery_methods_supported": ["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"],
-        "events_supported": [SESSION_REVOKED],
+        "events_supported": [SESSION_REVOKED, CAEP + "credential-change"],
         "default_subjects": "ALL",
     }, headers={"Cache-Control": "max-age=300"})
 
