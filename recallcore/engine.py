@@ -178,11 +178,12 @@ class Engine(Node):
             validate.cutoff(scope, value, before, reason, actor, self.settings, int(self.clock())), caller
         )
 
-    async def signal(self, issuer: str, jti: str, recall: Recall, fields: dict, *,
+    async def signal(self, issuer: str, jti: str, recall: Recall, fields: dict, *, issued_at: int = 0,
                      caller: Caller | None = None) -> SignalResult:
         """Apply a verified Security Event Token (issuer, jti) once: its `recall`, with `fields`
-        (transmitter, issuer, jti, event) in the audit record. Durable when it returns; a SET
-        applied before changes nothing. Raises InvalidArgument / ResourceExhausted."""
+        (transmitter, issuer, jti, event) in the audit record; `issued_at` is its iat (it is
+        remembered until ssf_max_age after it). Durable when it returns; a SET applied before
+        changes nothing. Raises InvalidArgument / ResourceExhausted."""
         now = int(self.clock())
         reason = f"{recall.short_event} signalled by {fields.get('transmitter', issuer)}"
         if recall.subject:
@@ -195,7 +196,7 @@ class Engine(Node):
             action = dataclasses.replace(action, signal=tuple(fields.items()))
             if caller is not None:
                 action = dataclasses.replace(action, actor=caller.identity, peer=caller.peer)
-        return await self._submit(Signal(issuer, jti, action))
+        return await self._submit(Signal(issuer, jti, action, issued_at))
 
     async def cursor(self, name: str) -> int:
         """How far SSF receiver `name` has taken the events of changes (a seq; 0: none)."""

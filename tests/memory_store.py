@@ -53,7 +53,7 @@ class _Tables:
     rules: dict[tuple[int, str], tuple[int, int]] = dataclasses.field(default_factory=dict)  # -> (before, seq)
     log: dict[int, Delta] = dataclasses.field(default_factory=dict)
     audit: dict[int, str] = dataclasses.field(default_factory=dict)
-    signals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    signals: dict[tuple[str, str], tuple[int, int]] = dataclasses.field(default_factory=dict)  # -> (seq, iat)
     cursors: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> "_Tables":
@@ -211,10 +211,17 @@ class MemoryTxn(WriteTxn):
         self.t.rules.pop(rule[:2], None)
 
     def signal(self, issuer: str, jti: str) -> int | None:
-        return self.t.signals.get((issuer, jti))
+        found = self.t.signals.get((issuer, jti))
+        return found[0] if found is not None else None
 
-    def put_signal(self, issuer: str, jti: str, seq: int) -> None:
-        self.t.signals[(issuer, jti)] = seq
+    def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
+        self.t.signals[(issuer, jti)] = (seq, issued_at)
+
+    def compact_signals(self, before: int, limit: int) -> int:
+        due = sorted((iat, key) for key, (_, iat) in self.t.signals.items() if iat < before)[:limit]
+        for _, key in due:
+            del self.t.signals[key]
+        return len(due)
 
     def cursor(self, name: str) -> int:
         return self.t.cursors.get(name, 0)

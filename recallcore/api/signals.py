@@ -93,7 +93,7 @@ class Receiver:
         fields = {"transmitter": stream.name, "issuer": claims["iss"], "jti": claims["jti"], "event": recall.event,
                   **cause(recall.event, claims["events"][recall.event])}
         try:
-            result = await self.node.signal(claims["iss"], claims["jti"], recall, fields,
+            result = await self.node.signal(claims["iss"], claims["jti"], recall, fields, issued_at=int(claims["iat"]),
                                             caller=Caller(f"ssf:{stream.name}", peer))
         except InvalidArgument as exc:  # a subject or jti past the store's limits
             stream.counts["rejected"] += 1

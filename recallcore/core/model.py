@@ -102,6 +102,7 @@ class Signal:
     issuer: str
     jti: str
     action: "Revoke | Cutoff | None" = None
+    issued_at: int = 0  # the SET's iat: it is remembered until ssf_max_age after it
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,8 @@ acknowledged and ignored). It raises BadEvent for a SET that cannot be read.
 applied before changes nothing; otherwise its recall is made and the
 (issuer, jti) recorded in the same transaction, so a replay — pushed again,
 or polled again after a crash before the acknowledgement — is recognised
-even after a restart.
+even after a restart. The sweeper forgets a SET ssf_max_age + clock_skew
+after its iat, when the verifier refuses it as too old anyway.
 """
 
 import dataclasses
@@ -130,7 +131,7 @@ def apply(txn: WriteTxn, state: Mirror, op: Signal, now: int, settings: Settings
         result, delta = lifecycle.cutoff(txn, state, op.action, now, settings)
     else:
         result, delta = operations.revoke(txn, state, op.action, now, settings)
-    txn.put_signal(op.issuer, op.jti, delta.seq if delta is not None else 0)
+    txn.put_signal(op.issuer, op.jti, delta.seq if delta is not None else 0, op.issued_at or now)
     return SignalResult(delta.seq if delta is not None else state.seq, result.count if result else 0), delta
 
 

@@ -257,8 +257,13 @@ class WriteTxn(ReadTxn):
         """Append `delta` to the change log and `audit` to the audit trail, both under delta.seq."""
 
     @abc.abstractmethod
-    def put_signal(self, issuer: str, jti: str, seq: int) -> None:
-        """Record that SET (issuer, jti) was applied, by change `seq` (0: it changed nothing)."""
+    def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
+        """Record that SET (issuer, jti), issued at `issued_at` (its iat), was applied, by change
+        `seq` (0: it changed nothing)."""
+
+    @abc.abstractmethod
+    def compact_signals(self, before: int, limit: int) -> int:
+        """Forget up to `limit` of the oldest SETs issued before `before`; return how many."""
 
     @abc.abstractmethod
     def put_cursor(self, name: str, seq: int) -> None:

@@ -155,3 +155,14 @@ def test_a_cutoff_caused_by_a_credential_change_is_passed_on_as_one():
         "event_timestamp": START, "initiating_entity": "policy", "credential_type": "password", "change_type": "update"}}
     record["signal"] = {"event": CAEP + "credential-change"}  # its types unknown: a session-revoked then
     assert list(outgoing(record, "i", "a", "s")["events"]) == [CAEP + "session-revoked"]
+
+
+
+def test_the_sweeper_forgets_a_set_once_its_age_would_refuse_it_anyway(h):
+    recall = Recall("urn:example:other")
+    h.run(h.engine.signal(IDP, "old", recall, FIELDS, issued_at=START - 100))
+    h.run(h.engine.signal(IDP, "new", recall, FIELDS, issued_at=START))
+    h.clock.now = START + h.settings.ssf_max_age + h.settings.clock_skew - 50
+    h.run(h.engine.sweep())
+    assert h.run(h.engine.signal(IDP, "old", recall, FIELDS, issued_at=START - 100)).duplicate is False  # forgotten
+    assert h.run(h.engine.signal(IDP, "new", recall, FIELDS, issued_at=START)).duplicate  # still within its age
