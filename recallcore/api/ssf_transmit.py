@@ -174,6 +174,7 @@ class Transmission:
         self.issuer = settings.ssf_issuer or settings.issuer
         self.pushers: dict[str, Pusher] = {}
         self.polls: dict[str, PollStream] = {}
+        self.downstreams = {d.stream: d for d in settings.downstreams}
         for downstream in settings.downstreams:
             outbox = Outbox(engine, downstream, self.signer, self.issuer)
             if downstream.push:

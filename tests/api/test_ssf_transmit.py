@@ -148,6 +148,22 @@ def test_a_polling_receiver_gets_the_sets_after_what_it_acknowledged(setup):
             metadata = http.get("/.well-known/ssf-configuration").json()
             assert metadata["issuer"] == ISSUER and metadata["jwks_uri"].endswith("/ssf/jwks.json")
             assert "urn:ietf:rfc:8936" in metadata["delivery_methods_supported"]
+            assert http.get(metadata["configuration_endpoint"]).json() == [
+                {"stream_id": "rp-poll", "iss": ISSUER, "aud": RP,
+                 "delivery": {"method": "urn:ietf:rfc:8936",
+                              "endpoint_url": f"http://{srv.server.http.address}/ssf/poll/rp-poll"},
+                 "events_supported": [SESSION_REVOKED, CAEP + "credential-change"],
+                 "events_requested": [SESSION_REVOKED, CAEP + "credential-change"],
+                 "events_delivered": [SESSION_REVOKED, CAEP + "credential-change"]},
+                {"stream_id": "rp-push", "iss": ISSUER, "aud": RP,
+                 "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": config.downstreams[0].push},
+                 "events_supported": [SESSION_REVOKED, CAEP + "credential-change"],
+                 "events_requested": [SESSION_REVOKED, CAEP + "credential-change"],
+                 "events_delivered": [SESSION_REVOKED, CAEP + "credential-change"]}]
+            one = http.get(metadata["configuration_endpoint"], params={"stream_id": "rp-push"}).json()
+            assert one["stream_id"] == "rp-push"
+            assert http.get("/ssf/streams", params={"stream_id": "nope"}).status_code == 404
+            assert http.post("/ssf/streams", json={}).status_code == 405  # configured in the file only
     finally:
         srv.stop()
 

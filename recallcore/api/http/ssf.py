@@ -31,6 +31,8 @@ from .app import EDGE, MAX_BODY, HttpError, answers, peer_of
 
 MEDIA_TYPE = "application/secevent+jwt"
 SESSION_REVOKED = CAEP + "session-revoked"
+EVENTS_SENT = [SESSION_REVOKED, CAEP + "credential-change"]
+PUSH_METHOD, POLL_METHOD = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"
 
 
 def add_routes(app: web.Application) -> None:
@@ -87,6 +89,7 @@ def add_transmitter_routes(app: web.Application, status_too: bool) -> None:
     if status_too:
         app.router.add_get("/ssf/status", status)
     app.router.add_get("/.well-known/ssf-configuration", configuration)
+    app.router.add_get("/ssf/streams", streams)
     app.router.add_get("/ssf/jwks.json", jwks)
 
 
@@ -122,8 +125,8 @@ async def configuration(request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}"
     return web.json_response({
         "spec_version": "1_0", "issuer": edge.transmission.issuer, "jwks_uri": f"{base}/ssf/jwks.json",
-        "delivery_methods_supported": ["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"],
-        "events_supported": [SESSION_REVOKED, CAEP + "credential-change"],
+        "delivery_methods_supported": [PUSH_METHOD, POLL_METHOD],
+        "configuration_endpoint": f"{base}/ssf/streams",
         "default_subjects": "ALL",
     }, headers={"Cache-Control": "max-age=300"})
 
@@ -131,3 +134,33 @@ async def configuration(request: web.Request) -> web.Response:
 @answers
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[EDGE].transmission.signer.jwks, headers={"Cache-Control": "max-age=300"})
+
+
+@answers
+async def streams(request: web.Request) -> web.Response:
+    """SSF stream configuration, read only (streams are configured in the config file): every
+    stream the caller may take, or the one `stream_id` names."""
+    edge = request.app[EDGE]
+    base = f"{request.scheme}://{request.host}"
+    transmission = edge.transmission
+    out = []
+    for name, downstream in sorted(transmission.downstreams.items()):
+        if downstream.identity:
+            try:
+                _require(edge, request, downstream.identity, f"read stream {name!r}")
+            except SetRejected:
+                continue
+        else:
+            edge.api_caller(request, "audit")
+        delivery = {"method": PUSH_METHOD, "endpoint_url": downstream.push} if downstream.push else \
+            {"method": POLL_METHOD, "endpoint_url": f"{base}/ssf/poll/{name}"}
+        out.append({"stream_id": name, "iss": transmission.issuer, "aud": downstream.audience, "delivery": delivery,
+                    "events_supported": EVENTS_SENT, "events_requested": EVENTS_SENT,
+                    "events_delivered": EVENTS_SENT})
+    wanted = request.query.get("stream_id")
+    if wanted is None:
+        return web.json_response(out, headers={"Cache-Control": "no-store"})
+    for stream in out:
+        if stream["stream_id"] == wanted:
+            return web.json_response(stream, headers={"Cache-Control": "no-store"})
+    raise HttpError(404, "invalid_request", f"no SSF stream {wanted!r} for this caller")
