@@ -13,6 +13,7 @@ error code the push answer carries.
 
 import json
 import ssl
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -20,6 +21,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from ..core.errors import InvalidArgument, Unavailable
+from . import jwks
 from .jwks import Key, KeySource
 from .jwt_verifier import ASYMMETRIC, MAX_TOKEN, signature_verifies
 
@@ -38,17 +40,22 @@ class MetadataKeys:
     """The keys of a transmitter known by its SSF metadata URL: its `jwks_uri`, as a KeySource.
 
     The metadata is fetched when a key is first needed (and again after a
-    failure); its `issuer` must be the configured one.
+    failure, at most once per jwks.REFETCH_EVERY); its `issuer` must be the
+    configured one.
     """
 
     def __init__(self, url: str, issuer: str, cacert: str = "") -> None:
         self.url, self.issuer, self.cacert = url, issuer, cacert
         self._metadata = KeySource(url, cacert)  # its fetch reads any https document
         self._keys: KeySource | None = None
+        self._tried = -float("inf")  # monotonic time of the last fetch of the metadata
 
     async def key(self, kid: str) -> Key | None:
         """As KeySource.key; raises Unavailable when the metadata or keys cannot be had."""
         if self._keys is None:
+            if time.monotonic() - self._tried < jwks.REFETCH_EVERY:  # a flood of SETs is not a flood of fetches
+                raise Unavailable(f"the SSF metadata {self.url} could not be fetched lately; retry shortly")
+            self._tried = time.monotonic()
             try:
                 metadata = json.loads(await self._metadata.fetch())
             except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, InvalidArgument, ValueError) as exc:

@@ -14,6 +14,7 @@ from recallclient import RecallClient, Replica
 
 from recallcore.config import Layers, check_files
 from recallcore.core.signals import CAEP, RISC
+from recallcore.security import jwks
 from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
@@ -216,15 +217,19 @@ def test_transmitters_are_read_from_the_config_file_tables(tmp_path, sender):
         layers.settings()
 
 
-def test_keys_named_by_the_transmitters_ssf_metadata_are_fetched_from_its_jwks_uri(data_dir, tmp_path, sender):
+def test_keys_named_by_the_transmitters_ssf_metadata_are_fetched_from_its_jwks_uri(data_dir, tmp_path, sender,
+                                                                                      monkeypatch):
     ca = CA(tmp_path / "ca")
     leaf = ca.server("idp-web")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(leaf.cert, leaf.key)
     fetched = []
+    down = [True]
 
     def respond(request):
         fetched.append(request.path)
+        if down[0]:
+            return 500, b""
         if request.path == "/.well-known/ssf-configuration":
             return 200, json.dumps({"issuer": TRANSMITTER, "jwks_uri": f"https://{web.address}/jwks.json",
                                     "delivery_methods_supported": ["urn:ietf:rfc:8935"]}).encode()
@@ -237,6 +242,13 @@ def test_keys_named_by_the_transmitters_ssf_metadata_are_fetched_from_its_jwks_u
                            "metadata": f"https://{web.address}/.well-known/ssf-configuration"},)))
     try:
         with httpx.Client(base_url=f"http://{srv.server.http.address}", timeout=10) as http:
+            # The transmitter's site is down: 503, and the next push does not fetch again at once.
+            assert push(http, sender.set(subject="fay")).status_code == 503
+            assert push(http, sender.set(subject="fay")).status_code == 503
+            assert fetched == ["/.well-known/ssf-configuration"]
+            down[0] = False
+            fetched.clear()
+            monkeypatch.setattr(jwks, "REFETCH_EVERY", 0.0)
             assert push(http, sender.set(subject="fay")).status_code == 202
             assert fetched == ["/.well-known/ssf-configuration", "/jwks.json"]
             assert push(http, sender.set(subject="gus")).status_code == 202
