@@ -212,8 +212,8 @@ def _as_written(key: str, table: str) -> str:
 def check_files(settings: Settings) -> list[str]:
     """What is wrong with the files `settings` names, loaded as the server loads them at
     start (policy, credentials, TLS certificate and key, OAuth clients, issuers' key
-    files, the status-list signing key) or read (a follower's material); one line each,
-    naming the key."""
+    files, the status-list signing key, SSF transmitters' key files) or read (a follower's
+    material, a poll secret, a CA bundle); one line each, naming the key."""
     loads = []
     if settings.policy:
         loads.append(("policy", lambda: Policy.load(settings.policy)))
@@ -228,6 +228,15 @@ def check_files(settings: Settings) -> list[str]:
         if not location.startswith("https://"):  # a URL is fetched when first needed
             loads.append((f"jwt_issuers ({issuer})", lambda path=location: parse_jwks(
                 pathlib.Path(path).read_bytes(), path)))
+    for i, t in enumerate(settings.transmitters):
+        where = f"ssf_transmitters[{i}] ({t.stream})"
+        if t.jwks and not t.jwks.startswith("https://"):
+            loads.append((f"{where}.jwks", lambda path=t.jwks: parse_jwks(pathlib.Path(path).read_bytes(), path)))
+        for key in ("poll_token_file", "cacert"):
+            if getattr(t, key):
+                loads.append((f"{where}.{key}", lambda path=getattr(t, key): pathlib.Path(path).read_bytes()))
+    if settings.ssf_receivers:
+        loads.append(("ssf_key", lambda: load_signing_key(settings.ssf_key, "ssf_key")))
     if settings.status_list_uri:
         loads.append(("status_list_key", lambda: load_signing_key(settings.status_list_key)))
     for key in ("primary_cacert", "primary_cert", "primary_key", "primary_token_file"):

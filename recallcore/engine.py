@@ -23,14 +23,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from recallclient.jti import foreign_key
-from recallclient.revoked_set import Delta
+from recallclient.revoked_set import SUBJECT, Delta
 from recallclient.types import JtiRef, RegisterResult, RevokeResult, TokenSpec, TokenState
 
 from .core import audit, validate
 from .core.audit import AuditQuery
 from .core.errors import OutOfRange, RecallError, Unavailable
-from .core.model import CutoffResult, Presented, RotateResult, Selector, Sweep
+from .core.model import Advance, CutoffResult, Presented, RotateResult, Selector, Signal, SignalResult, Sweep
 from .core.operations import now_seconds
+from .core.signals import Recall
 from .replication.audit_feed import AuditFeed
 from .replication.node import Node
 from .security.identity import Caller
@@ -176,6 +177,34 @@ class Engine(Node):
         return await self._submit_as(
             validate.cutoff(scope, value, before, reason, actor, self.settings, int(self.clock())), caller
         )
+
+    async def signal(self, issuer: str, jti: str, recall: Recall, fields: dict, *, issued_at: int = 0,
+                     caller: Caller | None = None) -> SignalResult:
+        """Apply a verified Security Event Token (issuer, jti) once: its `recall`, with `fields`
+        (transmitter, issuer, jti, event) in the audit record; `issued_at` is its iat (it is
+        remembered until ssf_max_age after it). Durable when it returns; a SET applied before
+        changes nothing. Raises InvalidArgument / ResourceExhausted."""
+        now = int(self.clock())
+        reason = f"{recall.short_event} signalled by {fields.get('transmitter', issuer)}"
+        if recall.subject:
+            action = validate.cutoff(SUBJECT, recall.subject, recall.before, reason, "", self.settings, now)
+        elif recall.token is not None:
+            action = validate.revoke(Selector(tokens=(recall.token,)), reason, "", self.settings, now, "ssf")
+        else:
+            action = None
+        if action is not None:
+            action = dataclasses.replace(action, signal=tuple(fields.items()))
+            if caller is not None:
+                action = dataclasses.replace(action, actor=caller.identity, peer=caller.peer)
+        return await self._submit(Signal(issuer, jti, action, issued_at))
+
+    async def cursor(self, name: str) -> int:
+        """How far SSF receiver `name` has taken the events of changes (a seq; 0: none)."""
+        return await self._read(lambda txn: txn.cursor(name))
+
+    async def advance(self, name: str, seq: int) -> int:
+        """Move receiver `name`'s cursor up to `seq`, durably; returns it."""
+        return await self._submit(Advance(name, seq))
 
     async def audit_pages(self, q: AuditQuery, upto: int) -> AsyncIterator[list[dict]]:
         """The records matching `q` up to seq `upto`, oldest first, a page (audit.PAGE) at a time.

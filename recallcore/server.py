@@ -19,6 +19,9 @@ from .api.http.app import Edge, HttpListener
 from .api.http.status_lists import StatusLists, load_signing_key
 from .api.metrics import Metrics, MetricsListener
 from .api.presented import Presented
+from .api.signals import Receiver, streams
+from .api.ssf_poll import Poller
+from .api.ssf_transmit import Transmission
 from .api.webhook import Webhook
 from .core.errors import RecallError
 from .engine import Engine
@@ -89,6 +92,8 @@ class Server:
         ) if settings.jwt_issuers else None
         clients = Reloading(settings.oauth_clients, Credentials.load_clients) if settings.oauth_clients else None
         signing_key = load_signing_key(settings.status_list_key) if settings.status_list_uri else None
+        ssf_streams = streams(settings, engine_args.get("clock", time.time))
+        ssf_key = load_signing_key(settings.ssf_key, "ssf_key") if settings.ssf_receivers else None
         self.engine = Follower(settings, **engine_args) if settings.follow else Engine(settings, **engine_args)
         self.decider = Decider(self.engine, verifier)
         self.metrics = Metrics(self.engine)
@@ -99,8 +104,11 @@ class Server:
             if settings.presented_webhook else None
         self.presented = Presented(self.engine, self.metrics, settings.presented_interval, webhook)
         lists = StatusLists(settings, self.engine, signing_key, self.engine.clock) if signing_key else None
+        self.receiver = Receiver(self.engine, ssf_streams) if ssf_streams else None
+        self.pollers = [Poller(self.receiver, s, settings) for s in ssf_streams.values() if s.transmitter.poll]
+        self.transmission = Transmission(self.engine, settings, ssf_key) if ssf_key else None
         self.http = HttpListener(Edge(self.engine, self.gate, clients, self.decider, self.metrics, self.presented,
-                                      lists),
+                                      lists, self.receiver, self.transmission),
                                  self.tls.ssl_context() if self.tls else None) if settings.http_listen else None
         self.metrics_http = MetricsListener(
             self.metrics, settings, self.tls.ssl_context() if self.tls else None,
@@ -161,6 +169,10 @@ class Server:
             await self.http.start()
         if self.metrics_http is not None:
             await self.metrics_http.start()
+        for poller in self.pollers:
+            poller.start()
+        if self.transmission is not None:
+            self.transmission.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
         if self.settings.follow:
@@ -210,6 +222,10 @@ class Server:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
+        for poller in self.pollers:
+            await poller.stop()
+        if self.transmission is not None:
+            await self.transmission.stop()
         if self.grpc is not None:
             for name in ("", SERVICE_NAME):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -225,6 +241,8 @@ class Server:
         await self.presented.stop()  # what it saw goes into the trail before the store closes
         if self.decider.verifier is not None:
             await self.decider.verifier.close()
+        if self.receiver is not None:
+            await self.receiver.close()
         await self.engine.close()
 
 

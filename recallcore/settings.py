@@ -1,8 +1,10 @@
 """Server settings: one frozen, validated value. Only cli.py reads the environment."""
 
 import dataclasses
+import difflib
 import functools
 import pathlib
+import re
 
 DEFAULT_DATA_DIR = pathlib.Path("var/recall")
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -36,6 +38,70 @@ DEFAULT_STATUS_LIST_INTERVAL = 1.0  # seconds between rebuilds of one list at mo
 DEFAULT_PRESENTED_INTERVAL = 10.0  # seconds between records of recalled tokens presented again
 DEFAULT_CHECK_HEADERS = ("sub=X-Recall-Subject", "client_id=X-Recall-Client")
 CHECK_HEADER_FIELDS = ("sub", "client_id", "scope", "iss", "jti", "exp", "serial")
+DEFAULT_SSF_MAX_AGE = 86400  # seconds: a SET issued longer ago is refused (its jti may be forgotten then)
+DEFAULT_SSF_POLL_INTERVAL = 5.0  # seconds between polls of a transmitter that had nothing
+DEFAULT_SSF_POLL_BACKOFF = 60.0  # seconds: the longest wait after failed polls
+_STREAM = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Transmitter:
+    """One `[[ssf.transmitters]]` table: an identity provider whose Security Event Tokens
+    recallcore receives (see api/signals.py).
+
+    stream: its name; SETs are pushed to /ssf/push/<stream>.
+    issuer: the SETs' `iss`.
+    audience: what their `aud` must name (this receiver).
+    jwks: its public keys, a JWKS file or an https:// URL; or
+    metadata: the https:// URL of its /.well-known/ssf-configuration, whose
+        jwks_uri holds them.
+    identity: when set, a push must also authenticate (Authorization:
+        Bearer of the credentials file, or a client certificate) as this
+        identity, as the policy names it (token:NAME, dns:..., spiffe://...).
+    poll: the https:// URL of its RFC 8936 poll endpoint: recallcore polls it.
+    poll_token_file: a file holding the bearer secret sent to `poll`.
+    cacert: PEM CA bundle for `poll`, `metadata` and a `jwks` URL
+        (default: jwks_cacert, else the system's).
+    """
+
+    stream: str
+    issuer: str
+    audience: str
+    jwks: str = ""
+    metadata: str = ""
+    identity: str = ""
+    poll: str = ""
+    poll_token_file: str = ""
+    cacert: str = ""
+
+
+TRANSMITTER_KEYS = tuple(f.name for f in dataclasses.fields(Transmitter))
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+    """One `[[ssf.receivers]]` table: a relying party recallcore sends CAEP SETs to when it
+    revokes by subject or cuts a subject off (see api/ssf_transmit.py).
+
+    stream: its name (the poll path is /ssf/poll/<stream>).
+    audience: the SETs' `aud`.
+    push: the https:// URL of its RFC 8935 push endpoint; without it, the
+        receiver polls /ssf/poll/<stream> (RFC 8936).
+    push_token_file: a file holding the bearer secret sent with each push.
+    identity: who may poll the stream (as the policy names it); without
+        it, with a policy, a caller with the `audit` role.
+    cacert: PEM CA bundle for `push` (default: the system's).
+    """
+
+    stream: str
+    audience: str
+    push: str = ""
+    push_token_file: str = ""
+    identity: str = ""
+    cacert: str = ""
+
+
+DOWNSTREAM_KEYS = tuple(f.name for f in dataclasses.fields(Downstream))
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 
 
@@ -136,6 +202,16 @@ class Settings:
     presented_webhook: URL each recalled token presented again is POSTed
         to as JSON (retried with backoff, in order; a bounded queue).
     presented_webhook_token_file: file holding a bearer secret for it.
+    ssf_transmitters: the `[[ssf.transmitters]]` tables of the config file,
+        each as Transmitter describes (`transmitters` has them checked).
+    ssf_max_age: seconds after its iat a SET is refused.
+    ssf_poll_interval: seconds between polls of a transmitter that had
+        nothing to deliver.
+    ssf_poll_backoff: the longest wait (seconds) after failed polls (and
+        pushes); the wait doubles from ssf_poll_interval / 5 up to it.
+    ssf_receivers: the `[[ssf.receivers]]` tables, as Downstream describes.
+    ssf_key: JWK file of the private key the SETs sent are signed with.
+    ssf_issuer: their `iss` (default: issuer).
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
@@ -189,6 +265,13 @@ class Settings:
     presented_interval: float = DEFAULT_PRESENTED_INTERVAL
     presented_webhook: str = ""
     presented_webhook_token_file: str = ""
+    ssf_transmitters: tuple[dict[str, str], ...] = ()
+    ssf_max_age: int = DEFAULT_SSF_MAX_AGE
+    ssf_poll_interval: float = DEFAULT_SSF_POLL_INTERVAL
+    ssf_poll_backoff: float = DEFAULT_SSF_POLL_BACKOFF
+    ssf_receivers: tuple[dict[str, str], ...] = ()
+    ssf_key: str = ""
+    ssf_issuer: str = ""
 
     @property
     def loopback(self) -> bool:
@@ -201,19 +284,31 @@ class Settings:
         return dict(entry.split("=", 1) for entry in self.jwt_issuers)
 
     @functools.cached_property
+    def transmitters(self) -> tuple[Transmitter, ...]:
+        """ssf_transmitters as Transmitter values (checked on construction)."""
+        return tuple(Transmitter(**entry) for entry in self.ssf_transmitters)
+
+    @functools.cached_property
+    def downstreams(self) -> tuple[Downstream, ...]:
+        """ssf_receivers as Downstream values (checked on construction)."""
+        return tuple(Downstream(**entry) for entry in self.ssf_receivers)
+
+    @functools.cached_property
     def identity_headers(self) -> tuple[tuple[str, str], ...]:
         """check_headers as (field, header) pairs."""
         return tuple(tuple(entry.split("=", 1)) for entry in self.check_headers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", pathlib.Path(self.data_dir))
-        for name in ("jwt_issuers", "jwt_algorithms", "check_headers"):
+        for name in ("jwt_issuers", "jwt_algorithms", "check_headers", "ssf_transmitters",
+                     "ssf_receivers"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _host_port(self.listen, "listen")
         for name in ("http_listen", "metrics_listen"):
             if getattr(self, name):
                 _host_port(getattr(self, name), name)
         self._check_edge()
+        self._check_ssf()
         if not self.issuer:
             raise ValueError("issuer: must not be empty")
         for name in ("token_ttl", "max_token_lifetime", "max_batch", "max_string",
@@ -291,3 +386,64 @@ class Settings:
                     c.isascii() and (c.isalnum() or c == "-") for c in header):
                 raise ValueError(f"check_headers: {entry!r} is not FIELD=Header-Name with FIELD one of "
                                  f"{list(CHECK_HEADER_FIELDS)}")
+
+    def _check_ssf(self) -> None:
+        self._check_downstreams()
+        if self.ssf_max_age < 1 or self.ssf_poll_interval <= 0 or self.ssf_poll_backoff <= 0:
+            raise ValueError("ssf_max_age, ssf_poll_interval, ssf_poll_backoff: must be positive")
+        if self.ssf_transmitters and self.follow:
+            raise ValueError("ssf_transmitters: a follower cannot apply signals; configure them on the primary")
+        streams: set[str] = set()
+        for i, entry in enumerate(self.ssf_transmitters):
+            where = f"ssf_transmitters[{i}]"
+            stream = _stream_table(entry, where, TRANSMITTER_KEYS, ("stream", "issuer", "audience"), streams)
+            if bool(entry.get("jwks")) == bool(entry.get("metadata")):
+                raise ValueError(f"{where} ({stream}): give jwks (a file or an https:// URL) or metadata, one of them")
+            for key in ("metadata", "poll"):
+                if entry.get(key) and not entry[key].startswith("https://"):
+                    raise ValueError(f"{where}.{key}: {entry[key]!r} is not an https:// URL")
+            if entry.get("jwks", "").startswith("http://"):
+                raise ValueError(f"{where}.jwks: keys are fetched over https only")
+            if not entry.get("poll") and not self.http_listen:
+                raise ValueError(f"{where} ({stream}): SETs are pushed to the HTTP edge: set http_listen, or give poll")
+            if entry.get("poll_token_file") and not entry.get("poll"):
+                raise ValueError(f"{where}.poll_token_file: only for a transmitter with poll")
+            if entry.get("identity", "").startswith("token:") and not self.credentials:
+                raise ValueError(f"{where}.identity: a token: identity needs the credentials file (credentials)")
+
+    def _check_downstreams(self) -> None:
+        if self.ssf_receivers and self.follow:
+            raise ValueError("ssf_receivers: a follower sends no SETs; configure them on the primary")
+        if self.ssf_receivers and not self.ssf_key:
+            raise ValueError("ssf_key: SETs are signed: give the JWK file of the signing key")
+        streams: set[str] = set()
+        for i, entry in enumerate(self.ssf_receivers):
+            where = f"ssf_receivers[{i}]"
+            stream = _stream_table(entry, where, DOWNSTREAM_KEYS, ("stream", "audience"), streams)
+            if entry.get("push") and not entry["push"].startswith("https://"):
+                raise ValueError(f"{where}.push: {entry['push']!r} is not an https:// URL")
+            if not entry.get("push") and not self.http_listen:
+                raise ValueError(f"{where} ({stream}): it polls the HTTP edge: set http_listen, or give push")
+
+
+def _stream_table(entry, where: str, known: tuple[str, ...], required: tuple[str, ...], seen: set[str]) -> str:
+    """Check one [[ssf.*]] table (string values of `known` keys, `required` ones given, a new
+    stream name); return its stream. Raises ValueError naming `where` and the key."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a table")
+    for key, value in entry.items():
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"{where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        if not isinstance(value, str):
+            raise ValueError(f"{where}.{key}: expected a string")
+    for key in required:
+        if not entry.get(key):
+            raise ValueError(f"{where}.{key}: missing")
+    stream = entry["stream"]
+    if not _STREAM.fullmatch(stream):
+        raise ValueError(f"{where}.stream: {stream!r} is not 1-64 of A-Z a-z 0-9 . _ -")
+    if stream in seen:
+        raise ValueError(f"{where}.stream: {stream!r} is given twice")
+    seen.add(stream)
+    return stream

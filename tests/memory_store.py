@@ -53,6 +53,8 @@ class _Tables:
     rules: dict[tuple[int, str], tuple[int, int]] = dataclasses.field(default_factory=dict)  # -> (before, seq)
     log: dict[int, Delta] = dataclasses.field(default_factory=dict)
     audit: dict[int, str] = dataclasses.field(default_factory=dict)
+    signals: dict[tuple[str, str], tuple[int, int]] = dataclasses.field(default_factory=dict)  # -> (seq, iat)
+    cursors: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> "_Tables":
         """A copy to write on. Values are never changed in place (sets are replaced, not
@@ -65,7 +67,8 @@ class _Tables:
     def entries(self) -> int:
         sets = sum(len(b) for b in self.indexes.values()) + len(self.revoked) + len(self.rotated)
         return (sets + len(self.records) + len(self.jtis) + len(self.expires) + len(self.issuance)
-                + len(self.revocations) + len(self.rotations) + len(self.foreign) + len(self.log))
+                + len(self.revocations) + len(self.rotations) + len(self.foreign) + len(self.log)
+                + len(self.signals) + len(self.cursors))
 
 
 class MemoryTxn(WriteTxn):
@@ -206,6 +209,25 @@ class MemoryTxn(WriteTxn):
 
     def delete_rule(self, rule: Rule) -> None:
         self.t.rules.pop(rule[:2], None)
+
+    def signal(self, issuer: str, jti: str) -> int | None:
+        found = self.t.signals.get((issuer, jti))
+        return found[0] if found is not None else None
+
+    def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
+        self.t.signals[(issuer, jti)] = (seq, issued_at)
+
+    def compact_signals(self, before: int, limit: int) -> int:
+        due = sorted((iat, key) for key, (_, iat) in self.t.signals.items() if iat < before)[:limit]
+        for _, key in due:
+            del self.t.signals[key]
+        return len(due)
+
+    def cursor(self, name: str) -> int:
+        return self.t.cursors.get(name, 0)
+
+    def put_cursor(self, name: str, seq: int) -> None:
+        self.t.cursors[name] = seq
 
     # change log and audit
     def put_change(self, delta: Delta, audit: dict) -> None:

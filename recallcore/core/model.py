@@ -64,6 +64,7 @@ class Revoke:
     origin: str = ""
     on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
     peer: str = ""  # where the call came from
+    signal: tuple[tuple[str, str], ...] = ()  # the Security Event Token that asked for it (audit fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,36 @@ class Cutoff:
     actor: str = ""
     on_behalf_of: str = ""  # what the caller said it acts for; actor is who it proved to be
     peer: str = ""  # where the call came from
+    signal: tuple[tuple[str, str], ...] = ()  # the Security Event Token that asked for it (audit fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """Apply a verified Security Event Token once: its recall (None: an event that recalls
+    nothing) and, in the same change, its (issuer, jti) as applied."""
+
+    issuer: str
+    jti: str
+    action: "Revoke | Cutoff | None" = None
+    issued_at: int = 0  # the SET's iat: it is remembered until ssf_max_age after it
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalResult:
+    """What applying a SET did: `duplicate` when it was applied before (and so did nothing
+    now); `seq` of the change it made (or the store's head when it made none)."""
+
+    seq: int
+    count: int = 0
+    duplicate: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Advance:
+    """Move SSF receiver `name`'s cursor up to `seq` (never back); no change to the revoked set."""
+
+    name: str
+    seq: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,4 +141,4 @@ class Presented:
     actor: str = "recallcore"
 
 
-Operation = Register | Revoke | Sweep | Rotate | Cutoff | Presented
+Operation = Register | Revoke | Sweep | Rotate | Cutoff | Signal | Advance | Presented

@@ -54,6 +54,8 @@ def who(op) -> dict:
         out["on_behalf_of"] = op.on_behalf_of
     if op.peer:
         out["peer"] = op.peer
+    if getattr(op, "signal", ()):
+        out["signal"] = dict(op.signal)
     return out
 
 
@@ -287,6 +289,8 @@ def sweep(txn: WriteTxn, state: Mirror, op: Sweep, now: int, settings: Settings)
     # A record may explain a revocation until the token expires: keep it for
     # the longest lifetime a token can have, then for the retention.
     txn.compact_audit(now - settings.max_token_lifetime - settings.audit_retention, settings.purge_batch)
+    # A SET older than ssf_max_age is refused by its age: its jti need not be kept past that.
+    txn.compact_signals(now - settings.ssf_max_age - settings.clock_skew, settings.purge_batch)
     if not (removed or foreign_due or len(purged) or retired):
         return 0, None
     delta = Delta(

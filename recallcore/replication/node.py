@@ -131,6 +131,23 @@ class Node:
                 if not waiters and self._seq_waiters.get(seq) is waiters:
                     del self._seq_waiters[seq]
 
+    async def changed(self, after: int, timeout: float) -> None:
+        """Return once the mirror is past seq `after`, or after `timeout` seconds (no error)."""
+        if after < self.state.seq:
+            return
+        future = asyncio.get_running_loop().create_future()
+        waiters = self._seq_waiters.setdefault(after + 1, [])
+        waiters.append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if future in waiters:
+                waiters.remove(future)
+                if not waiters and self._seq_waiters.get(after + 1) is waiters:
+                    del self._seq_waiters[after + 1]
+
     def _refuse_unknown_seq(self, seq: int) -> None:
         """Raise when `seq` cannot arrive here by waiting (a primary: above its head)."""
 

@@ -144,14 +144,16 @@ class KeySource:
                 return
             self._fetched = now
             try:
-                self._keys = parse_jwks(await self._fetch(), self.location)
+                self._keys = parse_jwks(await self.fetch(), self.location)
                 self._loaded_at = now
                 log.info("fetched the signing keys of %s (%d keys)", self.location, len(self._keys))
             except (aiohttp.ClientError, TimeoutError, InvalidArgument, ssl.SSLError, OSError) as exc:
                 log.warning("cannot fetch %s: %s%s", self.location, exc,
                             "; keeping the keys held" if self._keys else "")
 
-    async def _fetch(self) -> bytes:
+    async def fetch(self) -> bytes:
+        """The document at the https location (at most MAX_JWKS_BYTES); raises aiohttp.ClientError,
+        TimeoutError, ssl.SSLError, OSError or InvalidArgument (too large)."""
         if self._session is None:
             context = ssl.create_default_context(cafile=self._cacert or None)
             self._session = aiohttp.ClientSession(

@@ -79,6 +79,14 @@ def _string(claims: dict, name: str) -> str:
     return value
 
 
+def signature_verifies(compact, key: Key, registry: jws.JWSRegistry) -> bool:
+    """True when the extracted compact JWS is signed by `key` (with an algorithm of `registry`)."""
+    try:
+        return jws.validate_compact(compact, key, registry=registry)
+    except JoseError:
+        return False
+
+
 def looks_like_jwt(token: str) -> bool:
     """True for a compact JWS: three dot-separated parts (an opaque token has none of that shape)."""
     return token.count(".") == 2 and token.startswith("eyJ")
@@ -148,11 +156,7 @@ class JwtVerifier:
         key = await source.key(kid)
         if key is None:
             raise InvalidToken("bad_signature", f"issuer {issuer!r} has no signing key {kid!r}")
-        try:
-            good = jws.validate_compact(compact, key, registry=self._registry)
-        except JoseError:
-            good = False
-        if not good:
+        if not signature_verifies(compact, key, self._registry):
             raise InvalidToken("bad_signature", "the token's signature does not verify")
         verified = self._claims(issuer, claims)
         return verified, source, kid, key

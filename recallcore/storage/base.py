@@ -15,6 +15,12 @@ token records as `recallclient.types.TokenSpec`, sets of serials as
 `recallclient.revoked_set.Delta` with a JSON-able audit record. How an engine
 lays them out is its own business (storage/lmdb.py documents its tables).
 
+Signals: the (issuer, jti) of every Security Event Token applied (see
+core/signals.py), written in the transaction of the change it made, so a SET
+delivered again is recognised even after a restart. Cursors: how far each
+receiver of the SETs this server transmits has taken them (an outbox read
+from the audit trail, see api/ssf_transmit.py).
+
 Index kinds (`INDEX_KINDS`): the serials registered per subject, client_id,
 family and issuer name, and under "custom_jti" (name "") every serial
 registered under a caller-chosen jti rather than its canonical one.
@@ -148,6 +154,16 @@ class ReadTxn(abc.ABC):
         ("subjects_more" / "clients_more"), which the caller checks.
         """
 
+    # ------------------------------------------------ signals (SETs applied)
+    @abc.abstractmethod
+    def signal(self, issuer: str, jti: str) -> int | None:
+        """The seq of the change that Security Event Token (issuer, jti) made (0: it changed
+        nothing), or None when no SET of that issuer and jti was ever applied."""
+
+    @abc.abstractmethod
+    def cursor(self, name: str) -> int:
+        """The seq up to which the SSF receiver `name` has been sent the events of changes (0: none)."""
+
 
 class WriteTxn(ReadTxn):
     """Reads and writes inside the one write transaction; writes are kept only if it commits."""
@@ -239,6 +255,19 @@ class WriteTxn(ReadTxn):
     @abc.abstractmethod
     def put_change(self, delta: Delta, audit: dict) -> None:
         """Append `delta` to the change log and `audit` to the audit trail, both under delta.seq."""
+
+    @abc.abstractmethod
+    def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
+        """Record that SET (issuer, jti), issued at `issued_at` (its iat), was applied, by change
+        `seq` (0: it changed nothing)."""
+
+    @abc.abstractmethod
+    def compact_signals(self, before: int, limit: int) -> int:
+        """Forget up to `limit` of the oldest SETs issued before `before`; return how many."""
+
+    @abc.abstractmethod
+    def put_cursor(self, name: str, seq: int) -> None:
+        """Record that receiver `name` has taken the events of every change up to `seq`."""
 
     @abc.abstractmethod
     def compact_log(self, upto: int, before: int, limit: int) -> int:

@@ -27,6 +27,9 @@ Tables (named databases):
                 record lists; S|C + seq -> b"" for records that name more than they list
   sums          tag + key -> CRC-32 of the value under key in revoked (r), rotated (o)
                 or exp (e); checked at start (see lmdb_checks.py)
+  signals       hash16(issuer, jti) -> seq of the change a Security Event Token made (0: none), its iat
+  signals_iat   iat + hash16(issuer, jti) -> b"" (oldest first, for compaction)
+  cursors       receiver name (UTF-8) -> seq up to which it has taken the SETs sent to it
 A chunk is `serial >> 16`: bitmap values stay a few KB and a change rewrites
 only the chunks it touches. Format 2 adds "sums"; a format-1 store gets them
 when first opened.
@@ -67,7 +70,8 @@ _U64X2 = struct.Struct(">QQ")
 _TABLES = (
     "meta", "tokens", "jtis", "revoked", "exp", "iat", "index",
     "foreign", "foreign_exp", "revocations", "log", "audit",
-    "rotated", "rotations", "rules", "issuance", "sums", "audit_names",
+    "rotated", "rotations", "rules", "issuance", "sums", "audit_names", "signals",
+    "signals_iat", "cursors",
 )
 _AUDIT_NAMES = {"subject": (b"s", b"S", "subjects"), "client_id": (b"c", b"C", "clients")}
 _OURS = {"data.mdb", "lock.mdb", "LOCK"}
@@ -384,6 +388,35 @@ class LmdbTxn(WriteTxn):
         with self.raw.cursor(db=self.db["foreign"]) as cur:
             for key in cur.iternext(values=False):
                 yield from_u64(key)
+
+    # signals
+    def signal(self, issuer: str, jti: str) -> int | None:
+        data = self.raw.get(name_hash(issuer, jti), db=self.db["signals"])
+        return _U64X2.unpack(data)[0] if data is not None else None
+
+    def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
+        key = name_hash(issuer, jti)
+        self.raw.put(key, _U64X2.pack(seq, issued_at), db=self.db["signals"])
+        self.raw.put(u64(issued_at) + key, b"", db=self.db["signals_iat"])
+
+    def compact_signals(self, before: int, limit: int) -> int:
+        due = []
+        with self.raw.cursor(db=self.db["signals_iat"]) as cur:
+            for key in cur.iternext(values=False):
+                if from_u64(key[:8]) >= before or len(due) >= limit:
+                    break
+                due.append(key)
+        for key in due:
+            self.raw.delete(key, db=self.db["signals_iat"])
+            self.raw.delete(key[8:], db=self.db["signals"])
+        return len(due)
+
+    def cursor(self, name: str) -> int:
+        data = self.raw.get(name.encode(), db=self.db["cursors"])
+        return from_u64(data) if data is not None else 0
+
+    def put_cursor(self, name: str, seq: int) -> None:
+        self.raw.put(name.encode(), u64(seq), db=self.db["cursors"])
 
     # change log and audit
     def put_change(self, delta: Delta, audit: dict) -> None:

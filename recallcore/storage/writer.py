@@ -29,10 +29,10 @@ from typing import Any
 
 from recallclient.revoked_set import Delta
 
-from ..core import lifecycle, operations
+from ..core import lifecycle, operations, signals
 from ..core.errors import RecallError, ResourceExhausted, Unavailable
 from ..core.mirror import Mirror
-from ..core.model import Cutoff, Operation, Presented, Register, Revoke, Rotate, Sweep
+from ..core.model import Advance, Cutoff, Operation, Presented, Register, Revoke, Rotate, Signal, Sweep
 from ..settings import Settings
 from .base import Store, StoreFull, WriteTxn
 
@@ -161,6 +161,10 @@ class Writer:
             return lifecycle.rotate(txn, self.state, op, now, self.settings, self._refused(1))
         if isinstance(op, Cutoff):
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
+        if isinstance(op, Signal):
+            return signals.apply(txn, self.state, op, now, self.settings)
+        if isinstance(op, Advance):
+            return signals.advance(txn, op)
         if isinstance(op, Presented):
             # A record of what was seen, never at the cost of the room kept to revoke.
             if self._refused(1):

@@ -204,3 +204,54 @@ def test_a_full_store_says_so_keeps_nothing_and_grows_up_to_its_limit(kind, tmp_
         assert full.sizes()[1] == 4 * (SMALL if kind == "lmdb" else 1000)
     finally:
         full.close()
+
+
+def test_a_signal_is_kept_per_issuer_and_jti_and_only_when_its_transaction_commits(store: Store):
+    with store.write() as txn:
+        txn.put_signal("https://idp.example", "set-1", 7, 100)
+        txn.put_signal("https://idp.example", "set-2", 0, 200)
+        assert txn.signal("https://idp.example", "set-1") == 7  # the transaction sees its own write
+    with pytest.raises(RuntimeError), store.write() as txn:
+        txn.put_signal("https://idp.example", "set-3", 8, 300)
+        raise RuntimeError("abort")
+    with store.read() as txn:
+        assert txn.signal("https://idp.example", "set-1") == 7
+        assert txn.signal("https://idp.example", "set-2") == 0  # applied, changed nothing: still seen
+        assert txn.signal("https://idp.example", "set-3") is None  # rolled back
+        assert txn.signal("https://other.example", "set-1") is None  # jtis are per issuer
+
+
+def test_signals_outlive_a_reopen_of_the_data_directory(tmp_path):
+    store = lmdb_store(tmp_path / "data")
+    with store.write() as txn:
+        txn.put_signal("https://idp.example", "set-1", 3, 100)
+    store.close()
+    store = lmdb_store(tmp_path / "data")
+    try:
+        with store.read() as txn:
+            assert txn.signal("https://idp.example", "set-1") == 3
+    finally:
+        store.close()
+
+
+def test_a_receivers_cursor_reads_back_and_starts_at_zero(store: Store):
+    with store.read() as txn:
+        assert txn.cursor("rp-1") == 0
+    with store.write() as txn:
+        txn.put_cursor("rp-1", 12)
+    with store.read() as txn:
+        assert (txn.cursor("rp-1"), txn.cursor("rp-2")) == (12, 0)
+
+
+
+def test_signals_are_compacted_oldest_first_by_their_issue_time(store: Store):
+    with store.write() as txn:
+        for i, iat in enumerate((300, 100, 200, 400)):
+            txn.put_signal("iss", f"set-{i}", i, iat)
+    with store.write() as txn:
+        assert txn.compact_signals(before=350, limit=2) == 2  # iat 100 and 200
+    with store.read() as txn:
+        assert [txn.signal("iss", f"set-{i}") for i in range(4)] == [0, None, None, 3]
+    with store.write() as txn:
+        assert txn.compact_signals(before=350, limit=10) == 1
+        assert txn.signal("iss", "set-0") is None and txn.signal("iss", "set-3") == 3

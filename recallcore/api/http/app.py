@@ -27,6 +27,7 @@ from ...security.gate import Gate
 from ...security.identity import Caller
 from ...security.jwt_verifier import MAX_TOKEN
 from ...security.reloading import Reloading
+from ...security.set_verifier import SetRejected
 from ..decision import Decider
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ def answers(handler):
             return await handler(request)
         except HttpError as exc:
             return error_response(exc.status, exc.error, str(exc), exc.headers)
+        except SetRejected as exc:  # RFC 8935 section 2.3: {"err", "description"}
+            return web.json_response({"err": exc.err, "description": str(exc)}, status=exc.status,
+                                     headers={"Cache-Control": "no-store"})
         except RecallError as exc:
             status, error, retry = _STATUS.get(exc.status, (500, "server_error", 0))
             headers = {"Retry-After": str(retry)} if retry else {}
@@ -144,6 +148,8 @@ class Edge:
     metrics: object  # api.metrics.Metrics
     presented: object = None  # api.presented.Presented
     status_lists: object = None  # status_lists.StatusLists when lists are published
+    receiver: object = None  # api.signals.Receiver when SSF transmitters are configured
+    transmission: object = None  # api.ssf_transmit.Transmission when SSF receivers are configured
 
     @property
     def settings(self):
@@ -248,7 +254,7 @@ _LOCAL = Caller(identity.ANONYMOUS)
 
 def make_app(edge: Edge) -> web.Application:
     """The aiohttp application of the edge."""
-    from . import gateway, oauth, status_lists  # the handlers import this module's helpers
+    from . import gateway, oauth, ssf, status_lists  # the handlers import this module's helpers
 
     app = web.Application(client_max_size=MAX_BODY)
     app[EDGE] = edge
@@ -256,6 +262,10 @@ def make_app(edge: Edge) -> web.Application:
     oauth.add_routes(app)
     if edge.status_lists is not None:
         status_lists.add_routes(app, edge.status_lists)
+    if edge.receiver is not None:
+        ssf.add_routes(app)
+    if edge.transmission is not None:
+        ssf.add_transmitter_routes(app, status_too=edge.receiver is None)
     return app
 
 

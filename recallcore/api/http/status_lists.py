@@ -34,22 +34,22 @@ _KEY_TYPES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
 EXPIRY_TTLS = 5  # a list expires this many ttl after it was signed
 
 
-def load_signing_key(path: str):
-    """(key, alg, kid) of a private JWK file; raises InvalidArgument naming the file and what is wrong."""
+def load_signing_key(path: str, name: str = "status_list_key"):
+    """(key, alg, kid) of a private JWK file; raises InvalidArgument naming `name`, the file and what is wrong."""
     try:
         jwk = json.loads(pathlib.Path(path).read_text())
     except ValueError as exc:
-        raise InvalidArgument(f"status_list_key: {path}: not JSON: {exc}") from None
+        raise InvalidArgument(f"{name}: {path}: not JSON: {exc}") from None
     kty = jwk.get("kty") if isinstance(jwk, dict) else None
     if kty not in _KEY_TYPES or "d" not in jwk:
-        raise InvalidArgument(f"status_list_key: {path}: expected a private EC, RSA or OKP JWK")
+        raise InvalidArgument(f"{name}: {path}: expected a private EC, RSA or OKP JWK")
     alg = jwk.get("alg") or _ALGORITHMS.get((kty, jwk.get("crv")))
     if alg is None:
-        raise InvalidArgument(f"status_list_key: {path}: no signature algorithm for a {kty} {jwk.get('crv')} key")
+        raise InvalidArgument(f"{name}: {path}: no signature algorithm for a {kty} {jwk.get('crv')} key")
     try:
         key = _KEY_TYPES[kty].import_key(jwk)
     except (JoseError, ValueError, TypeError) as exc:
-        raise InvalidArgument(f"status_list_key: {path}: {exc}") from None
+        raise InvalidArgument(f"{name}: {path}: {exc}") from None
     return key, alg, jwk.get("kid") or key.thumbprint()
 
 
