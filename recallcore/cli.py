@@ -21,6 +21,9 @@ from .settings import Settings
 _OPTIONS = (
     # flag, Settings field, type, help
     ("--data-dir", "data_dir", str, "data directory (LMDB environment)"),
+    ("--store", "store", str,
+     "PostgreSQL conninfo of a cluster database (postgresql://... or 'host=a,b ... "
+     "target_session_attrs=read-write'); instead of --data-dir"),
     ("--listen", "listen", str, "HOST:PORT to serve on; port 0 picks a free port"),
     ("--issuer", "issuer", str, "issuer recorded for registrations that give none"),
     ("--token-ttl", "token_ttl", int, "lifetime (s) of registrations that give no expires_at"),
@@ -117,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="say what is wrong with a config file, or that it is fine")
     check.add_argument("file", metavar="FILE")
     commands.add_parser("hash-token", help="read a bearer secret on stdin; print its credentials-file value")
+    schema = commands.add_parser("migrate-schema", help="create or upgrade the recallcore schema in a PostgreSQL "
+                                 "database")
+    schema.add_argument("--store", metavar="CONNINFO", default=os.environ.get(config.env_var("store")) or None,
+                        help=f"the database's conninfo (env {config.env_var('store')})")
     return parser
 
 
@@ -157,6 +164,31 @@ def _check_config(path: str) -> int:
     return 0
 
 
+def _migrate_schema(conninfo: str | None) -> int:
+    if not conninfo:
+        return _problems(["migrate-schema: give --store CONNINFO (or RECALL_STORE)"])
+    import psycopg
+
+    from .storage import pg_schema
+    from .storage.postgresql import describe
+
+    where = describe(conninfo)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            before, after = pg_schema.migrate(conn, where)
+    except psycopg.Error as exc:
+        print(f"recallcore: cannot migrate {where}: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"recallcore: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"{where}: schema at version {after}, nothing to do")
+    else:
+        print(f"{where}: schema {'created at' if before == 0 else f'upgraded from {before} to'} version {after}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "hash-token":
@@ -168,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.command == "check-config":
         return _check_config(ns.file)
+    if ns.command == "migrate-schema":
+        return _migrate_schema(ns.store)
     layers = _layers(ns)
     try:
         settings = layers.settings()
