@@ -441,6 +441,11 @@ class PostgresStore(Store):
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise self._unavailable(exc) from exc
 
+    def tail(self, after: int, deliver, reset):
+        from .pg_tail import LogTail
+
+        return LogTail(self, after, deliver, reset)
+
     def grow(self) -> bool:
         return False  # the database's disk is the operator's to grow
 

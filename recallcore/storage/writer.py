@@ -18,6 +18,11 @@ RESOURCE_EXHAUSTED saying so, while revocations and cut-offs go on: a store
 filled with registrations never blocks the kill switch. An unexpected error aborts the group
 and the operations are retried one by one, so only the culprit fails. After
 any abort the writer's mirror is reloaded from the store.
+
+A store several nodes write (PostgreSQL) may have moved on between two
+groups: each group first brings the writer's mirror to the store's head,
+from the log, inside its transaction (which holds the head, so nobody moves
+it further until the commit).
 """
 
 import logging
@@ -33,7 +38,7 @@ from ..core.errors import RecallError, ResourceExhausted, Unavailable
 from ..core.mirror import Mirror
 from ..core.model import Cutoff, Operation, Register, Revoke, Rotate, Sweep
 from ..settings import Settings
-from .base import Store, StoreFull, WriteTxn
+from .base import Store, StoreFull, WriteTxn, mirror_of
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,7 @@ class Writer:
         outcomes: list[Outcome] = []
         self._registering = 0  # tokens this group registered so far (not in the store's size yet)
         with self.store.write() as txn:
+            self._catch_up(txn)
             for op, token in group:
                 try:
                     result, delta = self._apply(txn, op, now)
@@ -136,6 +142,19 @@ class Writer:
                 if delta is not None:
                     deltas.append(delta)
         return deltas, outcomes
+
+    def _catch_up(self, txn: WriteTxn) -> None:
+        """Bring the writer's mirror to the store's head: other nodes sharing the store may
+        have committed since this writer's last group (the transaction holds the head)."""
+        head = txn.head_seq()
+        if head == self.state.seq:
+            return
+        if head > self.state.seq:
+            for delta in txn.deltas_after(self.state.seq, head - self.state.seq):
+                self.state.apply(delta)
+            if self.state.seq == head:
+                return
+        self.state = mirror_of(txn, self.store.store_id)  # behind the log's retention, or a store that went back
 
     def _refused(self, new: int) -> str:
         """Why `new` registrations must wait for room (the store keeps room to revoke everything)."""
