@@ -79,7 +79,7 @@ class Engine(Node):
             store.close()
             raise
         self.store = store
-        self._tail = store.tail(self.state.seq, self._tailed, self._reload)
+        self._tail = store.tail(self.state.seq, self.state.revocations.history, self._tailed, self._reload)
         self._awaiting: list[tuple[int, list]] = []  # (seq, outcomes) of local writes the tail has not applied
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-reader")
         self._audit_reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-audit")
@@ -187,11 +187,11 @@ class Engine(Node):
         self.audit_feed.committed(self.state.seq)
         self._answer_applied()
 
-    def _reload(self) -> int:
+    def _reload(self) -> tuple[int, bytes]:
         """Called on the tail's thread when the changes it missed were compacted: a fresh mirror."""
         state = self.store.load()
         self._loop.call_soon_threadsafe(self._reloaded, state)
-        return state.seq
+        return state.seq, state.revocations.history
 
     def _reloaded(self, state) -> None:
         self._installed(state)
@@ -325,7 +325,11 @@ class Engine(Node):
             info = _change_info(txn, seq)
             return info["revoked_at"], info["reason"]
 
-        answer = await self._read(read)
+        try:
+            answer = await self._read(read)
+        except Unavailable:
+            # The store is unreachable: the mirror still says REVOKED; why and when, it cannot say now.
+            return 0, ""
         if serial and answer[0]:
             if len(self._why_cache) >= WHY_CACHE:
                 del self._why_cache[next(iter(self._why_cache))]
@@ -360,7 +364,10 @@ class Engine(Node):
         unrevoked = self.state.unrevoked
 
         def read() -> tuple[int, int, int, bool]:
-            used, mapped = self.store.sizes()
+            try:
+                used, mapped = self.store.sizes()
+            except Unavailable:  # Stats still answers from memory, with the staleness
+                return 0, 0, 0, False
             return used, mapped, self.store.limit(), bool(self.store.registrations_refused(unrevoked, 1))
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, read)

@@ -95,12 +95,40 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.conninfo(name)
 
-    def stop(self, *, fast: bool = True) -> None:
-        """Stop the server (SIGINT: fast shutdown) and wait for it."""
+    def standby(self) -> "PostgresServer":
+        """A streaming standby of this server, started, and made its synchronous standby:
+        from now on a commit here returns only once the standby has it."""
+        other = PostgresServer(self.root, name="standby")
+        self._run(pg_binary("pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                  "-D", str(other.data), "-R", "-X", "stream")
+        with open(other.data / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"primary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres "
+                       "application_name=standby'\n")
+        other.start()
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'standby'")
+            conn.execute("SELECT pg_reload_conf()")
+
+            def synchronous() -> bool:
+                row = conn.execute("SELECT sync_state FROM pg_stat_replication "
+                                   "WHERE application_name = 'standby'").fetchone()
+                return row is not None and row[0] == "sync"
+
+            until(synchronous, "the standby streaming synchronously", timeout=60)
+        return other
+
+    def promote(self) -> None:
+        """Make this standby a primary (returns once it accepts writes)."""
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]
+
+    def stop(self, *, how: signal.Signals = signal.SIGINT) -> None:
+        """Stop the server and wait for it: SIGINT a fast shutdown, SIGQUIT an immediate one
+        (no checkpoint: as after a crash)."""
         if self.proc is not None and self.proc.poll() is None:
             # The postmaster runs under runuser: signal it by its pid file.
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGINT if fast else signal.SIGTERM)
+            os.kill(pid, how)
             self.proc.wait(timeout=60)
         self.proc = None
 

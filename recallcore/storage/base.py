@@ -301,13 +301,14 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release the store; no transaction may be open."""
 
-    def tail(self, after: int, deliver, reset):
+    def tail(self, after: int, history: bytes, deliver, reset):
         """A follower of the change log for a store several nodes write (None: this node is its only writer).
 
         Once started it calls deliver(deltas) with every change committed
-        after `after`, by any node, in order, and reset() (which reloads the
-        state and returns its seq) when changes it missed were compacted;
-        see storage/pg_tail.py.
+        after `after` (whose history is `history`), by any node, in order,
+        and reset() (which reloads the state and returns its (seq, history))
+        when changes it missed were compacted or the store no longer holds
+        what this node applied; see storage/pg_tail.py.
         """
         return None
 

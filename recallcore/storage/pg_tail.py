@@ -7,7 +7,8 @@ first, up to BATCH at a time) and hands them to `deliver`. It reads when a
 NOTIFY arrives, when this node's own writer committed (`wake`), and every
 `poll_interval` seconds in any case: NOTIFY is only a hint, lost while the
 connection is down, so after every (re)connect it reads from the last
-applied seq before waiting again. Commit order is sequence order (the head
+applied seq before waiting again, once it checked that the database still
+holds that change as this node applied it (after a failover it may not). Commit order is sequence order (the head
 row lock), so a snapshot that holds seq N holds every seq before it: the
 changes delivered are dense.
 
@@ -42,12 +43,13 @@ RETRY_INTERVAL = 0.5  # seconds between reconnection attempts
 class LogTail:
     """Delivers every committed change after `after`, in order, to `deliver(deltas)` (on its thread)."""
 
-    def __init__(self, store, after: int, deliver: Callable[[list[Delta]], None],
-                 reset: Callable[[], int], *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, store, after: int, history: bytes, deliver: Callable[[list[Delta]], None],
+                 reset: Callable[[], tuple[int, bytes]], *, poll_interval: float = POLL_INTERVAL) -> None:
         self.store = store
         self.after = after
+        self.history = history  # the store's history after `after`, as this node applied it
         self.deliver = deliver
-        self.reset = reset  # reload the state from the store; returns the seq it reloaded at
+        self.reset = reset  # reload the state from the store; returns (seq, history) it reloaded at
         self.poll_interval = poll_interval
         self.confirmed = time.time_ns() // 1000
         self.connected = False
@@ -96,6 +98,7 @@ class LogTail:
                 self._wait(RETRY_INTERVAL, None)
 
     def _follow(self, conn: psycopg.Connection) -> None:
+        self._verify()
         while not self._stop.is_set():
             self._read()
             self._wait(self.poll_interval, conn)
@@ -116,6 +119,21 @@ class LogTail:
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the connection to the database was closed")
 
+    def _verify(self) -> None:
+        """After a (re)connect: reload unless the database still holds the change this node applied
+        last, as it applied it. (A failover to a standby never loses an acknowledged change, but a
+        change committed on the old primary and read here before its standby had it may be gone.)"""
+        if not self.after:
+            return
+        with self.store.read() as txn:
+            head = txn.head_seq()
+            kept = txn.delta(self.after) if head >= self.after else None
+        if head < self.after or (kept is not None and self.history and kept.history
+                                 and kept.history != self.history):
+            log.warning("%s does not hold change %d as this node applied it (its head is %d): reloading",
+                        self.store.where, self.after, head)
+            self.after, self.history = self.reset()
+
     def _read(self) -> None:
         while True:
             started = time.time_ns() // 1000
@@ -125,11 +143,11 @@ class LogTail:
             if deltas and deltas[0].prev_seq != self.after:
                 log.warning("changes %d..%d were compacted away before this node read them (oldest kept %d): "
                             "reloading", self.after + 1, deltas[0].seq - 1, first)
-                self.after = self.reset()
+                self.after, self.history = self.reset()
                 continue
             if deltas:
                 self.deliver(deltas)
-                self.after = deltas[-1].seq
+                self.after, self.history = deltas[-1].seq, deltas[-1].history
             if len(deltas) < BATCH:
                 self.confirmed = started
                 return

@@ -46,7 +46,7 @@ CHUNK_BITS = 16  # as in LMDB: a bitmap row holds the serials of one 65,536-wide
 EXP_BITS = 12
 SIGN = 1 << 63  # foreign keys are unsigned 64-bit: stored minus SIGN, which keeps their order
 PAGE = 1000  # rows read per round trip by the iterators
-CONNECT_TIMEOUT = 5.0  # seconds to wait for a connection at open and for each write
+CONNECT_TIMEOUT = 5.0  # seconds to wait for a connection at open and for each transaction (tests lower it)
 _EMPTY = BitMap64()
 
 
@@ -383,17 +383,18 @@ def _configure_reader(conn: psycopg.Connection) -> None:
 class PostgresStore(Store):
     """The store in one PostgreSQL database; several nodes may open it at once."""
 
-    def __init__(self, conninfo: str, *, readers: int = 4, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, conninfo: str, *, readers: int = 4, connect_timeout: float | None = None) -> None:
         self.conninfo = conninfo
         self.where = describe(conninfo)
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout = connect_timeout or CONNECT_TIMEOUT
         kwargs = {"connect_timeout": max(1, int(connect_timeout))}
         self._readers = psycopg_pool.ConnectionPool(
             conninfo, min_size=1, max_size=readers, kwargs=kwargs, configure=_configure_reader,
-            open=False, name="recallcore-readers", timeout=connect_timeout,
+            check=psycopg_pool.ConnectionPool.check_connection, open=False, name="recallcore-readers", timeout=connect_timeout,
         )
         self._writers = psycopg_pool.ConnectionPool(
-            conninfo, min_size=1, max_size=1, kwargs=kwargs, open=False, name="recallcore-writer",
+            conninfo, min_size=1, max_size=1, kwargs=kwargs, check=psycopg_pool.ConnectionPool.check_connection,
+            open=False, name="recallcore-writer",
             timeout=connect_timeout,
         )
         try:
@@ -441,10 +442,10 @@ class PostgresStore(Store):
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise self._unavailable(exc) from exc
 
-    def tail(self, after: int, deliver, reset):
+    def tail(self, after: int, history: bytes, deliver, reset):
         from .pg_tail import LogTail
 
-        return LogTail(self, after, deliver, reset)
+        return LogTail(self, after, history, deliver, reset)
 
     def grow(self) -> bool:
         return False  # the database's disk is the operator's to grow
