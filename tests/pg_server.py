@@ -100,7 +100,7 @@ class PostgresServer:
         from now on a commit here returns only once the standby has it."""
         other = PostgresServer(self.root, name="standby")
         self._run(pg_binary("pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                  "-D", str(other.data), "-R", "-X", "stream")
+                  "-D", str(other.data), "-R", "-X", "stream", "-c", "fast")  # fast: no wait for a spread checkpoint
         with open(other.data / "postgresql.auto.conf", "a") as conf:
             conf.write(f"primary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres "
                        "application_name=standby'\n")

@@ -1,7 +1,8 @@
 """The cluster engine: one PostgreSQL database behind the storage seam, shared by every node.
 
 Theory of operation. The tables are pg_schema.py's. A read transaction is
-one REPEATABLE READ, READ ONLY transaction on a pooled connection: one
+one REPEATABLE READ, READ ONLY transaction on a pooled connection
+(pg_connections.py): one
 snapshot, as the seam asks. The write transaction runs on a connection of
 its own: it first locks the single head row (SELECT ... FOR UPDATE), so the
 writers of every node sharing the database take turns and the sequence
@@ -28,7 +29,6 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import psycopg.conninfo
-import psycopg_pool
 from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import delta_from_proto, delta_to_proto
@@ -38,6 +38,7 @@ from recallclient.types import TokenSpec
 from ..core.errors import StoreError, Unavailable
 from . import pg_schema
 from .base import Rotation, Rule, Store, StoreFull, WriteTxn
+from .pg_connections import Connections
 from .records import decode_record, encode_record, touched_chunks, updated_chunk
 
 log = logging.getLogger(__name__)
@@ -375,6 +376,11 @@ class PgTxn(WriteTxn):
         return json.loads(row[0]) if row else None
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _configure_reader(conn: psycopg.Connection) -> None:
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
@@ -387,41 +393,31 @@ class PostgresStore(Store):
         self.conninfo = conninfo
         self.where = describe(conninfo)
         self.connect_timeout = connect_timeout = connect_timeout or CONNECT_TIMEOUT
-        kwargs = {"connect_timeout": max(1, int(connect_timeout))}
-        self._readers = psycopg_pool.ConnectionPool(
-            conninfo, min_size=1, max_size=readers, kwargs=kwargs, configure=_configure_reader,
-            check=psycopg_pool.ConnectionPool.check_connection, open=False, name="recallcore-readers", timeout=connect_timeout,
-        )
-        self._writers = psycopg_pool.ConnectionPool(
-            conninfo, min_size=1, max_size=1, kwargs=kwargs, check=psycopg_pool.ConnectionPool.check_connection,
-            open=False, name="recallcore-writer",
-            timeout=connect_timeout,
-        )
+        self._readers = Connections(conninfo, readers, connect_timeout, _configure_reader)
+        self._writers = Connections(conninfo, 1, connect_timeout)
         try:
-            self._readers.open(wait=True, timeout=connect_timeout)
-            self._writers.open(wait=True, timeout=connect_timeout)
-            with self._readers.connection() as conn:
+            with self._readers.connection() as conn, conn.transaction():
                 pg_schema.require_current(conn, self.where)
                 self.store_id = pg_schema.store_id(conn)
-        except psycopg_pool.PoolTimeout as exc:
+        except psycopg.OperationalError as exc:
             self.close()
-            raise StoreError(f"cannot connect to {self.where} within {connect_timeout:g} s") from exc
+            raise StoreError(f"cannot connect to {self.where} within {connect_timeout:g} s: "
+                             f"{_first_line(exc)}") from exc
         except BaseException:
             self.close()
             raise
 
     def _unavailable(self, exc: Exception) -> Unavailable:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Unavailable(f"{self.where} is unreachable: {reason}")
+        return Unavailable(f"{self.where} is unreachable: {_first_line(exc)}")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[PgTxn]:
         """A REPEATABLE READ, READ ONLY transaction: one snapshot."""
         try:
-            with self._readers.connection() as conn:
+            with self._readers.connection() as conn, conn.transaction():
                 conn.execute("SELECT 1")  # the snapshot is taken by the first statement: now, not later
                 yield PgTxn(conn)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
     @contextlib.contextmanager
@@ -439,7 +435,7 @@ class PostgresStore(Store):
                         conn.execute("SELECT pg_notify(%s, %s)", (pg_schema.CHANNEL, str(after)))
         except psycopg.errors.DiskFull as exc:
             raise StoreFull(str(exc)) from exc
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
     def tail(self, after: int, history: bytes, deliver, reset):
