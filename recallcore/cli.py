@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pathlib
 import sys
 
 from . import __version__, config
@@ -120,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="say what is wrong with a config file, or that it is fine")
     check.add_argument("file", metavar="FILE")
     commands.add_parser("hash-token", help="read a bearer secret on stdin; print its credentials-file value")
+    move = commands.add_parser("migrate", help="copy an LMDB store (server stopped) into an empty PostgreSQL "
+                               "cluster database")
+    move.add_argument("--from", dest="source", metavar="DIR", required=True, help="the LMDB data directory")
+    move.add_argument("--to", dest="target", metavar="CONNINFO", required=True, help="the database's conninfo")
     schema = commands.add_parser("migrate-schema", help="create or upgrade the recallcore schema in a PostgreSQL "
                                  "database")
     schema.add_argument("--store", metavar="CONNINFO", default=os.environ.get(config.env_var("store")) or None,
@@ -189,6 +194,34 @@ def _migrate_schema(conninfo: str | None) -> int:
     return 0
 
 
+def _migrate(source: str, target: str) -> int:
+    if _migrate_schema(target):
+        return 1
+    from .settings import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
+    from .storage.lmdb import LmdbStore
+    from .storage.pg_migrate import copy_store
+    from .storage.postgresql import PostgresStore
+
+    try:
+        if not (pathlib.Path(source) / "data.mdb").exists():
+            raise StoreError(f"{source} holds no recallcore store")
+        lmdb_store = LmdbStore(pathlib.Path(source), map_size=DEFAULT_MAP_SIZE, max_map_size=DEFAULT_MAX_MAP_SIZE)
+        try:
+            pg_store = PostgresStore(target)
+            try:
+                counts = copy_store(lmdb_store, pg_store)
+            finally:
+                pg_store.close()
+        finally:
+            lmdb_store.close()
+    except StoreError as exc:
+        print(f"recallcore: {exc}", file=sys.stderr)
+        return 1
+    print(f"{source} copied into {pg_store.where}: store {lmdb_store.store_id}, "
+          + ", ".join(f"{count} {table}" for table, count in sorted(counts.items())))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "hash-token":
@@ -202,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(ns.file)
     if ns.command == "migrate-schema":
         return _migrate_schema(ns.store)
+    if ns.command == "migrate":
+        return _migrate(ns.source, ns.target)
     layers = _layers(ns)
     try:
         settings = layers.settings()
