@@ -51,6 +51,7 @@ from .storage.writer import Writer
 log = logging.getLogger(__name__)
 
 WHY_CACHE = 4096  # recent (revoked_at, reason) answers kept in memory
+AHEAD_WAIT = 5.0  # seconds a subscriber ahead of a cluster node waits for the node's tail
 OFF_LOOP = 1000  # items in one request past which converting and checking it runs on a worker thread
 
 
@@ -139,6 +140,12 @@ class Engine(Node):
 
     def require_ready(self) -> None:
         """A primary always answers from memory; how stale it is goes into Stats and heartbeats."""
+
+    @property
+    def ahead_wait(self) -> float:
+        # On a shared store another node may be a little ahead of this one: a subscriber that
+        # moved here from it waits for the tail rather than being reset.
+        return AHEAD_WAIT if self._tail is not None else 0.0
 
     def _refuse_unknown_seq(self, seq: int) -> None:
         if self._tail is not None:  # another node may have acknowledged it: wait for the tail

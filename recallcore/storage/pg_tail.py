@@ -99,14 +99,21 @@ class LogTail:
 
     def _follow(self, conn: psycopg.Connection) -> None:
         self._verify()
+        due = True
         while not self._stop.is_set():
-            self._read()
-            self._wait(self.poll_interval, conn)
+            if due:
+                self._read()
+                last = time.monotonic()
+            due = self._wait(self.poll_interval, conn) or time.monotonic() - last >= self.poll_interval
 
-    def _wait(self, timeout: float, conn: psycopg.Connection | None) -> None:
+    def _wait(self, timeout: float, conn: psycopg.Connection | None) -> bool:
+        """Wait up to `timeout`; True when the log should be read now: this node committed, a
+        NOTIFY names a change not read yet, or the time ran out (polling)."""
         fds = [self._wake_r] + ([conn.fileno()] if conn is not None else [])
         ready, _, _ = select.select(fds, [], [], timeout)
+        due = not ready
         if self._wake_r in ready:
+            due = True
             try:
                 os.read(self._wake_r, 4096)
             except BlockingIOError:
@@ -114,10 +121,14 @@ class LogTail:
         if conn is not None and conn.fileno() in ready:
             pgconn = conn.pgconn
             pgconn.consume_input()  # raises when the connection broke
-            while pgconn.notifies() is not None:
-                pass
+            while (note := pgconn.notifies()) is not None:
+                try:
+                    due = due or int(note.extra) > self.after  # a change this node read already: no need
+                except ValueError:
+                    due = True
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the connection to the database was closed")
+        return due
 
     def _verify(self) -> None:
         """After a (re)connect: reload unless the database still holds the change this node applied

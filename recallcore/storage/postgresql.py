@@ -11,10 +11,11 @@ pg_schema.CHANNEL (delivered only on commit) and a commit that returns only
 once the server made it durable (synchronous_commit, and with a synchronous
 standby, on both).
 
-Writes are buffered and sent in batches (executemany, pipelined) before the
-next read of the same transaction and before the commit, so a registration
-of a thousand tokens is a few round trips, not thousands; reads always see
-the transaction's own writes.
+Writes are buffered and sent in one pipeline (runs of one statement as
+executemany) before the next read of the same transaction and before the
+commit, so a registration of a thousand tokens is a few round trips, not
+thousands; reads always see the transaction's own writes. The write
+transaction keeps the head it locked (and then set) rather than asking again.
 
 Connection failures surface as `Unavailable` naming the database (never its
 password); a database without the schema, or with one of another version,
@@ -69,16 +70,17 @@ class PgTxn(WriteTxn):
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._pending: list[tuple[str, tuple]] = []
+        self.head: int | None = None  # the write transaction's head: as locked, then as set
 
     # ------------------------------------------------------------ plumbing
     def _write(self, sql: str, params: tuple) -> None:
         self._pending.append((sql, params))
 
     def flush(self) -> None:
-        """Send the buffered writes, each run of one statement as one executemany."""
+        """Send the buffered writes in one pipeline, each run of one statement as one executemany."""
         pending, self._pending = self._pending, []
         i = 0
-        with self.conn.cursor() as cur:
+        with self.conn.pipeline(), self.conn.cursor() as cur:
             while i < len(pending):
                 sql = pending[i][0]
                 j = i
@@ -101,6 +103,8 @@ class PgTxn(WriteTxn):
 
     # ----------------------------------------------------------------- meta
     def head_seq(self) -> int:
+        if self.head is not None:
+            return self.head
         return self._one("SELECT seq FROM recallcore.head WHERE id = 1")[0]
 
     def head_history(self) -> bytes:
@@ -111,6 +115,8 @@ class PgTxn(WriteTxn):
 
     def set_head(self, seq: int, history: bytes) -> None:
         self._write("UPDATE recallcore.head SET seq = %s, history = %s WHERE id = 1", (seq, history))
+        if self.head is not None:
+            self.head = seq
 
     def set_registered_through(self, serial: int) -> None:
         self._write("UPDATE recallcore.head SET serial = %s WHERE id = 1", (serial,))
@@ -428,11 +434,11 @@ class PostgresStore(Store):
                 with conn.transaction():
                     txn = PgTxn(conn)
                     before = conn.execute("SELECT seq FROM recallcore.head WHERE id = 1 FOR UPDATE").fetchone()[0]
+                    txn.head = before
                     yield txn
+                    if txn.head != before:
+                        txn._write("SELECT pg_notify(%s, %s)", (pg_schema.CHANNEL, str(txn.head)))
                     txn.flush()
-                    after = txn.head_seq()
-                    if after != before:
-                        conn.execute("SELECT pg_notify(%s, %s)", (pg_schema.CHANNEL, str(after)))
         except psycopg.errors.DiskFull as exc:
             raise StoreFull(str(exc)) from exc
         except psycopg.OperationalError as exc:
