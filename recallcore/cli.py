@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pathlib
 import sys
 
 from . import __version__, config
@@ -21,6 +22,9 @@ from .settings import Settings
 _OPTIONS = (
     # flag, Settings field, type, help
     ("--data-dir", "data_dir", str, "data directory (LMDB environment)"),
+    ("--store", "store", str,
+     "PostgreSQL conninfo of a cluster database (postgresql://... or 'host=a,b ... "
+     "target_session_attrs=read-write'); instead of --data-dir"),
     ("--listen", "listen", str, "HOST:PORT to serve on; port 0 picks a free port"),
     ("--issuer", "issuer", str, "issuer recorded for registrations that give none"),
     ("--token-ttl", "token_ttl", int, "lifetime (s) of registrations that give no expires_at"),
@@ -125,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="say what is wrong with a config file, or that it is fine")
     check.add_argument("file", metavar="FILE")
     commands.add_parser("hash-token", help="read a bearer secret on stdin; print its credentials-file value")
+    move = commands.add_parser("migrate", help="copy an LMDB store (server stopped) into an empty PostgreSQL "
+                               "cluster database")
+    move.add_argument("--from", dest="source", metavar="DIR", required=True, help="the LMDB data directory")
+    move.add_argument("--to", dest="target", metavar="CONNINFO", required=True, help="the database's conninfo")
+    schema = commands.add_parser("migrate-schema", help="create or upgrade the recallcore schema in a PostgreSQL "
+                                 "database")
+    schema.add_argument("--store", metavar="CONNINFO", default=os.environ.get(config.env_var("store")) or None,
+                        help=f"the database's conninfo (env {config.env_var('store')})")
     return parser
 
 
@@ -165,6 +177,59 @@ def _check_config(path: str) -> int:
     return 0
 
 
+def _migrate_schema(conninfo: str | None) -> int:
+    if not conninfo:
+        return _problems(["migrate-schema: give --store CONNINFO (or RECALL_STORE)"])
+    import psycopg
+
+    from .storage import pg_schema
+    from .storage.postgresql import describe
+
+    where = describe(conninfo)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            before, after = pg_schema.migrate(conn, where)
+    except psycopg.Error as exc:
+        print(f"recallcore: cannot migrate {where}: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"recallcore: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"{where}: schema at version {after}, nothing to do")
+    else:
+        print(f"{where}: schema {'created at' if before == 0 else f'upgraded from {before} to'} version {after}")
+    return 0
+
+
+def _migrate(source: str, target: str) -> int:
+    if _migrate_schema(target):
+        return 1
+    from .settings import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
+    from .storage.lmdb import LmdbStore
+    from .storage.pg_migrate import copy_store
+    from .storage.postgresql import PostgresStore
+
+    try:
+        if not (pathlib.Path(source) / "data.mdb").exists():
+            raise StoreError(f"{source} holds no recallcore store")
+        lmdb_store = LmdbStore(pathlib.Path(source), map_size=DEFAULT_MAP_SIZE, max_map_size=DEFAULT_MAX_MAP_SIZE)
+        try:
+            pg_store = PostgresStore(target)
+            try:
+                counts = copy_store(lmdb_store, pg_store)
+            finally:
+                pg_store.close()
+        finally:
+            lmdb_store.close()
+    except StoreError as exc:
+        print(f"recallcore: {exc}", file=sys.stderr)
+        return 1
+    print(f"{source} copied into {pg_store.where}: store {lmdb_store.store_id}, "
+          + ", ".join(f"{count} {table}" for table, count in sorted(counts.items())))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "hash-token":
@@ -176,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.command == "check-config":
         return _check_config(ns.file)
+    if ns.command == "migrate-schema":
+        return _migrate_schema(ns.store)
+    if ns.command == "migrate":
+        return _migrate(ns.source, ns.target)
     layers = _layers(ns)
     try:
         settings = layers.settings()

@@ -14,6 +14,15 @@ recallcore.storage.base) on a reader thread; the store is never touched from
 the loop. Audit queries have a reader thread of their own, so that reading
 the trail never delays a Check; AuditLog follow streams share one read per
 commit (replication/audit_feed.py).
+
+On a store several nodes share (PostgreSQL), changes reach the mirror by one
+path whoever wrote them: the store's log tail (storage/pg_tail.py) reads
+each committed change from the log and the loop applies it. A write of this
+node is answered once the tail has applied its seq here, so its caller
+still reads its own write from this node; a `min_seq` above this node's
+head waits for the tail (another node may have acknowledged it). When the
+database is unreachable the node goes on answering reads from memory, its
+staleness (Stats) grows, and its Watch heartbeats stop vouching.
 """
 
 import asyncio
@@ -43,6 +52,7 @@ from .storage.writer import Writer
 log = logging.getLogger(__name__)
 
 WHY_CACHE = 4096  # recent (revoked_at, reason) answers kept in memory
+AHEAD_WAIT = 5.0  # seconds a subscriber ahead of a cluster node waits for the node's tail
 OFF_LOOP = 1000  # items in one request past which converting and checking it runs on a worker thread
 
 
@@ -71,6 +81,8 @@ class Engine(Node):
             store.close()
             raise
         self.store = store
+        self._tail = store.tail(self.state.seq, self.state.revocations.history, self._tailed, self._reload)
+        self._awaiting: list[tuple[int, list]] = []  # (seq, outcomes) of local writes the tail has not applied
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-reader")
         self._audit_reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-audit")
         self.audit_feed = AuditFeed(self._audit_records)
@@ -86,6 +98,8 @@ class Engine(Node):
         """Start the writer thread and the expiry sweeper."""
         self._loop = asyncio.get_running_loop()
         self._writer.start()
+        if self._tail is not None:
+            self._tail.start()
         self.synced.set()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="recallcore-sweeper")
 
@@ -100,6 +114,11 @@ class Engine(Node):
         await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
         # Outcomes of the last group were scheduled on the loop; let them run.
         await asyncio.sleep(0)
+        if self._tail is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._tail.stop)
+            for _, outcomes in self._awaiting:  # committed: answer them, though this node will not apply them
+                self._answer(outcomes)
+            self._awaiting.clear()
         self.audit_feed.close()
         self._reader.shutdown(wait=True)
         self._audit_reader.shutdown(wait=True)
@@ -113,7 +132,26 @@ class Engine(Node):
                 log.warning("sweep failed: %s", exc)
             await asyncio.sleep(self.settings.sweep_interval)
 
+    def staleness(self) -> float:
+        return self._tail.staleness() if self._tail is not None else 0.0
+
+    def vouch_time_us(self) -> int:
+        # On a shared store: when the tail last read the newest committed change.
+        return self._tail.confirmed if self._tail is not None else self.wall_ns() // 1000
+
+    def require_ready(self) -> None:
+        """A primary always answers from memory; how stale it is goes into Stats and heartbeats."""
+
+    @property
+    def ahead_wait(self) -> float:
+        # On a shared store another node may be a little ahead of this one: a subscriber that
+        # moved here from it waits for the tail rather than being reset.
+        return AHEAD_WAIT if self._tail is not None else 0.0
+
     def _refuse_unknown_seq(self, seq: int) -> None:
+        if self._tail is not None:  # another node may have acknowledged it: wait for the tail
+            self._tail.wake()
+            return
         # Every write is applied here before it is acknowledged: a seq above
         # the head was never given to anyone by this store.
         raise OutOfRange(
@@ -135,9 +173,48 @@ class Engine(Node):
         self._loop.call_soon_threadsafe(self._committed, deltas, outcomes)
 
     def _committed(self, deltas: list[Delta], outcomes: list) -> None:
+        if self._tail is None:
+            self._applied(deltas)
+            if deltas:
+                self.audit_feed.committed(self.state.seq)
+            self._answer(outcomes)
+            return
+        upto = deltas[-1].seq if deltas else 0
+        if upto <= self.state.seq:
+            self._answer(outcomes)
+        else:
+            self._awaiting.append((upto, outcomes))
+            self._tail.wake()
+
+    def _tailed(self, deltas: list[Delta]) -> None:
+        """Called on the tail's thread with changes read from the shared log."""
+        self._loop.call_soon_threadsafe(self._from_log, deltas)
+
+    def _from_log(self, deltas: list[Delta]) -> None:
         self._applied(deltas)
-        if deltas:
-            self.audit_feed.committed(self.state.seq)
+        self.audit_feed.committed(self.state.seq)
+        self._answer_applied()
+
+    def _reload(self) -> tuple[int, bytes]:
+        """Called on the tail's thread when the changes it missed were compacted: a fresh mirror."""
+        state = self.store.load()
+        self._loop.call_soon_threadsafe(self._reloaded, state)
+        return state.seq, state.revocations.history
+
+    def _reloaded(self, state) -> None:
+        self._installed(state)
+        self.audit_feed.committed(self.state.seq)
+        self._answer_applied()
+
+    def _answer_applied(self) -> None:
+        ready = [outcomes for seq, outcomes in self._awaiting if seq <= self.state.seq]
+        if ready:
+            self._awaiting = [(seq, outcomes) for seq, outcomes in self._awaiting if seq > self.state.seq]
+            for outcomes in ready:
+                self._answer(outcomes)
+
+    @staticmethod
+    def _answer(outcomes: list) -> None:
         for future, outcome in outcomes:
             if future.done():
                 continue
@@ -288,7 +365,11 @@ class Engine(Node):
             info = _change_info(txn, seq)
             return info["revoked_at"], info["reason"]
 
-        answer = await self._read(read)
+        try:
+            answer = await self._read(read)
+        except Unavailable:
+            # The store is unreachable: the mirror still says REVOKED; why and when, it cannot say now.
+            return 0, ""
         if serial and answer[0]:
             if len(self._why_cache) >= WHY_CACHE:
                 del self._why_cache[next(iter(self._why_cache))]
@@ -323,7 +404,10 @@ class Engine(Node):
         unrevoked = self.state.unrevoked
 
         def read() -> tuple[int, int, int, bool]:
-            used, mapped = self.store.sizes()
+            try:
+                used, mapped = self.store.sizes()
+            except Unavailable:  # Stats still answers from memory, with the staleness
+                return 0, 0, 0, False
             return used, mapped, self.store.limit(), bool(self.store.registrations_refused(unrevoked, 1))
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, read)

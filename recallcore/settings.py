@@ -120,7 +120,10 @@ def _host_port(value: str, name: str) -> None:
 class Settings:
     """How a server runs. Every field is validated on construction.
 
-    data_dir: the LMDB environment and its lock live here.
+    data_dir: the LMDB environment and its lock live here (unused with `store`).
+    store: a PostgreSQL conninfo (postgresql://... or key=value, multi-host
+        with target_session_attrs=read-write included): the cluster engine,
+        one database every node shares. Empty: LMDB in data_dir.
     listen: HOST:PORT to serve on; port 0 picks a free port.
     issuer: issuer recorded for registrations that give none.
     token_ttl: lifetime of a registration that gives no expires_at.
@@ -215,6 +218,7 @@ class Settings:
     """
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
+    store: str = ""
     listen: str = DEFAULT_LISTEN
     issuer: str = DEFAULT_ISSUER
     token_ttl: int = DEFAULT_TOKEN_TTL
@@ -352,6 +356,11 @@ class Settings:
             host, sep, port = self.follow.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"follow: {self.follow!r} is not HOST:PORT")
+        if self.store and not self.store.startswith(("postgresql://", "postgres://")) and "=" not in self.store:
+            raise ValueError(f"store: {self.store!r} is not a PostgreSQL conninfo (postgresql://HOST/DB or "
+                             "'host=... dbname=...')")
+        if self.store and self.follow:
+            raise ValueError("store: a follower keeps no store; give --store or --follow, not both")
         if not 1 << 20 <= self.map_size <= self.max_map_size:
             raise ValueError("map_size: must be at least 1 MiB and at most max_map_size")
 

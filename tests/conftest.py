@@ -51,3 +51,26 @@ def servers():
     started = Servers()
     yield started
     started.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (started on first use); tests take databases of it."""
+    from .pg_server import PostgresServer
+
+    server = PostgresServer().init()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_database(postgres) -> str:
+    """The conninfo of a fresh database with the recallcore schema."""
+    import psycopg
+
+    from recallcore.storage import pg_schema
+
+    conninfo = postgres.create_database()
+    with psycopg.connect(conninfo) as conn:
+        pg_schema.migrate(conn, conninfo)
+    return conninfo

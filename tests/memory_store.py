@@ -339,16 +339,23 @@ class StoreOpener:
 
     `kind` "lmdb": None, so that the Engine opens the LMDB store in its
     settings' data_dir (and a restart opens the same directory); "memory":
-    one MemoryStore, opened anew for every engine.
+    one MemoryStore, opened anew for every engine; "postgresql": a
+    PostgresStore on the database `conninfo` names, opened anew for every
+    engine (a restart reconnects to the same database).
     """
 
-    KINDS = ("lmdb", "memory")
+    KINDS = ("lmdb", "memory", "postgresql")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, conninfo: str = "") -> None:
         if kind not in self.KINDS:
             raise ValueError(f"unknown store kind {kind!r}")
         self.kind = kind
         self.memory = MemoryStore() if kind == "memory" else None
+        self.conninfo = conninfo
 
-    def __call__(self) -> MemoryStore | None:
+    def __call__(self) -> Store | None:
+        if self.kind == "postgresql":
+            from recallcore.storage.postgresql import PostgresStore
+
+            return PostgresStore(self.conninfo)
         return self.memory.open() if self.memory is not None else None

@@ -36,3 +36,19 @@ def test_bench_smoke_writes_latest_json(tmp_path: pathlib.Path) -> None:
     for summary in [*results["propagation_ms"].values(), results["propagation_storm_ms"]]:
         assert set(summary) == {"p50", "p99", "max"}
     assert "redis" not in results
+
+
+def test_bench_cluster_runs_on_a_real_database(tmp_path: pathlib.Path, pg_database: str) -> None:
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--store", pg_database, "--rounds", "20", "--seconds", "0.5",
+         "--batches", "2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for summary in (results["single"]["floor_ms"], results["single"]["revoke_ms"],
+                    results["propagation"]["propagation_ms"]):
+        assert set(summary) == {"p50", "p99", "max"}
+    assert results["throughput"]["callers"] == 16 and results["throughput"]["nodes"] == 2
+    assert results["throughput"]["revocations_per_s"] > 0 and results["register"]["tokens_per_s"] > 0

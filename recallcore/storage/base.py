@@ -137,6 +137,16 @@ class ReadTxn(abc.ABC):
     def delta(self, seq: int) -> Delta | None:
         """The change committed as `seq`, or None when compacted away or not written."""
 
+    def deltas_after(self, after: int, limit: int) -> list[Delta]:
+        """Up to `limit` logged changes with seq > after, in order, up to the first not in the log."""
+        out = []
+        for seq in range(after + 1, min(after + limit, self.head_seq()) + 1):
+            delta = self.delta(seq)
+            if delta is None:
+                break
+            out.append(delta)
+        return out
+
     @abc.abstractmethod
     def audit(self, seq: int) -> dict | None:
         """The audit record of change `seq`, or None."""
@@ -320,16 +330,32 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release the store; no transaction may be open."""
 
+    def tail(self, after: int, history: bytes, deliver, reset):
+        """A follower of the change log for a store several nodes write (None: this node is its only writer).
+
+        Once started it calls deliver(deltas) with every change committed
+        after `after` (whose history is `history`), by any node, in order,
+        and reset() (which reloads the state and returns its (seq, history))
+        when changes it missed were compacted or the store no longer holds
+        what this node applied; see storage/pg_tail.py.
+        """
+        return None
+
     def load(self) -> Mirror:
         """The revocation state, expiries and rotations as stored: an in-memory mirror."""
         with self.read() as txn:
-            state = RevokedSet(self.store_id)
-            state.load(
-                seq=txn.head_seq(),
-                revoked=txn.revoked_serials(),
-                foreign=txn.foreign_keys(),
-                registered_through=txn.registered_through(),
-                rules=txn.rules(),
-                history=txn.head_history(),
-            )
-            return Mirror(state, ExpiryIndex(txn.expiries()), txn.rotated_serials())
+            return mirror_of(txn, self.store_id)
+
+
+def mirror_of(txn: ReadTxn, store_id: str) -> Mirror:
+    """The revocation state, expiries and rotations `txn` sees, as an in-memory mirror."""
+    state = RevokedSet(store_id)
+    state.load(
+        seq=txn.head_seq(),
+        revoked=txn.revoked_serials(),
+        foreign=txn.foreign_keys(),
+        registered_through=txn.registered_through(),
+        rules=txn.rules(),
+        history=txn.head_history(),
+    )
+    return Mirror(state, ExpiryIndex(txn.expiries()), txn.rotated_serials())

@@ -54,12 +54,15 @@ from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import delta_from_proto, delta_to_proto
 from recallclient.revoked_set import Delta, split
-from recallclient.types import TokenSpec, TokenType
+from recallclient.types import TokenSpec
 
 from ..core.digest import name_hash
 from ..core.errors import StoreError
 from . import lmdb_checks as checks
 from .base import Rotation, Rule, Store, StoreFull, WriteTxn
+from .records import decode_record as _decode_record
+from .records import encode_record as _encode_record
+from .records import touched_chunks, updated_chunk
 
 FORMAT = b"recallcore/2"
 FORMAT_1 = b"recallcore/1"  # before "sums": migrated when opened
@@ -105,23 +108,6 @@ def split_chunks(bitmap: BitMap64):
 
 def _index_key(kind: str, name: str) -> bytes:
     return _CUSTOM_JTI if kind == "custom_jti" else _INDEX_PREFIX[kind] + name_hash(name)
-
-
-def _encode_record(spec: TokenSpec) -> bytes:
-    return pb.TokenSpec(
-        jti=spec.jti, issuer=spec.issuer, subject=spec.subject, client_id=spec.client_id,
-        scopes=spec.scopes, type=int(spec.type), issued_at=spec.issued_at,
-        expires_at=spec.expires_at, origin=spec.origin, family=spec.family,
-    ).SerializeToString()
-
-
-def _decode_record(data: bytes) -> TokenSpec:
-    m = pb.TokenSpec.FromString(data)
-    return TokenSpec(
-        subject=m.subject, client_id=m.client_id, issuer=m.issuer, jti=m.jti, scopes=tuple(m.scopes),
-        type=TokenType(m.type) if m.type in (TokenType.ACCESS, TokenType.REFRESH) else m.type,
-        issued_at=m.issued_at, expires_at=m.expires_at, origin=m.origin, family=m.family,
-    )
 
 
 class LmdbTxn(WriteTxn):
@@ -225,17 +211,12 @@ class LmdbTxn(WriteTxn):
     def _update_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64) -> None:
         """Add and remove serials in the chunks under `prefix`; drop empty chunks."""
         db = self.db[table]
-        touched = {c for c, _ in split_chunks(add)} | {c for c, _ in split_chunks(remove)}
-        for chunk in sorted(touched):
+        for chunk in touched_chunks(add, remove, CHUNK_BITS):
             key = prefix + u64(chunk)
             data = self.raw.get(key, db=db)
-            bitmap = BitMap64.deserialize(data) if data is not None else BitMap64()
-            span = BitMap64()
-            span.add_range(chunk << CHUNK_BITS, (chunk + 1) << CHUNK_BITS)
-            bitmap |= add & span
-            bitmap -= remove & span
+            bitmap = updated_chunk(BitMap64.deserialize(data) if data is not None else None, chunk, add, remove,
+                                   CHUNK_BITS)
             if bitmap:
-                bitmap.run_optimize()
                 self._put_value(table, key, bitmap.serialize())
             elif data is not None:
                 self._delete_value(table, key)

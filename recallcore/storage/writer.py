@@ -16,8 +16,16 @@ is left is only enough to revoke every unrevoked token (and record it), a
 registration (or a rotation that would register a successor) fails with
 RESOURCE_EXHAUSTED saying so, while revocations and cut-offs go on: a store
 filled with registrations never blocks the kill switch. An unexpected error aborts the group
-and the operations are retried one by one, so only the culprit fails. After
-any abort the writer's mirror is reloaded from the store.
+and the operations are retried one by one, so only the culprit fails; a
+store that cannot be reached (Unavailable) fails the whole group at once,
+and the writer goes on with the next. After any abort the writer's mirror
+(which the aborted operations changed) is reloaded from the store inside
+the next write transaction.
+
+A store several nodes write (PostgreSQL) may have moved on between two
+groups: each group first brings the writer's mirror to the store's head,
+from the log, inside its transaction (which holds the head, so nobody moves
+it further until the commit).
 """
 
 import logging
@@ -34,7 +42,7 @@ from ..core.errors import RecallError, ResourceExhausted, Unavailable
 from ..core.mirror import Mirror
 from ..core.model import Advance, Cutoff, Operation, Presented, Register, Revoke, Rotate, Signal, Sweep
 from ..settings import Settings
-from .base import Store, StoreFull, WriteTxn
+from .base import Store, StoreFull, WriteTxn, mirror_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ class Writer:
         self.state = state  # the writer's own mirror: a copy of the loop's, never shared
         self._queue: queue.Queue = queue.Queue(maxsize=65536)
         self._registering = 0  # tokens the running group registered so far
+        self._reload = False  # a group was aborted: the mirror is reloaded inside the next transaction
         self._thread = threading.Thread(target=self._run, name="recallcore-writer", daemon=True)
 
     def start(self) -> None:
@@ -102,7 +111,7 @@ class Writer:
             try:
                 deltas, outcomes = self._run_group(group, now)
             except StoreFull:
-                self.state = self.store.load()
+                self._reload = True
                 if self.store.grow():
                     log.info("store grown to %d bytes", self.store.sizes()[1])
                     continue
@@ -112,8 +121,13 @@ class Writer:
                 )
                 self.on_commit([], [(token, full) for _, token in group])
                 return
+            except Unavailable as exc:  # the store cannot be reached: nothing of the group was kept
+                self._reload = True
+                log.warning("write failed: %s", exc)
+                self.on_commit([], [(token, exc) for _, token in group])
+                return
             except Exception as exc:
-                self.state = self.store.load()
+                self._reload = True
                 if len(group) > 1:
                     for item in group:
                         self._commit([item])
@@ -131,6 +145,7 @@ class Writer:
         outcomes: list[Outcome] = []
         self._registering = 0  # tokens this group registered so far (not in the store's size yet)
         with self.store.write() as txn:
+            self._catch_up(txn)
             for op, token in group:
                 try:
                     result, delta = self._apply(txn, op, now)
@@ -141,6 +156,23 @@ class Writer:
                 if delta is not None:
                     deltas.append(delta)
         return deltas, outcomes
+
+    def _catch_up(self, txn: WriteTxn) -> None:
+        """Bring the writer's mirror to the store's head: other nodes sharing the store may
+        have committed since this writer's last group (the transaction holds the head)."""
+        head = txn.head_seq()
+        if self._reload:
+            self.state = mirror_of(txn, self.store.store_id)
+            self._reload = False
+            return
+        if head == self.state.seq:
+            return
+        if head > self.state.seq:
+            for delta in txn.deltas_after(self.state.seq, head - self.state.seq):
+                self.state.apply(delta)
+            if self.state.seq == head:
+                return
+        self.state = mirror_of(txn, self.store.store_id)  # behind the log's retention, or a store that went back
 
     def _refused(self, new: int) -> str:
         """Why `new` registrations must wait for room (the store keeps room to revoke everything)."""

@@ -1,4 +1,4 @@
-"""The storage interface's contract, on every engine: LMDB and the tests' in-memory store.
+"""The storage interface's contract, on every engine: LMDB, PostgreSQL and the tests' in-memory store.
 
 A third engine joins by adding itself to the `store` fixture: these tests,
 and the core's operation tests (tests/core), then run on it too.
@@ -24,9 +24,14 @@ def lmdb_store(path, map_size=4 * SMALL, max_map_size=4 * SMALL) -> LmdbStore:
     return LmdbStore(path, map_size=map_size, max_map_size=max_map_size)
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgresql"])
 def store(request, tmp_path):
-    opened = lmdb_store(tmp_path / "data") if request.param == "lmdb" else MemoryStore().open()
+    if request.param == "postgresql":
+        from recallcore.storage.postgresql import PostgresStore
+
+        opened = PostgresStore(request.getfixturevalue("pg_database"))
+    else:
+        opened = lmdb_store(tmp_path / "data") if request.param == "lmdb" else MemoryStore().open()
     yield opened
     opened.close()
 

@@ -1,0 +1,151 @@
+"""Cluster mode on PostgreSQL: durable revokes, throughput over 2 nodes, propagation across nodes.
+
+    python -m bench.cluster [--store CONNINFO] [--rounds N] [--seconds S]
+
+Without --store it starts a PostgreSQL server of its own (tests/pg_server.py:
+initdb in a temporary directory, loopback port, fsync and synchronous_commit
+on) and migrates a fresh database. Two `recallcore serve --store` nodes run
+in child processes.
+
+  floor        a bare synchronous commit of one row (INSERT, autocommit) on
+               the same server, interleaved call by call with...
+  revoke       one durable Revoke RPC on node A, one caller (p50/p99);
+               target: p99 at most 2x the floor's p99.
+  throughput   16 callers, 8 on each node, revoking back to back (revocations/s).
+  propagation  revoke on node A until a Replica following node B has it (p50/p99),
+               timed from the call (the acknowledgement is part of it).
+  register     Register RPCs of 1,000 tokens each on node A (tokens/s).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import threading
+import time
+
+import psycopg
+from recallclient import RecallClient, Replica
+from recallclient.types import TokenSpec
+
+from recallcore.storage import pg_schema
+
+from .measure import summary_ms
+from .procs import Server, stop_all
+
+IDP = "https://idp.example"
+
+
+def floor_commit(conn: psycopg.Connection, n: int) -> int:
+    t0 = time.perf_counter_ns()
+    conn.execute("INSERT INTO bench_floor (n) VALUES (%s)", (n,))
+    return time.perf_counter_ns() - t0
+
+
+def single(a: str, conninfo: str, rounds: int) -> dict:
+    floor, revoke = [], []
+    with psycopg.connect(conninfo, autocommit=True) as conn, RecallClient(a) as client:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (n bigint)")
+        for i in range(20):  # warm both up
+            floor_commit(conn, -i)
+            client.revoke(tokens=[(IDP, f"warm-{i}")])
+        for i in range(rounds):
+            floor.append(floor_commit(conn, i))
+            t0 = time.perf_counter_ns()
+            client.revoke(tokens=[(IDP, f"single-{i}")])
+            revoke.append(time.perf_counter_ns() - t0)
+    f, r = summary_ms(floor), summary_ms(revoke)
+    return {"floor_ms": f, "revoke_ms": r, "p99_over_floor_p99": r["p99"] / f["p99"]}
+
+
+def throughput(nodes: list[str], seconds: float, callers: int = 16) -> dict:
+    counts = [0] * callers
+    stop_at = time.monotonic() + seconds
+
+    def caller(n: int) -> None:
+        with RecallClient(nodes[n % len(nodes)]) as client:
+            i = 0
+            while time.monotonic() < stop_at:
+                client.revoke(tokens=[(IDP, f"t{n}-{i}")])
+                i += 1
+            counts[n] = i
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    t0 = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - t0
+    return {"callers": callers, "nodes": len(nodes), "revocations_per_s": sum(counts) / elapsed}
+
+
+def propagation(a: str, b: str, rounds: int) -> dict:
+    samples = []
+    with RecallClient(a) as client, Replica(b) as replica:
+        assert replica.wait_for(client.stats().seq, timeout=30)
+        for i in range(rounds):
+            t0 = time.perf_counter_ns()
+            receipt = client.revoke(tokens=[(IDP, f"prop-{i}")])
+            if not replica.wait_for(receipt.seq, timeout=30):
+                raise RuntimeError(f"replica of node B never saw seq {receipt.seq}")
+            samples.append(time.perf_counter_ns() - t0)
+    return {"propagation_ms": summary_ms(samples)}
+
+
+def register(a: str, batches: int, size: int = 1000) -> dict:
+    with RecallClient(a) as client:
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            client.register([TokenSpec("bench", "web", expires_at=int(time.time()) + 3600)] * size)
+        elapsed = time.perf_counter() - t0
+    return {"batch": size, "tokens_per_s": batches * size / elapsed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", help="conninfo of a database with the recallcore schema (default: start one)")
+    parser.add_argument("--rounds", type=int, default=300, help="single revokes and propagation samples")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of the throughput run")
+    parser.add_argument("--batches", type=int, default=20, help="registrations of 1,000 tokens")
+    parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here too")
+    args = parser.parse_args(argv)
+    pg = None
+    conninfo = args.store
+    if not conninfo:
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+        from tests.pg_server import PostgresServer
+
+        pg = PostgresServer().init()
+        conninfo = pg.create_database()
+        with psycopg.connect(conninfo) as conn:
+            pg_schema.migrate(conn, conninfo)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="recallcore-bench-cluster-"))
+    try:
+        a = Server(work / "a", "--store", conninfo, name="node-a")
+        b = Server(work / "b", "--store", conninfo, name="node-b")
+        results = {"single": single(a.address, conninfo, args.rounds),
+                   "throughput": throughput([a.address, b.address], args.seconds),
+                   "propagation": propagation(a.address, b.address, args.rounds),
+                   "register": register(a.address, args.batches)}
+    finally:
+        stop_all()
+        if pg is not None:
+            pg.remove()
+    s = results["single"]
+    print(f"durable single revoke  p50 {s['revoke_ms']['p50']:.2f} ms  p99 {s['revoke_ms']['p99']:.2f} ms")
+    print(f"floor (1-row commit)   p50 {s['floor_ms']['p50']:.2f} ms  p99 {s['floor_ms']['p99']:.2f} ms")
+    print(f"revoke p99 / floor p99 {s['p99_over_floor_p99']:.2f}x (target <= 2x)")
+    print(f"16 callers over 2 nodes {results['throughput']['revocations_per_s']:.0f} revocations/s")
+    p = results["propagation"]["propagation_ms"]
+    print(f"revoke on A -> replica of B  p50 {p['p50']:.2f} ms  p99 {p['p99']:.2f} ms")
+    print(f"register, batches of 1000  {results['register']['tokens_per_s']:.0f} tokens/s")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

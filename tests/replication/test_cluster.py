@@ -1,0 +1,99 @@
+"""Cluster mode: several nodes on one PostgreSQL database, every one of them writing and reading.
+
+Real nodes (ServerThreads with --store) on a real PostgreSQL server
+(tests/pg_server.py). Writes go to either node; each node learns of every
+change, its own included, from the log table (storage/pg_tail.py).
+"""
+
+import threading
+
+import pytest
+from recallclient import RecallClient
+from recallclient.jti import foreign_key
+from recallclient.types import TokenState
+
+from recallcore.settings import Settings
+
+from ..history import ServerLog, Subscriber, check_history, server_state
+from ..support import until
+
+IDP = "https://idp.example"
+WRITERS_PER_NODE = 4
+WRITES_EACH = 15
+
+
+def node_settings(conninfo: str) -> Settings:
+    return Settings(store=conninfo, listen="127.0.0.1:0", sweep_interval=3600)
+
+
+@pytest.fixture
+def cluster(pg_database, servers):
+    return servers.start(node_settings(pg_database)), servers.start(node_settings(pg_database))
+
+
+def test_a_write_acknowledged_by_one_node_is_readable_on_the_other_with_min_seq(cluster):
+    a, b = cluster
+    with RecallClient(a.address) as on_a, RecallClient(b.address) as on_b:
+        assert on_a.stats().store_id == on_b.stats().store_id
+        token = on_a.register_one("alice", "web", ttl=3600)
+        receipt = on_a.revoke(serials=[token.serial], reason="leaked")
+        seen = on_b.check(token.serial, min_seq=receipt.seq)
+        assert seen.state == TokenState.REVOKED and seen.reason == "leaked"
+        # and the other way round, with a serial node B assigned
+        other = on_b.register_one("bob", "web", ttl=3600)
+        assert other.serial == token.serial + 1  # one dense serial space for the cluster
+        back = on_b.revoke(serials=[other.serial], reason="by b")
+        assert on_a.check(other.serial, min_seq=back.seq).state == TokenState.REVOKED
+        assert on_a.check(token.serial).state == TokenState.REVOKED  # the writer's own change, from the log
+
+
+def test_two_nodes_writing_at_once_keep_one_dense_log_with_every_acknowledged_write_once(cluster):
+    a, b = cluster
+    acked: dict[int, list[int]] = {}  # seq -> foreign keys acknowledged with it
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def write(node, name: str) -> None:
+        try:
+            with RecallClient(node.address) as client:
+                for i in range(WRITES_EACH):
+                    jti = f"{name}-{i}"
+                    receipt = client.revoke(tokens=[(IDP, jti)], reason=name)
+                    assert receipt.count == 1
+                    with lock:
+                        acked.setdefault(receipt.seq, []).append(foreign_key(IDP, jti))
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    current = [a.address]
+    with Subscriber("switching", lambda: current[0]) as sub:
+        threads = [threading.Thread(target=write, args=(node, f"{label}{t}"))
+                   for label, node in (("a", a), ("b", b)) for t in range(WRITERS_PER_NODE)]
+        for thread in threads:
+            thread.start()
+        until(lambda: len(acked) >= WRITERS_PER_NODE * WRITES_EACH // 2, "half the writes acknowledged", 60)
+        sub.pause()  # the replica moves to the other node, resuming by sequence
+        current[0] = b.address
+        sub.resume()
+        for thread in threads:
+            thread.join(60)
+        assert not failures, failures
+        assert not any(thread.is_alive() for thread in threads)
+        written = 2 * WRITERS_PER_NODE * WRITES_EACH
+        until(lambda: server_state(a).seq == server_state(b).seq == written, "both nodes applied every change", 30)
+        final = server_state(a)
+        assert server_state(b) == final
+        sub.wait_vouched(final.seq)
+
+    log = ServerLog().capture(a.engine)
+    assert log.first == 1 and log.head == written == final.seq  # dense: one change per write, no gap
+    for seq in range(1, log.head + 1):
+        assert log.changes[seq].prev_seq == seq - 1
+    for seq, keys in acked.items():  # every acknowledgement names the change that holds its write...
+        assert set(keys) <= log.changes[seq].foreign_added
+    logged = [key for seq in range(1, log.head + 1) for key in log.changes[seq].foreign_added]
+    assert sorted(logged) == sorted(k for keys in acked.values() for k in keys)  # ...each exactly once
+    assert ServerLog().capture(b.engine).changes == log.changes  # both nodes read one log
+    assert not sub.resyncs, sub.resyncs
+    assert len(sub.streams) == 2 and sub.streams[1].target == b.address
+    check_history(sub.streams, log, final=final)

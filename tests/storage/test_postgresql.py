@@ -1,0 +1,80 @@
+"""recallcore.storage.postgresql and pg_schema: the schema command, refusals at open, one store per database.
+
+Against a real PostgreSQL server (tests/pg_server.py); the seam's contract
+itself is test_interface.py's, run on this engine too.
+"""
+
+import psycopg
+import pytest
+from pyroaring import BitMap64
+
+from recallcore import cli
+from recallcore.core.errors import StoreError
+from recallcore.settings import Settings
+from recallcore.storage import open_store, pg_schema
+from recallcore.storage.postgresql import PostgresStore
+
+from ..support import free_address
+
+
+def test_migrate_schema_creates_the_schema_once_and_a_server_opens_it(postgres, capsys):
+    conninfo = postgres.create_database()
+    with pytest.raises(StoreError, match="has no recallcore schema: run `recallcore migrate-schema"):
+        PostgresStore(conninfo)
+
+    assert cli.main(["migrate-schema", "--store", conninfo]) == 0
+    assert "schema created at version 1" in capsys.readouterr().out
+    assert cli.main(["migrate-schema", "--store", conninfo]) == 0
+    assert "schema at version 1, nothing to do" in capsys.readouterr().out
+
+    store = open_store(Settings(store=conninfo))
+    try:
+        with store.read() as txn:
+            assert txn.head_seq() == 0 and txn.registered_through() == 0
+    finally:
+        store.close()
+
+
+def test_a_schema_of_an_unknown_version_is_refused_naming_the_database(postgres, capsys):
+    conninfo = postgres.create_database()
+    assert cli.main(["migrate-schema", "--store", conninfo]) == 0
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("UPDATE recallcore.schema_version SET version = %s", (pg_schema.VERSION + 1,))
+    dbname = conninfo.rpartition("dbname=")[2]
+    with pytest.raises(StoreError, match=f"database '{dbname}'.*schema version 2, newer than this server"):
+        PostgresStore(conninfo)
+    assert cli.main(["migrate-schema", "--store", conninfo]) == 1
+    assert "upgrade recallcore" in capsys.readouterr().err
+
+
+def test_every_store_on_one_database_has_its_identity_and_sees_the_others_commits(pg_database):
+    first, second = PostgresStore(pg_database), PostgresStore(pg_database)
+    try:
+        assert first.store_id == second.store_id
+        with first.write() as txn:
+            txn.set_head(1, b"h1")
+            txn.update_revoked(BitMap64([5, 70_000]))
+        with second.read() as txn:
+            assert txn.head_seq() == 1
+            assert txn.revoked_serials() == BitMap64([5, 70_000])
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_unreachable_database_at_start_is_an_error_naming_it_not_a_hang():
+    port = free_address().rpartition(":")[2]
+    with pytest.raises(StoreError, match=f"cannot connect to PostgreSQL database 'nowhere' at host 127.0.0.1 "
+                                         f"port {port}") as refused:
+        PostgresStore(f"host=127.0.0.1 port={port} dbname=nowhere user=postgres password=hunter2",
+                      connect_timeout=1)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_store_setting_takes_only_a_conninfo():
+    assert Settings(store="postgresql://db.example/recall").store
+    assert Settings(store="host=a,b dbname=recall target_session_attrs=read-write").store
+    with pytest.raises(ValueError, match="store: 'var/recall' is not a PostgreSQL conninfo"):
+        Settings(store="var/recall")
+    with pytest.raises(ValueError, match="give --store or --follow, not both"):
+        Settings(store="postgresql://db/recall", follow="127.0.0.1:50051")
