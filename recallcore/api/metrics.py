@@ -14,10 +14,13 @@ MAX_LABEL_VALUES distinct values each; past that they count as "other", so
 a flood of made-up client ids cannot grow the exposition without bound.
 """
 
+import bisect
+import collections
+
 import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from recallclient.types import TokenState
 
@@ -49,16 +52,18 @@ class Metrics:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.rpcs = Counter("recall_rpc_requests", "gRPC calls by method and status code", ["method", "code"],
-                            registry=r)
-        self.rpc_seconds = Histogram("recall_rpc_duration_seconds", "gRPC call latency", ["method"],
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.http = Counter("recall_http_requests", "HTTP requests by path and status", ["path", "code"], registry=r)
-        self.http_seconds = Histogram("recall_http_duration_seconds", "HTTP request latency", ["path"],
-                                      buckets=LATENCY_BUCKETS, registry=r)
-        self.checks = Counter("recall_check_outcomes", "tokens checked, by the state found", ["state"], registry=r)
-        self.edge = Counter("recall_edge_decisions", "gateway decisions (HTTP edge, ext_authz) by outcome and cause",
-                            ["outcome", "cause"], registry=r)
+        # Updated on the event loop, per request: plain tallies (no lock, no labels() lookup),
+        # turned into metric families when scraped. A prometheus_client counter and histogram
+        # update cost ~3.3 us a request; these cost a dict increment and a bisect.
+        self.rpcs = _Tally("recall_rpc_requests", "gRPC calls by method and status code", ("method", "code"))
+        self.rpc_seconds = _Latency("recall_rpc_duration_seconds", "gRPC call latency", ("method",))
+        self.http = _Tally("recall_http_requests", "HTTP requests by path and status", ("path", "code"))
+        self.http_seconds = _Latency("recall_http_duration_seconds", "HTTP request latency", ("path",))
+        self.checks = _Tally("recall_check_outcomes", "tokens checked, by the state found", ("state",))
+        self.edge = _Tally("recall_edge_decisions", "gateway decisions (HTTP edge, ext_authz) by outcome and cause",
+                           ("outcome", "cause"))
+        for tally in (self.rpcs, self.rpc_seconds, self.http, self.http_seconds, self.checks, self.edge):
+            r.register(tally)
         self.presented = Counter("recall_recalled_token_presented",
                                  "checks that found a recalled token: a stolen token in use, or a client not told",
                                  ["client", "reason"], registry=r)
@@ -68,40 +73,31 @@ class Metrics:
                                       registry=r)
         self._clients, self._reasons = _Capped(), _Capped()
         self._sizes = (0, 0, 0)
-        self._bound: dict[tuple, object] = {}
         r.register(_NodeState(self))
 
-    def _child(self, metric, *labels):
-        """metric.labels(*labels), kept: a labels() lookup costs 2-3 us, a kept child's update 1."""
-        key = (id(metric), *labels)
-        child = self._bound.get(key)
-        if child is None:
-            child = self._bound[key] = metric.labels(*labels)
-        return child
-
     def rpc(self, method: str, code: str, seconds: float) -> None:
-        self._child(self.rpcs, method, code).inc()
-        self._child(self.rpc_seconds, method).observe(seconds)
+        self.rpcs.add((method, code))
+        self.rpc_seconds.observe((method,), seconds)
 
     def http_request(self, path: str, code: int, seconds: float) -> None:
-        self._child(self.http, path, code).inc()
-        self._child(self.http_seconds, path).observe(seconds)
+        self.http.add((path, code))
+        self.http_seconds.observe((path,), seconds)
 
     def checked(self, state: int) -> None:
-        self._child(self.checks, _STATES.get(state, str(state))).inc()
+        self.checks.add((_STATES.get(state, str(state)),))
 
     def checked_many(self, states: bytes) -> None:
         """One count per state byte of a CheckBatch answer, without a loop per token."""
         if states:
             counts = np.bincount(np.frombuffer(states, dtype=np.uint8), minlength=len(_STATES))
             for state in np.flatnonzero(counts):
-                self.checks.labels(_STATES.get(int(state), str(state))).inc(int(counts[state]))
+                self.checks.add((_STATES.get(int(state), str(state)),), int(counts[state]))
 
     def recalled(self, client: str, reason: str, count: int = 1) -> None:
         self.presented.labels(self._clients(client or "unknown"), self._reasons(reason or "unknown")).inc(count)
 
     def decided(self, allowed: bool, cause: str) -> None:
-        self._child(self.edge, "allowed" if allowed else "denied", cause).inc()
+        self.edge.add(("allowed" if allowed else "denied", cause))
 
     def committed(self, seconds: float, size: int) -> None:
         """Called on the writer thread after each group."""
@@ -113,6 +109,48 @@ class Metrics:
         data, mapped, limit, _ = await self.node.sizes()
         self._sizes = (data, mapped, limit)
         return generate_latest(self.registry)
+
+
+class _Tally:
+    """A counter family kept as {label values: count}; updated on the event loop only."""
+
+    def __init__(self, name: str, text: str, labels: tuple[str, ...]) -> None:
+        self.name, self.text, self.labels = name, text, labels
+        self.counts: collections.Counter = collections.Counter()
+
+    def add(self, values: tuple, amount: int = 1) -> None:
+        self.counts[values] += amount
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.text, labels=self.labels)
+        for values, count in list(self.counts.items()):
+            family.add_metric([str(v) for v in values], count)
+        yield family
+
+
+class _Latency:
+    """A histogram family of LATENCY_BUCKETS kept as {label values: [bucket counts..., sum]}."""
+
+    def __init__(self, name: str, text: str, labels: tuple[str, ...]) -> None:
+        self.name, self.text, self.labels = name, text, labels
+        self.series: dict[tuple, list] = {}
+
+    def observe(self, values: tuple, seconds: float) -> None:
+        series = self.series.get(values)
+        if series is None:
+            series = self.series[values] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        series[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series[-1] += seconds
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.text, labels=self.labels)
+        for values, series in list(self.series.items()):
+            running, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), series[:-1]):
+                running += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+            family.add_metric([str(v) for v in values], buckets, series[-1])
+        yield family
 
 
 class _NodeState:
