@@ -109,30 +109,24 @@ def answers(handler):
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await _answer(request)
-        request.app[EDGE].metrics.http_request(request.match_info.route.resource.canonical, response.status,
-                                               time.perf_counter() - started)
-        return response
-
-    async def _answer(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except HttpError as exc:
-            return error_response(exc.status, exc.error, str(exc), exc.headers)
-        except SetRejected as exc:  # RFC 8935 section 2.3: {"err", "description"}
-            return web.json_response({"err": exc.err, "description": str(exc)}, status=exc.status,
-                                     headers={"Cache-Control": "no-store"})
+            response = error_response(exc.status, exc.error, str(exc), exc.headers)
         except RecallError as exc:
             status, error, retry = _STATUS.get(exc.status, (500, "server_error", 0))
             headers = {"Retry-After": str(retry)} if retry else {}
             if status == 401:
                 headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
-            return error_response(status, error, str(exc), headers)
+            response = error_response(status, error, str(exc), headers)
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "invalid_request", f"the request body is larger than {MAX_BODY} bytes")
+            response = error_response(413, "invalid_request", f"the request body is larger than {MAX_BODY} bytes")
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            return error_response(500, "server_error", "internal error")
+            response = error_response(500, "server_error", "internal error")
+        request.app[EDGE].metrics.http_request(request.match_info.route.resource.canonical, response.status,
+                                               time.perf_counter() - started)
+        return response
 
     return handle
 
