@@ -113,6 +113,9 @@ def answers(handler):
             response = await handler(request)
         except HttpError as exc:
             response = error_response(exc.status, exc.error, str(exc), exc.headers)
+        except SetRejected as exc:  # RFC 8935 section 2.3: {"err", "description"}
+            response = web.json_response({"err": exc.err, "description": str(exc)}, status=exc.status,
+                                         headers={"Cache-Control": "no-store"})
         except RecallError as exc:
             status, error, retry = _STATUS.get(exc.status, (500, "server_error", 0))
             headers = {"Retry-After": str(retry)} if retry else {}
