@@ -24,6 +24,7 @@ from ..core.errors import RecallError
 from ..security import identity
 from ..security.gate import Gate
 from .decision import Decider, Decision
+from .grpc_service import admit
 from .http.app import REALM, quoted
 from .http.gateway import identity_headers, noted
 
@@ -84,10 +85,7 @@ class ExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         try:
-            cert_identity = identity.from_certificate(context.auth_context())
-            authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), "")
-            caller = self.gate.identify(cert_identity, authorization, context.peer())
-            self.gate.authorize(caller, "check")
+            caller = admit(self.gate, context, "Check")  # as recall.v1 Check: the check role
             decision = await self.decider.decide(_token(request))
             noted(self.metrics, self.presented, decision, lambda: f"{caller.identity} ({caller.peer})")
         except RecallError as exc:

@@ -24,10 +24,9 @@ from collections.abc import Callable
 from joserfc import jws
 from joserfc.errors import JoseError
 
+from ..settings import DEFAULT_JWT_ALGORITHMS as DEFAULT_ALGORITHMS
 from .jwks import Key, KeySource
 
-DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-                      "EdDSA", "Ed25519")
 ASYMMETRIC = frozenset(DEFAULT_ALGORITHMS)
 # Access tokens come typed at+jwt (RFC 9068) or, from many issuers, JWT or
 # untyped; other types (a secevent+jwt, a statuslist+jwt) are not access tokens.
