@@ -8,6 +8,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from google.rpc import code_pb2
 from recallclient import RecallClient
 
+from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
 from ..support import FreezableProxy, ServerThread, until
@@ -89,3 +90,27 @@ def test_a_stale_follower_fails_the_call_so_envoy_fails_closed(servers, settings
             until(failing, "ext_authz failing on the stale follower")
     finally:
         proxy.close()
+
+
+def test_under_a_policy_a_caller_without_the_check_role_is_refused(settings, idp, tmp_path):
+    (tmp_path / "policy.toml").write_text('[[grant]]\nidentities = ["token:envoy"]\nroles = ["check"]\n\n'
+                                          '[[grant]]\nidentities = ["token:auditor"]\nroles = ["audit"]\n')
+    (tmp_path / "creds.toml").write_text(f'[tokens]\nenvoy = "{hash_secret("secret-of-the-envoy-proxy")}"\n'
+                                         f'auditor = "{hash_secret("secret-of-the-auditor-user")}"\n')
+    srv = ServerThread(dataclasses.replace(settings, jwt_issuers=(f"{ISSUER}={idp.jwks}",),
+                                           policy=str(tmp_path / "policy.toml"),
+                                           credentials=str(tmp_path / "creds.toml")))
+    try:
+        with grpc.insecure_channel(srv.address) as channel:
+            check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
+            for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED),
+                                   ((("authorization", "Bearer secret-of-the-auditor-user"),),
+                                    grpc.StatusCode.PERMISSION_DENIED)):
+                with pytest.raises(grpc.RpcError) as refused:
+                    check(request(idp.token()), metadata=metadata, timeout=5)
+                assert refused.value.code() == code
+            answer = check(request(idp.token()), metadata=(("authorization", "Bearer secret-of-the-envoy-proxy"),),
+                           timeout=5)
+            assert answer.status.code == code_pb2.OK
+    finally:
+        srv.stop()

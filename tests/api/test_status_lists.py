@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc.jwk import ECKey
 from recallclient import RecallClient, TokenSpec, TokenState, TokenType
 
+from recallcore.security.credentials import hash_secret
 from recallcore.settings import Settings
 
 from ..support import FakeClock, ServerThread, until
@@ -160,3 +161,24 @@ def test_a_key_file_that_is_no_private_key_stops_the_start(settings, tmp_path):
     with pytest.raises(Exception, match="expected a private EC, RSA or OKP JWK"):
         ServerThread(dataclasses.replace(settings, http_listen="127.0.0.1:0", status_list_uri=BASE,
                                          status_list_key=str(public)))
+
+
+def test_under_a_policy_fetching_a_list_needs_the_check_role(settings, signing_key, tmp_path):
+    (tmp_path / "policy.toml").write_text('[[grant]]\nidentities = ["token:cache"]\nroles = ["check"]\n\n'
+                                          '[[grant]]\nidentities = ["token:auditor"]\nroles = ["audit"]\n')
+    (tmp_path / "creds.toml").write_text(f'[tokens]\ncache = "{hash_secret("secret-of-the-list-cache")}"\n'
+                                         f'auditor = "{hash_secret("secret-of-the-auditor-user")}"\n')
+    srv = ServerThread(dataclasses.replace(
+        settings, http_listen="127.0.0.1:0", status_list_uri=BASE, status_list_key=str(signing_key),
+        status_list_size=SIZE, policy=str(tmp_path / "policy.toml"), credentials=str(tmp_path / "creds.toml")))
+    try:
+        srv.call(srv.engine.register([TokenSpec("alice", "app")]))
+        with httpx.Client(base_url=f"http://{srv.server.http.address}") as http:
+            for path in ("/statuslists/0", "/statuslists/jwks.json"):
+                assert http.get(path).status_code == 401
+                assert http.get(path, headers={"Authorization": "Bearer secret-of-the-auditor-user"}).status_code \
+                    == 403
+                assert http.get(path, headers={"Authorization": "Bearer secret-of-the-list-cache"}).status_code \
+                    == 200
+    finally:
+        srv.stop()
