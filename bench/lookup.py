@@ -107,12 +107,19 @@ def run_core(mirror: Mirror, ids: list[int], refs: list, repeats: int) -> dict:
     }, repeats)
 
 
-def run_replica(address: str, seq: int, ids: list[int], refs: list, repeats: int) -> dict:
+STR_SET_CAP = 10_000_000  # the string floor's set: the registered range, up to this many
+
+
+def run_replica(address: str, seq: int, ids: list[int], refs: list, repeats: int, registered: int) -> dict:
     """Per-check cost of a Replica that followed the server at `address` up to `seq`.
 
     The floors are timed again here (replica_floor_*), interleaved with the
     replica's loops and on the replica's own bitmap and set; the replica's
-    ratios use these.
+    ratios use these. One more floor, `floor_str_set_ns`, is what any lookup
+    of a token by its jti string costs at best: `jti in set` over a set of
+    Python strings as large as the registered range (the canonical jtis of
+    serials 1..registered), probed with the same fresh string objects, drawn
+    uniformly, that the canonical-jti loop looks up.
     """
     progress("lookup: Replica.is_revoked (replica synced from the server), with the floor again")
     _, contains, call, foreign_floor, _, replica_jti = _loops(ids, refs)
@@ -120,6 +127,10 @@ def run_replica(address: str, seq: int, ids: list[int], refs: list, repeats: int
         if not replica.wait_for(seq, timeout=60):
             raise RuntimeError(f"replica did not reach seq {seq}")
         canonical = [canonical_jti(x, replica.store_id) for x in ids]  # the bound form stores issue
+        size = min(registered, STR_SET_CAP)
+        progress(f"lookup: the string floor's set of {size:,} jtis")
+        strings = {canonical_jti(x, replica.store_id) for x in range(1, size + 1)}
+        probes = canonical if size == registered else [j for j, x in zip(canonical, ids) if x <= size]
         deadline = time.monotonic() + 10
         while replica.staleness > 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -128,6 +139,10 @@ def run_replica(address: str, seq: int, ids: list[int], refs: list, repeats: int
         def canonical_loop():
             for jti in canonical:
                 is_revoked(jti)
+
+        def str_set_floor():
+            for jti in probes:
+                jti in strings  # noqa: B015 - the floor
 
         class _Bare:
             """The least any Python method API costs: a call that does the bare lookup."""
@@ -146,7 +161,9 @@ def run_replica(address: str, seq: int, ids: list[int], refs: list, repeats: int
             "replica_floor_jti_ns": (_timed(foreign_floor(replica._foreign)), len(refs)),
             "replica_jti_check_ns": (_timed(replica_jti(is_revoked)), len(refs)),
             "replica_canonical_jti_ns": (_timed(canonical_loop), len(canonical)),
+            "floor_str_set_ns": (_timed(str_set_floor), len(probes)),
         }, repeats)
+        out["floor_str_set_size"] = size
         if replica.cardinality == 0 and seq > 1:
             raise RuntimeError("replica holds an empty set")
     return out

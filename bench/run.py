@@ -201,7 +201,8 @@ def run(mode: Mode, work_dir: pathlib.Path, with_redis: bool, only: set[str]) ->
     s.run("lookup core", lookup.run_core, mirror, ids, refs, mode.repeats)
     progress("server: starting recallcore serve on the base store")
     with procs.Server(pathlib.Path(ds.path)) as server:
-        s.run("lookup replica", lookup.run_replica, server.address, ds.seq, ids, refs, mode.repeats)
+        s.run("lookup replica", lookup.run_replica, server.address, ds.seq, ids, refs, mode.repeats,
+              ds.registered)
         s.run("unary", unary.run, server, ds.registered, mode.unary_concurrency, mode.unary_seconds,
               mode.latency_seconds)
         s.run("batch", batch.run, server, mirror, ds.registered, mode.batch_concurrency, mode.batch_seconds,

@@ -32,8 +32,9 @@ from . import replica_file
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
 from .freshness import DEFAULT_MAX_SKEW, Freshness
-from .jti import foreign_key, serial_from_jti
+from .jti import bound_parser, foreign_key, serial_from_jti
 from .replica_core import Outcome, ReplicaCore, Resync
+from .revoked_set import RevokedSet
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ class _ReplicaBase:
         self._backoff = backoff
         self._listeners: list[Listener] = [on_change] if on_change else []
         self._core = ReplicaCore()
-        self._revoked = self._core.state.revoked
-        self._foreign = self._core.state.foreign
+        self._adopt(self._core.state)
         self._stale = True
         self._done_seq = 0  # the seq whose outcome was fully recorded (waiters see this)
         self._fresh = Freshness(clock_skew)  # when the server last vouched, by its own stamp
@@ -147,23 +147,37 @@ class _ReplicaBase:
                 return token in self._revoked
             except OverflowError:  # negative or past 64 bits: never a serial
                 return False
-        if self._jti_revoked(token, issuer):
+        if type(token) is not str:
+            raise TypeError(f"token: an int serial or a str jti, not {type(token).__name__}")
+        # A jti bound to this store names its serial and nothing else (the
+        # store never keeps one as a foreign key): no pair to hash, which is
+        # most of the cost of any other jti.
+        serial = self._bound_serial(token)
+        if serial is not None:
+            if serial in self._revoked:
+                return True
+        elif self._jti_revoked(token, issuer):
             return True
         if issued_at is None:
             return False
         return self._core.state.cut_off(issuer or "", sub, client_id, issued_at)
 
-    def _jti_revoked(self, token: object, issuer: str | None) -> bool:
-        if not isinstance(token, str):
-            raise TypeError(f"token: an int serial or a str jti, not {type(token).__name__}")
+    def _jti_revoked(self, token: str, issuer: str | None) -> bool:
+        """Any jti but one bound to this store: by (issuer, jti) key, or an older
+        canonical (rc1) jti by its serial."""
         if issuer is not None and foreign_key(issuer, token) in self._foreign:
             return True
-        serial = serial_from_jti(token, self._core.state.store_id)
+        serial = serial_from_jti(token)
         if serial is not None:
             return serial in self._revoked
         if issuer is None:
             raise ValueError(f"jti {token!r} is not canonical: pass issuer= to check it")
         return False
+
+    def _adopt(self, state: RevokedSet) -> None:
+        """Point the lookups at `state` (a new set, or the same one with another store id)."""
+        self._revoked, self._foreign = state.revoked, state.foreign
+        self._bound_serial = bound_parser(state.store_id)
 
     # -------------------------------------------------------------- state
 
@@ -212,7 +226,7 @@ class _ReplicaBase:
         if saved is None:
             return
         self._core = ReplicaCore(saved.state)
-        self._revoked, self._foreign = saved.state.revoked, saved.state.foreign
+        self._adopt(saved.state)
         self._done_seq = saved.state.seq
         with self._flag_lock:  # a saved time in the future (a clock that went back) stays stale
             self._fresh.restore(saved.vouched_at, time.time(), time.monotonic())
@@ -230,8 +244,7 @@ class _ReplicaBase:
         outcome = self._core.handle(event)
         kind = outcome.kind
         if kind == "installed" or kind == "applied":
-            state = self._core.state
-            self._revoked, self._foreign = state.revoked, state.foreign
+            self._adopt(self._core.state)
         if kind in _HEALTHY:
             self._attempt = 0
         if kind == "vouched" and event.heartbeat.interval_ms != self._interval * 1000:

@@ -142,3 +142,22 @@ def test_foreign_key_separates_small_pairs(pairs):
     # and distinct pairs get distinct keys (a 64-bit collision here would be news).
     keys = {foreign_key(i, j) for i, j in pairs}
     assert len(keys) == len(pairs)
+
+
+@given(serials, st.text(min_size=1, max_size=40))
+def test_bound_spellings_other_than_the_canonical_one_are_refused(serial, store):
+    # Each variant carries the check digits of its own digits, so only the
+    # spelling rule can refuse it: one decimal form per serial, nothing that
+    # int() would read as the same number.
+    def spelled(digits: str) -> str:
+        return f"rc2.{digits}.{zlib.crc32(b'rc2:%s:%s' % (store.encode(), digits.encode())):08x}"
+
+    assert serial_from_jti(spelled(str(serial)), store) == serial
+    for digits in (f"0{serial}", f"+{serial}", f" {serial}", f"{serial} ", f"{serial}_0",
+                   str(serial).replace("1", "\u0661"), f"{serial}" + "0" * 19):
+        if digits != str(serial):
+            assert serial_from_jti(spelled(digits), store) is None, digits
+    jti = canonical_jti(serial, store)
+    for variant in (jti.upper(), f" {jti}", f"{jti}.", f"{jti}.x", jti.replace("rc2.", "rc2..", 1)):
+        if variant != jti:
+            assert serial_from_jti(variant, store) is None, variant
