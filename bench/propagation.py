@@ -134,6 +134,12 @@ class CpuMeter:
         return {name: round((v - self.start[name]) / wall, 3) for name, v in end.items()}
 
 
+# The storm's calls in flight at most: half the server's concurrent calls per
+# connection (MAX_STREAMS_PER_CONNECTION, 256), so that a backlog queues here
+# instead of being refused by the server (RST_STREAM, REFUSED_STREAM).
+STORM_INFLIGHT = 128
+
+
 async def _storm(address: str, serials: list[int], rate: float, max_inflight: int) -> tuple[list, float, list]:
     """Open-loop single-serial Revokes at `rate`: ([(seq, start_ns)], elapsed s, [ns to each answer])."""
     sent: list[tuple[int, int]] = []
@@ -227,7 +233,7 @@ def storm(primary: Server, pool: SerialPool, cfg, subs: Subscribers) -> dict:
     n = int(cfg.storm_rate * cfg.storm_seconds)
     progress(f"propagation: storm, {n} revocations at {cfg.storm_rate:g}/s to {subs.count} subscribers")
     meter = CpuMeter([primary.pid], subs.pids)
-    sent, elapsed, acks = run_async(_storm(primary.address, pool.take(n), cfg.storm_rate, 256))
+    sent, elapsed, acks = run_async(_storm(primary.address, pool.take(n), cfg.storm_rate, STORM_INFLIGHT))
     cores = meter.cores()
     records = subs.collect(sent[-1][0], timeout=60)
     per_change, pairs, missing = latencies(sent, records)

@@ -230,7 +230,7 @@ class MemoryTxn(WriteTxn):
         self.t.cursors[name] = seq
 
     # change log and audit
-    def put_change(self, delta: Delta, audit: dict) -> None:
+    def put_change(self, delta: Delta, audit: dict, wire: bytes | None = None) -> None:
         assert delta.seq not in self.t.log and delta.seq > max(self.t.log, default=0), "the log only grows"
         self.t.log[delta.seq] = delta
         self.t.audit[delta.seq] = json.dumps(audit)

@@ -41,13 +41,18 @@ def delta_to_proto(delta: Delta) -> pb.Delta:
     )
 
 
-def chain_history(previous: bytes, delta: Delta) -> Delta:
-    """`delta` with its history: BLAKE2b-128 of the previous history and the delta's wire form."""
+def chained(previous: bytes, delta: Delta) -> tuple[Delta, bytes]:
+    """(`delta` with its history, its wire form with the history).
+
+    The history is BLAKE2b-128 of the previous history and the delta's wire
+    form without it; the second wire form is what the change log stores.
+    """
     msg = delta_to_proto(delta)
     msg.ClearField("history")
     h = hashlib.blake2b(previous, digest_size=16)
     h.update(msg.SerializeToString(deterministic=True))
-    return dataclasses.replace(delta, history=h.digest())
+    msg.history = h.digest()
+    return dataclasses.replace(delta, history=msg.history), msg.SerializeToString()
 
 
 def rule_to_proto(rule: tuple[int, str, int]) -> pb.Rule:

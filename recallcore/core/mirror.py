@@ -38,6 +38,9 @@ def as_array(bitmap: BitMap64) -> np.ndarray:
     return np.frombuffer(bitmap.to_array(), dtype=np.uint64) if bitmap else np.empty(0, np.uint64)
 
 
+_SCALAR = 32  # up to this many serials, expiries are read one by one
+
+
 class ExpiryIndex:
     """When each serial expires (Unix seconds; 0 = not registered)."""
 
@@ -75,6 +78,9 @@ class ExpiryIndex:
 
     def expired_among(self, serials: BitMap64, now: int) -> BitMap64:
         """The serials of `serials` that have expired at `now`."""
+        if len(serials) <= _SCALAR:  # a few serials (a single revocation): numpy costs more than it saves
+            view, size = self._view, len(self._view)
+            return BitMap64(s for s in serials if s < size and 0 != view[s] <= now)
         ids = as_array(serials)
         return BitMap64(ids[self.expired_mask(ids, now)]) if len(ids) else BitMap64()
 

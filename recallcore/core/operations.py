@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 from pyroaring import BitMap64
-from recallclient.codec import chain_history
+from recallclient.codec import chained
 from recallclient.jti import canonical_jti, foreign_key, looks_canonical, serial_from_jti
 from recallclient.revoked_set import Delta
 from recallclient.types import Registered, RegisterResult, RevokeResult, TokenSpec
@@ -40,9 +40,9 @@ def commit_change(txn: WriteTxn, state: Mirror, delta: Delta, audit: dict) -> De
 
     Returns the delta as committed: with the store's history after it.
     """
-    delta = chain_history(state.revocations.history, delta)
+    delta, wire = chained(state.revocations.history, delta)
     txn.set_head(delta.seq, delta.history)
-    txn.put_change(delta, {"seq": delta.seq, "time": delta.time, **audit})
+    txn.put_change(delta, {"seq": delta.seq, "time": delta.time, **audit}, wire)
     state.apply(delta)
     return delta
 

@@ -263,8 +263,10 @@ class WriteTxn(ReadTxn):
         """Retire the cut-off rule of rule's scope and value."""
 
     @abc.abstractmethod
-    def put_change(self, delta: Delta, audit: dict) -> None:
-        """Append `delta` to the change log and `audit` to the audit trail, both under delta.seq."""
+    def put_change(self, delta: Delta, audit: dict, wire: bytes | None = None) -> None:
+        """Append `delta` to the change log and `audit` to the audit trail, both under delta.seq.
+
+        `wire`: the delta's wire form (recall.v1.Delta) when the caller has it."""
 
     @abc.abstractmethod
     def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:

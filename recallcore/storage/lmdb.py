@@ -400,8 +400,10 @@ class LmdbTxn(WriteTxn):
         self.raw.put(name.encode(), u64(seq), db=self.db["cursors"])
 
     # change log and audit
-    def put_change(self, delta: Delta, audit: dict) -> None:
-        self.raw.put(u64(delta.seq), delta_to_proto(delta).SerializeToString(), db=self.db["log"], append=True)
+    def put_change(self, delta: Delta, audit: dict, wire: bytes | None = None) -> None:
+        if wire is None:
+            wire = delta_to_proto(delta).SerializeToString()
+        self.raw.put(u64(delta.seq), wire, db=self.db["log"], append=True)
         self.raw.put(u64(delta.seq), json.dumps(audit, separators=(",", ":")).encode(),
                      db=self.db["audit"], append=True)
         self._index_audit(delta.seq, audit)

@@ -343,9 +343,10 @@ class PgTxn(WriteTxn):
             after = rows[-1][0]
 
     # ------------------------------------------------ change log and audit
-    def put_change(self, delta: Delta, audit: dict) -> None:
-        self._write("INSERT INTO recallcore.log (seq, time, delta) VALUES (%s, %s, %s)",
-                    (delta.seq, delta.time, delta_to_proto(delta).SerializeToString()))
+    def put_change(self, delta: Delta, audit: dict, wire: bytes | None = None) -> None:
+        if wire is None:
+            wire = delta_to_proto(delta).SerializeToString()
+        self._write("INSERT INTO recallcore.log (seq, time, delta) VALUES (%s, %s, %s)", (delta.seq, delta.time, wire))
         self._write("INSERT INTO recallcore.audit (seq, time, record, subjects, clients, subjects_more, "
                     "clients_more) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     (delta.seq, audit.get("time", 0), json.dumps(audit, separators=(",", ":")),

@@ -29,8 +29,12 @@ def touched_chunks(add: BitMap64, remove: BitMap64, bits: int) -> list[int]:
 
 
 def updated_chunk(stored: BitMap64 | None, chunk: int, add: BitMap64, remove: BitMap64, bits: int) -> BitMap64:
-    """Chunk `chunk` of a bitmap (`stored`, None: empty) with `add` added and `remove` removed, run-optimised."""
-    bitmap = BitMap64(stored) if stored is not None else BitMap64()
+    """Chunk `chunk` of a bitmap (`stored`, None: empty) with `add` added and `remove` removed, run-optimised.
+
+    `stored` is changed in place and returned (callers pass one they just
+    deserialized: copying a chunk cost as much as the rest of a revocation).
+    """
+    bitmap = stored if stored is not None else BitMap64()
     span = BitMap64()
     span.add_range(chunk << bits, (chunk + 1) << bits)
     bitmap |= add & span

@@ -7,6 +7,9 @@ Python sets after every step. Expiry (and so the four token states) lives in
 recallcore.core.mirror since 460a3e0; tests/test_engine*.py cover it through Engine.
 """
 
+import dataclasses
+import hashlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +21,8 @@ from hypothesis.stateful import (
     rule,
 )
 from pyroaring import BitMap64
+from recallclient._proto.recall.v1 import recall_pb2 as pb
+from recallclient.codec import chained, delta_from_proto, delta_to_proto
 from recallclient.jti import foreign_key
 from recallclient.revoked_set import (
     ALL,
@@ -465,3 +470,15 @@ def test_copy_is_independent_and_equal():
     assert twin.digest() != original.digest()
     original.apply(step)
     assert twin.digest() == original.digest()
+
+
+def test_a_chained_delta_is_stored_as_it_is_sent():
+    delta = Delta(prev_seq=4, seq=5, added=BitMap64([7, 9]), foreign_added=frozenset({3, 2**63}),
+                  rules_added=frozenset({(1, "alice", 100)}), time=1234)
+    previous = b"\x01" * 16
+    with_history, wire = chained(previous, delta)
+    assert with_history == dataclasses.replace(delta, history=with_history.history)
+    assert wire == delta_to_proto(with_history).SerializeToString()
+    assert delta_from_proto(pb.Delta.FromString(wire)) == with_history
+    body = delta_to_proto(delta).SerializeToString(deterministic=True)  # no history yet
+    assert with_history.history == hashlib.blake2b(previous + body, digest_size=16).digest()
