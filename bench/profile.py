@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                               conc, s, 0))
             else:
                 rate = 1000 if args.load == "storm" else 50
-                sent, elapsed, _ = procs.run_async(propagation._storm(server.address, pool.take(int(rate * s)), rate,
+                sent, elapsed, _, _ = procs.run_async(propagation._storm(server.address, pool.take(int(rate * s)), rate,
                                                                      propagation.STORM_INFLIGHT))
                 per_change, _, _ = propagation.latencies(sent, subs.collect(sent[-1][0], timeout=60))
                 got = {"rate": len(sent) / elapsed, "p50_ms": float(sorted(per_change)[len(per_change) // 2] / 1e6)}

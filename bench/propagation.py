@@ -140,20 +140,27 @@ class CpuMeter:
 STORM_INFLIGHT = 128
 
 
-async def _storm(address: str, serials: list[int], rate: float, max_inflight: int) -> tuple[list, float, list]:
-    """Open-loop single-serial Revokes at `rate`: ([(seq, start_ns)], elapsed s, [ns to each answer])."""
+async def _storm(address: str, serials: list[int], rate: float,
+                 max_inflight: int) -> tuple[list, float, list, int]:
+    """Open-loop single-serial Revokes at `rate`: ([(seq, start_ns)], elapsed s, [ns to each answer], failed)."""
     sent: list[tuple[int, int]] = []
     acks: list[int] = []
+    failed = 0
     async with grpc.aio.insecure_channel(address) as channel:
         revoke = recall_pb2_grpc.RecallStub(channel).Revoke
         slots = asyncio.Semaphore(max_inflight)
 
         async def one(serial: int) -> None:
+            nonlocal failed
             try:
                 t0 = time.monotonic_ns()
                 resp = await revoke(pb.RevokeRequest(selector=pb.Selector(serials=[serial]), reason="storm"))
                 sent.append((resp.seq, t0))
                 acks.append(time.monotonic_ns() - t0)
+            except grpc.aio.AioRpcError as exc:  # counted: "all acknowledged" is a target
+                failed += 1
+                if failed == 1:
+                    progress(f"storm: a Revoke failed: {exc.code().name} {exc.details()}")
             finally:
                 slots.release()
 
@@ -169,7 +176,7 @@ async def _storm(address: str, serials: list[int], rate: float, max_inflight: in
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
     sent.sort()
-    return sent, elapsed, acks
+    return sent, elapsed, acks, failed
 
 
 def layout_for(count: int, per_process: int, targets: list[str], driver: str) -> list[tuple[str, int, str]]:
@@ -233,8 +240,10 @@ def storm(primary: Server, pool: SerialPool, cfg, subs: Subscribers) -> dict:
     n = int(cfg.storm_rate * cfg.storm_seconds)
     progress(f"propagation: storm, {n} revocations at {cfg.storm_rate:g}/s to {subs.count} subscribers")
     meter = CpuMeter([primary.pid], subs.pids)
-    sent, elapsed, acks = run_async(_storm(primary.address, pool.take(n), cfg.storm_rate, STORM_INFLIGHT))
+    sent, elapsed, acks, failed = run_async(_storm(primary.address, pool.take(n), cfg.storm_rate, STORM_INFLIGHT))
     cores = meter.cores()
+    if not sent:
+        raise RuntimeError(f"storm: none of {n} revocations was acknowledged ({failed} failed)")
     records = subs.collect(sent[-1][0], timeout=60)
     per_change, pairs, missing = latencies(sent, records)
     return {
@@ -242,7 +251,9 @@ def storm(primary: Server, pool: SerialPool, cfg, subs: Subscribers) -> dict:
         "propagation_storm_ack_ms": summary_ms(acks),
         "propagation_storm_cdf_ms": cdf_points(pairs),
         "propagation_storm_missing": missing,
-        "propagation_storm_rate": len(sent) / elapsed,
+        "propagation_storm_rate": len(sent) / elapsed,  # acknowledged revocations per second
+        "propagation_storm_asked": cfg.storm_rate,
+        "propagation_storm_failed": failed,
         "propagation_storm_subscribers": subs.count,
         "propagation_storm_cpu_cores": cores,
         "propagation_storm_events_per_subscriber_per_s": float(np.mean([len(r) for r in records])) / elapsed,
