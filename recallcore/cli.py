@@ -36,6 +36,8 @@ _OPTIONS = (
     ("--map-size", "map_size", int, "initial LMDB map size in bytes"),
     ("--max-map-size", "max_map_size", int, "largest LMDB map size in bytes; writes fail past it"),
     ("--heartbeat-interval", "heartbeat_interval", float, "seconds of Watch silence before a heartbeat"),
+    ("--watch-spacing", "watch_spacing", float,
+     "past a burst, seconds per live delta event of a Watch stream (changes meanwhile go out merged)"),
     ("--log-keep", "log_keep", int, "changes the log keeps at least, for resuming Watch streams"),
     ("--log-keep-seconds", "log_keep_seconds", int, "the log also keeps every change younger than this"),
     ("--clock-skew", "clock_skew", int, "seconds other clocks may differ: revocations outlive expiry by this"),

@@ -23,6 +23,7 @@ DEFAULT_PURGE_BATCH = 10_000  # token records purged per sweep at most
 DEFAULT_CLOCK_SKEW = 60  # seconds other clocks may lag or lead this one
 DEFAULT_ROTATION_GRACE = 10  # seconds a retry of the same rotation gets the same successor
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds of silence before a Watch heartbeat
+DEFAULT_WATCH_SPACING = 0.02  # seconds per live delta event of one Watch stream, on average, past a burst
 DEFAULT_WATCH_RING = 4096  # recent deltas kept in memory for Watch streams
 DEFAULT_LOG_KEEP = 1_000_000  # changes kept in the log for resuming Watch streams...
 DEFAULT_LOG_KEEP_SECONDS = 7 * 86400  # ...and for at least this long
@@ -139,6 +140,12 @@ class Settings:
     map_size / max_map_size: LMDB map size at start and the most it grows to.
     group_commit: most operations committed in one transaction.
     heartbeat_interval: seconds a Watch stream may be silent before a heartbeat.
+    watch_spacing: a Watch stream sends live delta events as changes are
+        applied while it sends fewer than one per watch_spacing seconds on
+        average (after a burst of 10); past that rate, the changes of each
+        wait go out merged into one event (0: every commit as soon as it is
+        applied). This bounds the events each subscriber receives in a
+        storm of writes.
     watch_ring: recent deltas kept in memory (a follower's whole history).
     log_keep / log_keep_seconds: the change log keeps at least the newest
         log_keep changes, and every change younger than log_keep_seconds;
@@ -233,6 +240,7 @@ class Settings:
     group_commit: int = DEFAULT_GROUP_COMMIT
     purge_batch: int = DEFAULT_PURGE_BATCH
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    watch_spacing: float = DEFAULT_WATCH_SPACING
     watch_ring: int = DEFAULT_WATCH_RING
     log_keep: int = DEFAULT_LOG_KEEP
     log_keep_seconds: int = DEFAULT_LOG_KEEP_SECONDS
@@ -319,7 +327,7 @@ class Settings:
                      "max_scopes", "group_commit", "purge_batch", "watch_ring", "log_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
-        for name in ("audit_retention", "rotation_grace", "clock_skew"):
+        for name in ("audit_retention", "rotation_grace", "clock_skew", "watch_spacing"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_ttl > self.max_token_lifetime:
@@ -327,6 +335,8 @@ class Settings:
         for name in ("sweep_interval", "heartbeat_interval", "max_staleness", "max_wait"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+        if self.watch_spacing >= self.heartbeat_interval:
+            raise ValueError("watch_spacing: must be shorter than heartbeat_interval")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert, tls_key: give both, or neither")
         if self.client_ca and not self.tls_cert:

@@ -452,7 +452,8 @@ class Subscriber:
         self.streams: list[StreamRecord] = []
         self.resyncs: list[str] = []
         self.outcome: Outcome | None = None
-        self.vouched = -1  # seq of the last heartbeat the replica accepted
+        self.vouched = -1  # seq of the last heartbeat the replica accepted (of the store it follows)
+        self._vouched_store = ""
         self.error: BaseException | None = None
         self.reading = threading.Event()
         self.reading.set()
@@ -569,7 +570,9 @@ class Subscriber:
                 with self._cond:
                     self.outcome = outcome
                     if outcome.kind == "vouched":
-                        self.vouched = outcome.seq
+                        self.vouched, self._vouched_store = outcome.seq, self.core.state.store_id
+                    elif outcome.kind == "installed" and self.core.state.store_id != self._vouched_store:
+                        self.vouched = -1  # that vouch was another store's: its seqs say nothing here
                     self._cond.notify_all()
                 if self._delay:
                     time.sleep(self._delay)  # a slow consumer, by design

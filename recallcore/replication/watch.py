@@ -10,12 +10,19 @@ owns one cursor (the last sequence sent) and loops: anything between the
 cursor and the node's head goes out as one event (shared bytes from the hub
 when the hub holds it, else a page read from the stored history); when
 there is nothing to send for `heartbeat_interval` it sends a heartbeat
-vouching for the cursor with the set's digest. Every event is encoded
+vouching for the cursor with the set's digest. Live deltas (from the hub)
+go out as they are applied while a stream sends fewer than one per
+`watch_spacing` on average (a token bucket of LIVE_BURST events, refilled
+one per spacing); past that rate, the changes that arrive while a stream
+waits for its next turn go out merged into one event, so a storm of writes
+costs each subscriber a bounded number of events instead of one per
+commit. Every event is encoded
 bytes, so the gRPC method is registered with no response serializer; each
 goes out stamped with the moment the node can vouch for (`vouched_at_us`,
 appended as one more field, so shared payloads stay shared).
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -32,6 +39,7 @@ SNAPSHOT_BITS = 18
 SNAPSHOT_SPAN = 1 << SNAPSHOT_BITS  # serials per snapshot chunk (1 MiB of expiries)
 FOREIGN_PER_CHUNK = 1 << 16
 HISTORY_PAGE = 1024  # stored deltas merged into one catch-up event
+LIVE_BURST = 10  # live delta events a stream sends back to back before watch_spacing applies
 
 
 def _span(start: int) -> BitMap64:
@@ -158,7 +166,7 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
     me = object()
     try:
         reason, cursor = await _start(node, request)
-        interval = node.settings.heartbeat_interval
+        interval, spacing = node.settings.heartbeat_interval, node.settings.watch_spacing
         while not node.hub.closed:
             epoch = node.hub.epoch
             if reason:
@@ -171,9 +179,17 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                 node.hub.cursors[me] = cursor
             reason = ""
             last_sent = time.monotonic()
+            allowance, counted = float(LIVE_BURST), last_sent  # live events that may go out now
             while epoch == node.hub.epoch and not node.hub.closed:
                 head = node.state.seq
                 if cursor < head:
+                    if spacing and node.hub.covers(cursor):
+                        now = time.monotonic()
+                        allowance, counted = min(LIVE_BURST, allowance + (now - counted) / spacing), now
+                        if allowance < 1:  # more may follow: let them, and send them as one
+                            await asyncio.sleep((1 - allowance) * spacing)
+                            continue
+                        allowance -= 1
                     shared = node.hub.event_since(node.store_id, cursor)
                     if shared is not None:
                         payload, cursor = shared

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -181,6 +182,27 @@ def test_slow_reader_never_blocks_the_writer_and_gets_merged_deltas(servers, fas
     spans = [d.seq - d.prev_seq for s in slow.streams for k, d in s.items if k == "delta"]
     assert max(spans) > 1, f"the slow reader got only single changes ({len(spans)} deltas)"
     assert sum(spans) == final.seq - held_at
+
+
+def test_a_storm_of_writes_reaches_subscribers_as_spaced_merged_events(servers, fast, rng):
+    spacing = 0.5
+    srv = servers.start(dataclasses.replace(fast, heartbeat_interval=1.0, watch_spacing=spacing))
+    with contextlib.ExitStack() as stack:
+        subs = [stack.enter_context(Subscriber(f"sub-{i}", srv.address)) for i in range(2)]
+        for sub in subs:
+            sub.wait_until(lambda s: s.outcome is not None and s.outcome.kind == "installed", "installed")
+        start_seq, started = server_state(srv).seq, time.monotonic()
+        Workload(rng).run(srv.address, 4, 40)
+        elapsed = time.monotonic() - started
+        final, _ = check_all(subs, srv)  # ordered, atomic, exactly once, converged
+    changes = final.seq - start_seq
+    # A stream sends a burst of live events at once, then one per `spacing`,
+    # the last one spacing after the last commit at the latest.
+    most = watch.LIVE_BURST + int((elapsed + spacing) / spacing) + 1
+    for sub in subs:
+        spans = [d.seq - d.prev_seq for s in sub.streams for k, d in s.items if k == "delta"]
+        assert sum(spans) == changes
+        assert len(spans) <= most < changes, f"{sub.name}: {len(spans)} events for {changes} changes in {elapsed:.2f} s"
 
 
 def test_resume_after_compaction_gets_reset_and_snapshot(servers, fast, rng):
