@@ -102,11 +102,14 @@ def bound_parser(store_id: str) -> Callable[[str], int | None]:
     return parse
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def serial_from_jti(jti: str, store_id: str = "") -> int | None:
     """The serial a canonical jti encodes, or None for any other jti.
 
     An rc2 jti counts only when its check digits are those of `store_id`
-    (with no store id, none does); an rc1 jti counts in any store.
+    (with no store id, none does); an rc1 jti counts in any store. Cached:
+    a server or gateway sees the same tokens again and again (a replica's
+    lookups use bound_parser, which a wide spread of tokens would make miss).
     """
     if jti.startswith(UNBOUND_PREFIX):
         return _unbound_serial(jti[4:])
