@@ -32,7 +32,7 @@ from . import replica_file
 from ._proto.recall.v1 import recall_pb2 as pb
 from ._proto.recall.v1 import recall_pb2_grpc
 from .freshness import DEFAULT_MAX_SKEW, Freshness
-from .jti import bound_parser, foreign_key, serial_from_jti
+from .jti import UNBOUND_PREFIX, bound_parser, foreign_key, serial_from_jti
 from .replica_core import Outcome, ReplicaCore, Resync
 from .revoked_set import RevokedSet
 from .transport import Transport
@@ -167,7 +167,7 @@ class _ReplicaBase:
         canonical (rc1) jti by its serial."""
         if issuer is not None and foreign_key(issuer, token) in self._foreign:
             return True
-        serial = serial_from_jti(token)
+        serial = serial_from_jti(token) if token.startswith(UNBOUND_PREFIX) else None
         if serial is not None:
             return serial in self._revoked
         if issuer is None:
