@@ -85,8 +85,10 @@ def bound_parser(store_id: str) -> Callable[[str], int | None]:
     crc32 = zlib.crc32
 
     def parse(jti: str) -> int | None:
+        if not jti.startswith("rc2."):  # most foreign jtis end here, before any allocation
+            return None
         parts = jti.split(".", 3)
-        if len(parts) != 3 or parts[0] != "rc2":
+        if len(parts) != 3:
             return None
         _, digits, check = parts
         # The digits are the serial's decimal form (no sign, no leading zero,
