@@ -74,9 +74,9 @@ def bound_parser(store_id: str) -> Callable[[str], int | None]:
     """A function giving the serial of a jti bound to the store `store_id` (rc2, its check
     digits those of this store), and None for any other jti (rc1 included).
 
-    This is the lookup path of replicas and the HTTP edge, written for speed
-    and measured in bench/lookup.py uncached (a uniform draw over millions of
-    tokens defeats any cache): one bounded split, the check continued from
+    This is the lookup path of replicas, written for speed and measured in
+    bench/lookup.py uncached (a uniform draw over millions of tokens defeats
+    any cache): a prefix test, one bounded split, the check continued from
     the store's precomputed CRC, no regular expression.
     """
     if not store_id:
@@ -124,7 +124,7 @@ def looks_canonical(jti: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _issuer_state(issuer: str) -> "hashlib._Hash":
+def _issuer_state(issuer: str):
     """BLAKE2b (8 bytes, personalised) having hashed the issuer and its separator."""
     state = hashlib.blake2b(digest_size=8, person=b"recall.v1")
     state.update(issuer.encode() + b"\x00")
