@@ -22,7 +22,12 @@ node is answered once the tail has applied its seq here, so its caller
 still reads its own write from this node; a `min_seq` above this node's
 head waits for the tail (another node may have acknowledged it). When the
 database is unreachable the node goes on answering reads from memory, its
-staleness (Stats) grows, and its Watch heartbeats stop vouching.
+staleness (Stats) grows, and once its tail has not read the log for longer
+than a receiver would count a vouch (heartbeat_interval + freshness_skew)
+it stops vouching: no more heartbeats, new Watch streams refused
+UNAVAILABLE naming the database. Its followers and replicas
+then go stale by their own max_staleness and fail closed; they are vouched
+for again once the tail reads the log.
 """
 
 import asyncio
@@ -81,7 +86,8 @@ class Engine(Node):
             store.close()
             raise
         self.store = store
-        self._tail = store.tail(self.state.seq, self.state.revocations.history, self._tailed, self._reload)
+        self._tail = store.tail(self.state.seq, self.state.revocations.history, self._tailed, self._reload,
+                                settings.heartbeat_interval)
         self._awaiting: list[tuple[int, list]] = []  # (seq, outcomes) of local writes the tail has not applied
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-reader")
         self._audit_reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-audit")
@@ -137,7 +143,22 @@ class Engine(Node):
 
     def vouch_time_us(self) -> int:
         # On a shared store: when the tail last read the newest committed change.
-        return self._tail.confirmed if self._tail is not None else self.wall_ns() // 1000
+        if self._tail is None:
+            return self.wall_ns() // 1000
+        return self._tail.confirmed if self.vouching() else 0
+
+    def vouching(self) -> bool:
+        # On a shared store, only while the tail reads the log (at least every heartbeat
+        # interval): a receiver counts a vouch at most heartbeat_interval + its clock skew old,
+        # so past that the node stops sending vouches a receiver could only reject as late.
+        if self._tail is None:
+            return True
+        return self._tail.staleness() <= self.settings.heartbeat_interval + self.settings.freshness_skew
+
+    def require_vouching(self) -> None:
+        if not self.vouching():
+            raise Unavailable(f"this node has not read the change log of {self.store.where} for "
+                              f"{self.staleness():.1f} s (the database is unreachable); retry, or ask another node")
 
     def require_ready(self) -> None:
         """A primary always answers from memory; how stale it is goes into Stats and heartbeats."""

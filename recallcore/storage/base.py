@@ -330,14 +330,16 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release the store; no transaction may be open."""
 
-    def tail(self, after: int, history: bytes, deliver, reset):
+    def tail(self, after: int, history: bytes, deliver, reset, every: float):
         """A follower of the change log for a store several nodes write (None: this node is its only writer).
 
         Once started it calls deliver(deltas) with every change committed
         after `after` (whose history is `history`), by any node, in order,
         and reset() (which reloads the state and returns its (seq, history))
         when changes it missed were compacted or the store no longer holds
-        what this node applied; see storage/pg_tail.py.
+        what this node applied; it reads the log at least every `every`
+        seconds, and its `staleness()` says how long ago it last knew the
+        newest change; see storage/pg_tail.py.
         """
         return None
 

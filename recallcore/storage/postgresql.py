@@ -468,10 +468,10 @@ class PostgresStore(Store):
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
-    def tail(self, after: int, history: bytes, deliver, reset):
-        from .pg_tail import LogTail
+    def tail(self, after: int, history: bytes, deliver, reset, every: float):
+        from .pg_tail import POLL_INTERVAL, LogTail
 
-        return LogTail(self, after, history, deliver, reset)
+        return LogTail(self, after, history, deliver, reset, poll_interval=min(POLL_INTERVAL, every))
 
     def grow(self) -> bool:
         return False  # the database's disk is the operator's to grow
