@@ -18,7 +18,7 @@ from recallclient.types import TokenState
 from recallcore.settings import Settings
 from recallcore.storage import pg_schema, postgresql
 
-from ..history import read_stream
+from ..history import ServerLog, Subscriber, check_history, read_stream, server_state
 from ..pg_server import PostgresServer
 from ..support import ServerProcess, ServerThread, until
 
@@ -198,14 +198,35 @@ def test_with_the_database_down_a_follower_and_a_replica_answer_to_their_bound_t
         node.close()
 
 
-def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write(own_postgres, quick_timeouts):
+def recorded(tail) -> list[int]:
+    """The seqs `tail` (a node's LogTail) delivers from now on, in order, as a list that grows."""
+    seqs: list[int] = []
+    deliver = tail.deliver
+
+    def record(deltas) -> None:
+        seqs.extend(delta.seq for delta in deltas)
+        deliver(deltas)
+
+    tail.deliver = record
+    return seqs
+
+
+def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write_and_the_tails_resume(
+        own_postgres, quick_timeouts):
+    """Both nodes reconnect through the multi-host conninfo; each node's tail delivers every
+    change exactly once, in order, across the failover (no reload: the standby held all it
+    had read), a write made on one node after the failover is read on the other with its
+    min_seq, and a subscriber of one node sees one gapless, duplicate-free history."""
     conninfo = migrated(own_postgres)
     dbname = conninfo.rpartition("dbname=")[2]
     standby = own_postgres.standby()
     both = (f"host=127.0.0.1,127.0.0.1 port={own_postgres.port},{standby.port} user=postgres dbname={dbname} "
             "target_session_attrs=read-write")
-    nodes = [ServerThread(Settings(store=both, listen="127.0.0.1:0", sweep_interval=3600)) for _ in range(2)]
+    nodes = [ServerThread(Settings(store=both, listen="127.0.0.1:0", sweep_interval=3600,
+                                   heartbeat_interval=HEARTBEAT)) for _ in range(2)]
+    delivered = [recorded(node.engine._tail) for node in nodes]  # the seqs each node's tail delivered, in order
     clients = [RecallClient(node.address, timeout=10) for node in nodes]
+    sub = Subscriber("across the failover", nodes[1].address).start()
     try:
         acked = []
         for i in range(20):
@@ -224,6 +245,9 @@ def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write(own_pos
 
         for n, client in enumerate(clients):  # each node finds the new primary by itself
             until(lambda: writes(client, f"after-{n}"), f"node {n} writing to the promoted standby", 60)
+            jti, seq = acked[-1]
+            other = clients[1 - n]  # ...and the other reads that write once its tail reached the write's seq
+            assert other.check(issuer=IDP, jti=jti, min_seq=seq).state == TokenState.REVOKED, jti
         last = max(seq for _, seq in acked)
         for client in clients:
             for jti, _ in acked:
@@ -232,9 +256,18 @@ def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write(own_pos
             head = conn.execute("SELECT seq FROM recallcore.head").fetchone()[0]
             logged = conn.execute("SELECT count(*), min(seq), max(seq) FROM recallcore.log").fetchone()
         assert logged == (head, 1, head) and head == len(acked) == 22
+        for seqs in delivered:
+            assert seqs == list(range(1, head + 1)), seqs  # no gap, no change twice, no reload
+        final = server_state(nodes[1])
+        assert final == server_state(nodes[0]) and final.seq == head
+        sub.wait_vouched(head, 60)
+        log = ServerLog().capture(nodes[1].engine)
     finally:
+        sub.stop()
         for client in clients:
             client.close()
         for node in nodes:
             node.stop()
         standby.stop()
+    assert len(sub.streams) == 1 and not sub.resyncs, (sub.resyncs, [s.end for s in sub.streams])
+    check_history(sub.streams, log, final=final)
