@@ -36,6 +36,7 @@ from recallclient.codec import delta_from_proto, delta_to_proto
 from recallclient.revoked_set import Delta, split
 from recallclient.types import TokenSpec
 
+from ..core.digest import name_hash
 from ..core.errors import StoreError, Unavailable
 from . import pg_schema
 from .base import Rotation, Rule, Store, StoreFull, WriteTxn
@@ -291,18 +292,17 @@ class PgTxn(WriteTxn):
 
     # -------------------------------------------------------------- signals
     def signal(self, issuer: str, jti: str) -> int | None:
-        row = self._one("SELECT seq FROM recallcore.signals WHERE issuer = %s AND jti = %s", (issuer, jti))
+        row = self._one("SELECT seq FROM recallcore.signals WHERE key = %s", (name_hash(issuer, jti),))
         return row[0] if row else None
 
     def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
-        self._write("INSERT INTO recallcore.signals (issuer, jti, seq, issued_at) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (issuer, jti) DO UPDATE SET seq = EXCLUDED.seq, issued_at = EXCLUDED.issued_at",
-                    (issuer, jti, seq, issued_at))
+        self._write("INSERT INTO recallcore.signals (key, seq, issued_at) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET seq = EXCLUDED.seq, issued_at = EXCLUDED.issued_at",
+                    (name_hash(issuer, jti), seq, issued_at))
 
     def compact_signals(self, before: int, limit: int) -> int:
-        rows = self._rows("DELETE FROM recallcore.signals WHERE (issuer, jti) IN (SELECT issuer, jti FROM "
-                          "recallcore.signals WHERE issued_at < %s ORDER BY issued_at LIMIT %s) RETURNING 1",
-                          (before, limit))
+        rows = self._rows("DELETE FROM recallcore.signals WHERE key IN (SELECT key FROM recallcore.signals "
+                          "WHERE issued_at < %s ORDER BY issued_at LIMIT %s) RETURNING 1", (before, limit))
         return len(rows)
 
     def cursor(self, name: str) -> int:

@@ -23,9 +23,9 @@ def test_migrate_schema_creates_the_schema_once_and_a_server_opens_it(postgres, 
         PostgresStore(conninfo)
 
     assert cli.main(["migrate-schema", "--store", conninfo]) == 0
-    assert "schema created at version 1" in capsys.readouterr().out
+    assert "schema created at version 2" in capsys.readouterr().out
     assert cli.main(["migrate-schema", "--store", conninfo]) == 0
-    assert "schema at version 1, nothing to do" in capsys.readouterr().out
+    assert "schema at version 2, nothing to do" in capsys.readouterr().out
 
     store = open_store(Settings(store=conninfo))
     try:
@@ -41,10 +41,38 @@ def test_a_schema_of_an_unknown_version_is_refused_naming_the_database(postgres,
     with psycopg.connect(conninfo) as conn:
         conn.execute("UPDATE recallcore.schema_version SET version = %s", (pg_schema.VERSION + 1,))
     dbname = conninfo.rpartition("dbname=")[2]
-    with pytest.raises(StoreError, match=f"database '{dbname}'.*schema version 2, newer than this server"):
+    newer = pg_schema.VERSION + 1
+    with pytest.raises(StoreError, match=f"database '{dbname}'.*schema version {newer}, newer than this server"):
         PostgresStore(conninfo)
     assert cli.main(["migrate-schema", "--store", conninfo]) == 1
     assert "upgrade recallcore" in capsys.readouterr().err
+
+
+def test_a_version_1_schema_is_upgraded_keeping_the_signals_applied_and_refused_until_then(postgres, capsys):
+    conninfo = postgres.create_database()
+    with psycopg.connect(conninfo) as conn:  # a database as version 1 left it
+        conn.execute(pg_schema.STEPS[1])
+        conn.execute("INSERT INTO recallcore.schema_version (version, store_id) VALUES (1, 'v1-store')")
+        conn.execute("INSERT INTO recallcore.signals (issuer, jti, seq, issued_at) VALUES "
+                     "('https://idp.example', 'set-1', 7, 100), ('https://idp.example', 'set-2', 0, 200)")
+    with pytest.raises(StoreError, match="schema version 1; this server reads version 2: run `recallcore migrate"):
+        PostgresStore(conninfo)
+    assert cli.main(["migrate-schema", "--store", conninfo]) == 0
+    assert "schema upgraded from 1 to version 2" in capsys.readouterr().out
+    store = PostgresStore(conninfo)
+    try:
+        assert store.store_id == "v1-store"
+        with store.read() as txn:
+            assert txn.signal("https://idp.example", "set-1") == 7
+            assert txn.signal("https://idp.example", "set-2") == 0
+            assert txn.signal("https://idp.example", "set-3") is None
+        with store.write() as txn:
+            assert txn.compact_signals(before=150, limit=10) == 1  # set-1, by its iat
+        with store.read() as txn:
+            assert txn.signal("https://idp.example", "set-1") is None
+            assert txn.signal("https://idp.example", "set-2") == 0
+    finally:
+        store.close()
 
 
 def test_every_store_on_one_database_has_its_identity_and_sees_the_others_commits(pg_database):
