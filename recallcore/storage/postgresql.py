@@ -12,9 +12,13 @@ once the server made it durable (synchronous_commit, and with a synchronous
 standby, on both).
 
 Writes are buffered and sent in one pipeline (runs of one statement as
-executemany) before the next read of the same transaction and before the
-commit, so a registration of a thousand tokens is a few round trips, not
-thousands; reads always see the transaction's own writes. The write
+executemany) before the next read of the same transaction and, with the
+NOTIFY and the COMMIT, at the end, so a registration of a thousand tokens is
+a few round trips, not thousands; reads always see the transaction's own
+writes. The writer's connection is in autocommit mode and the transaction
+is begun by a statement sent with the head lock: a revocation by (issuer,
+jti) is three round trips (BEGIN and the lock; the jti lookup; the writes,
+NOTIFY and COMMIT), not five. A transaction that fails is rolled back on its connection. The write
 transaction keeps the head it locked (and then set) rather than asking again.
 
 Connection failures surface as `Unavailable` naming the database (never its
@@ -416,6 +420,25 @@ def _configure_reader(conn: psycopg.Connection) -> None:
     conn.read_only = True
 
 
+def _configure_writer(conn: psycopg.Connection) -> None:
+    # The write transaction is begun and committed by statements of its own (PostgresStore.write),
+    # so that BEGIN travels with the head lock and COMMIT with the writes.
+    conn.autocommit = True
+
+
+_BEGIN_AND_LOCK = "BEGIN; SELECT seq FROM recallcore.head WHERE id = 1 FOR UPDATE"
+
+
+def _roll_back(conn: psycopg.Connection) -> None:
+    """End a failed write transaction (a connection left inside one is closed when given back)."""
+    if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        pass
+
+
 class PostgresStore(Store):
     """The store in one PostgreSQL database; several nodes may open it at once."""
 
@@ -424,7 +447,7 @@ class PostgresStore(Store):
         self.where = describe(conninfo)
         self.connect_timeout = connect_timeout = connect_timeout or CONNECT_TIMEOUT
         self._readers = Connections(conninfo, readers, connect_timeout, _configure_reader)
-        self._writers = Connections(conninfo, 1, connect_timeout)
+        self._writers = Connections(conninfo, 1, connect_timeout, _configure_writer)
         try:
             with self._readers.connection() as conn, conn.transaction():
                 pg_schema.require_current(conn, self.where)
@@ -455,14 +478,19 @@ class PostgresStore(Store):
         """The write transaction: the head row locked first, durable once the block exits cleanly."""
         try:
             with self._writers.connection() as conn:
-                with conn.transaction():
-                    txn = PgTxn(conn)
-                    before = conn.execute("SELECT seq FROM recallcore.head WHERE id = 1 FOR UPDATE").fetchone()[0]
-                    txn.head = before
+                cur = conn.execute(_BEGIN_AND_LOCK)  # one round trip; the writer connection is autocommit
+                cur.nextset()
+                txn = PgTxn(conn)
+                before = txn.head = cur.fetchone()[0]
+                try:
                     yield txn
                     if txn.head != before:
                         txn._write("SELECT pg_notify(%s, %s)", (pg_schema.CHANNEL, str(txn.head)))
-                    txn.flush()
+                    txn._write("COMMIT", ())
+                    txn.flush()  # the writes, the NOTIFY and the COMMIT: one round trip
+                except BaseException:
+                    _roll_back(conn)
+                    raise
         except psycopg.errors.DiskFull as exc:
             raise StoreFull(str(exc)) from exc
         except psycopg.OperationalError as exc:

@@ -15,6 +15,7 @@ from recallcore.storage import open_store, pg_schema
 from recallcore.storage.postgresql import PostgresStore
 
 from ..support import free_address
+from .test_interface import spec
 
 
 def test_migrate_schema_creates_the_schema_once_and_a_server_opens_it(postgres, capsys):
@@ -88,6 +89,28 @@ def test_every_store_on_one_database_has_its_identity_and_sees_the_others_commit
     finally:
         first.close()
         second.close()
+
+
+def test_a_failed_write_transaction_keeps_nothing_and_the_next_one_commits(pg_database):
+    store = PostgresStore(pg_database)
+    try:
+        with pytest.raises(RuntimeError), store.write() as txn:  # an error in the block
+            txn.set_head(1, b"h1")
+            txn.update_revoked(BitMap64([5]))
+            raise RuntimeError("a bug")
+        with pytest.raises(psycopg.errors.UniqueViolation), store.write() as txn:  # one at the commit's flush
+            txn.set_head(1, b"h1")
+            txn.put_record(1, spec(1))
+            txn.put_record(1, spec(1))
+        with store.read() as txn:
+            assert (txn.head_seq(), txn.revoked_serials(), txn.record(1)) == (0, BitMap64(), None)
+        with store.write() as txn:
+            txn.set_head(1, b"h1")
+            txn.put_record(1, spec(1))
+        with store.read() as txn:
+            assert (txn.head_seq(), txn.record(1)) == (1, spec(1))
+    finally:
+        store.close()
 
 
 def test_an_unreachable_database_at_start_is_an_error_naming_it_not_a_hang():
