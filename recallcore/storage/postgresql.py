@@ -446,6 +446,7 @@ class PostgresStore(Store):
         self.conninfo = conninfo
         self.where = describe(conninfo)
         self.connect_timeout = connect_timeout = connect_timeout or CONNECT_TIMEOUT
+        self.writer_pid = 0  # the server process of this store's write connection (its NOTIFYs are its own)
         self._readers = Connections(conninfo, readers, connect_timeout, _configure_reader)
         self._writers = Connections(conninfo, 1, connect_timeout, _configure_writer)
         try:
@@ -478,6 +479,7 @@ class PostgresStore(Store):
         """The write transaction: the head row locked first, durable once the block exits cleanly."""
         try:
             with self._writers.connection() as conn:
+                self.writer_pid = conn.info.backend_pid
                 cur = conn.execute(_BEGIN_AND_LOCK)  # one round trip; the writer connection is autocommit
                 cur.nextset()
                 txn = PgTxn(conn)
