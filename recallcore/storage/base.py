@@ -178,6 +178,11 @@ class ReadTxn(abc.ABC):
 class WriteTxn(ReadTxn):
     """Reads and writes inside the one write transaction; writes are kept only if it commits."""
 
+    def expect_lookups(self, refs: list[tuple[str, str]]) -> None:
+        """A hint, given before anything else is asked of the transaction: serial_for will be
+        asked for these (issuer, jti). An engine whose every read is a round trip to a server
+        may fetch them with its first; the default ignores it."""
+
     @abc.abstractmethod
     def set_head(self, seq: int, history: bytes) -> None:
         """Record `seq` as the last committed change, and the store's history after it."""
