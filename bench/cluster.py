@@ -5,7 +5,8 @@
 Without --store it starts a PostgreSQL server of its own (tests/pg_server.py:
 initdb in a temporary directory, loopback port, fsync and synchronous_commit
 on) and migrates a fresh database. Two `recallcore serve --store` nodes run
-in child processes.
+in child processes. `python -m bench.run` runs it too (scenario 8,
+`--only cluster`; in the default set when PostgreSQL is installed).
 
   floor        a bare synchronous commit of one row (INSERT, autocommit) on
                the same server, interleaved call by call with...
@@ -19,7 +20,9 @@ in child processes.
 
 import argparse
 import json
+import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import threading
@@ -32,7 +35,7 @@ from recallclient.types import TokenSpec
 from recallcore.storage import pg_schema
 
 from .measure import summary_ms
-from .procs import Server, stop_all
+from .procs import REPO, Server, stop_all
 
 IDP = "https://idp.example"
 
@@ -103,6 +106,71 @@ def register(a: str, batches: int, size: int = 1000) -> dict:
     return {"batch": size, "tokens_per_s": batches * size / elapsed}
 
 
+def available() -> str:
+    """"" when PostgreSQL's server binaries are installed (and, as root, the postgres user to run
+    them as), else why this scenario cannot run."""
+    import pwd
+
+    sys.path.insert(0, str(REPO))
+    from tests.pg_server import PG_BIN_DIRS
+
+    found = any((d / "initdb").exists() and (d / "postgres").exists() for d in PG_BIN_DIRS) or \
+        (shutil.which("initdb") and shutil.which("postgres"))
+    if not found:
+        return "PostgreSQL server binaries (initdb, postgres) not installed (apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no postgres user to run PostgreSQL as"
+    return ""
+
+
+def run(rounds: int, seconds: float, batches: int, store: str = "") -> dict:
+    """Every figure of this scenario, on the database `store` names, or on a PostgreSQL server
+    of its own (started, then removed) when it names none."""
+    pg = None
+    conninfo = store
+    if not conninfo:
+        sys.path.insert(0, str(REPO))
+        from tests.pg_server import PostgresServer
+
+        pg = PostgresServer().init()
+        conninfo = pg.create_database()
+        with psycopg.connect(conninfo) as conn:
+            pg_schema.migrate(conn, conninfo)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="recallcore-bench-cluster-"))
+    nodes: list[Server] = []
+    try:
+        nodes.append(Server(work / "a", "--store", conninfo, name="node-a"))
+        nodes.append(Server(work / "b", "--store", conninfo, name="node-b"))
+        a, b = (node.address for node in nodes)
+        return {"single": single(a, conninfo, rounds),
+                "throughput": throughput([a, b], seconds),
+                "propagation": propagation(a, b, rounds),
+                "register": register(a, batches)}
+    finally:
+        for node in nodes:
+            node.close()
+        if pg is not None:
+            pg.remove()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def lines(results: dict) -> list[str]:
+    """The figures as printed lines."""
+    s = results["single"]
+    p = results["propagation"]["propagation_ms"]
+    return [
+        f"durable single revoke  p50 {s['revoke_ms']['p50']:.2f} ms  p99 {s['revoke_ms']['p99']:.2f} ms",
+        f"floor (1-row commit)   p50 {s['floor_ms']['p50']:.2f} ms  p99 {s['floor_ms']['p99']:.2f} ms",
+        f"revoke p99 / floor p99 {s['p99_over_floor_p99']:.2f}x (target <= 2x)",
+        f"16 callers over 2 nodes {results['throughput']['revocations_per_s']:.0f} revocations/s",
+        f"revoke on A -> replica of B  p50 {p['p50']:.2f} ms  p99 {p['p99']:.2f} ms",
+        f"register, batches of 1000  {results['register']['tokens_per_s']:.0f} tokens/s",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,36 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=20, help="registrations of 1,000 tokens")
     parser.add_argument("--out", type=pathlib.Path, help="write the figures as JSON here too")
     args = parser.parse_args(argv)
-    pg = None
-    conninfo = args.store
-    if not conninfo:
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-        from tests.pg_server import PostgresServer
-
-        pg = PostgresServer().init()
-        conninfo = pg.create_database()
-        with psycopg.connect(conninfo) as conn:
-            pg_schema.migrate(conn, conninfo)
-    work = pathlib.Path(tempfile.mkdtemp(prefix="recallcore-bench-cluster-"))
     try:
-        a = Server(work / "a", "--store", conninfo, name="node-a")
-        b = Server(work / "b", "--store", conninfo, name="node-b")
-        results = {"single": single(a.address, conninfo, args.rounds),
-                   "throughput": throughput([a.address, b.address], args.seconds),
-                   "propagation": propagation(a.address, b.address, args.rounds),
-                   "register": register(a.address, args.batches)}
+        results = run(args.rounds, args.seconds, args.batches, args.store or "")
     finally:
         stop_all()
-        if pg is not None:
-            pg.remove()
-    s = results["single"]
-    print(f"durable single revoke  p50 {s['revoke_ms']['p50']:.2f} ms  p99 {s['revoke_ms']['p99']:.2f} ms")
-    print(f"floor (1-row commit)   p50 {s['floor_ms']['p50']:.2f} ms  p99 {s['floor_ms']['p99']:.2f} ms")
-    print(f"revoke p99 / floor p99 {s['p99_over_floor_p99']:.2f}x (target <= 2x)")
-    print(f"16 callers over 2 nodes {results['throughput']['revocations_per_s']:.0f} revocations/s")
-    p = results["propagation"]["propagation_ms"]
-    print(f"revoke on A -> replica of B  p50 {p['p50']:.2f} ms  p99 {p['p99']:.2f} ms")
-    print(f"register, batches of 1000  {results['register']['tokens_per_s']:.0f} tokens/s")
+    print("\n".join(lines(results)))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

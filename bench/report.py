@@ -90,6 +90,13 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     cold, reg = _get(results, "cold_start_s"), _get(results, "scale_registered")
     add(f"cold start < 1 s ({(reg or 0) / 1e6:g}M tokens)", cold < 1 if cold is not None else None,
         f"{cold:.2f}x of 1 s ({cold:.3f} s)" if cold is not None else "not measured")
+    c99, f99 = _get(results, "cluster", "single", "revoke_ms", "p99"), _get(results, "cluster", "single",
+                                                                          "floor_ms", "p99")
+    skipped = _get(results, "skipped", "cluster")
+    add("cluster: durable single revoke p99 <= 2x bare 1-row synchronous commit p99",
+        c99 <= 2 * f99 if c99 is not None and f99 else None,
+        f"{c99 / f99:.2f}x ({c99:.2f} vs {f99:.2f} ms)" if c99 is not None and f99 else
+        (f"skipped: {skipped}" if skipped else "not measured"))
     return out
 
 
@@ -178,6 +185,16 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         row("7 vs Redis", "  Redis pipelined SISMEMBER (1,000)", g("redis", "pipelined_sismember_ids_per_s"), "ids/s")
         row("7 vs Redis", "bytes per revoked id vs Redis set", g("bytes_per_revoked"), "B", "Redis",
             g("redis", "bytes_per_id"))
+    if g("cluster"):
+        single = g("cluster", "single")
+        for q in ("p50", "p99"):
+            row("8 cluster", f"durable single Revoke RPC {q}", single["revoke_ms"][q], "ms", "1-row commit",
+                single["floor_ms"][q])
+        row("8 cluster", "Revoke RPCs/s (16 callers, 2 nodes)", g("cluster", "throughput", "revocations_per_s"), "/s")
+        prop = g("cluster", "propagation", "propagation_ms")
+        for q in ("p50", "p99"):
+            row("8 cluster", f"revoke on A -> replica of B {q}", prop[q], "ms")
+        row("8 cluster", "Register, batches of 1,000", g("cluster", "register", "tokens_per_s"), "/s")
     return out
 
 
@@ -198,6 +215,9 @@ def table(results: dict) -> str:
         out.append("")
         out.append(f"warning: load average {load:.1f} on {cpus} cores around this run: other processes "
                    "competed for the CPU; trust the ratios more than the absolute figures")
+    if results.get("skipped"):
+        out.append("")
+        out.append("skipped: " + ", ".join(f"{name} ({why})" for name, why in results["skipped"].items()))
     if results.get("errors"):
         out.append("")
         out.append("errors: " + ", ".join(results["errors"]))

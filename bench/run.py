@@ -6,8 +6,12 @@ the core floor of scenario 3); then one `recallcore serve` child opens it
 and scenarios 1 (Replica), 2, 3, 4 and 5 run against it in that order (the
 writing ones last; they take fresh serials from the store's never-revoked
 pool). Scenario 6 builds its own larger store in a child; scenario 7 runs
-when redis-server is installed. A scenario that fails is reported under
-"errors" and the others still run. Every child process is stopped at the
+when redis-server is installed; scenario 8 (cluster, bench/cluster.py)
+starts a PostgreSQL server of its own and two `recallcore serve --store`
+nodes, and runs when PostgreSQL's server binaries are installed (otherwise
+it is reported under "skipped"; asked for with --only, it is an error). The
+base store is built only for the scenarios that use it. A scenario that
+fails is reported under "errors" and the others still run. Every child process is stopped at the
 end, on Ctrl-C and on SIGTERM; the work directory is removed.
 
 Writes bench/results/latest.json and latest.png (or under --out), prints
@@ -29,7 +33,7 @@ import tempfile
 import time
 import traceback
 
-from . import batch, dataset, lookup, procs, propagation, redis_baseline, report, scale, unary, writes
+from . import batch, cluster, dataset, lookup, procs, propagation, redis_baseline, report, scale, unary, writes
 from .measure import progress
 
 
@@ -65,6 +69,9 @@ class Mode:
     cold_runs: int
     redis: bool
     redis_seconds: float
+    cluster_rounds: int  # single revokes (each with its floor commit) and propagation samples
+    cluster_seconds: float  # the 16-caller throughput run
+    cluster_batches: int  # registrations of 1,000 tokens
 
 
 _LAYOUTS = {"1": {"per_process": 1}, "10": {"per_process": 5}, "100": {"per_process": 25, "driver": "async"}}
@@ -77,6 +84,7 @@ MODES = {
         propagation_rate=50, storm_layout="100", storm_rate=1000, storm_seconds=3,
         write_seconds=2, write_concurrency=16, write_rate_cap=10_000, floor_commits=300, bulk_calls=5,
         scale_registered=10_000_000, scale_revoked=1_000_000, cold_runs=3, redis=True, redis_seconds=1.5,
+        cluster_rounds=300, cluster_seconds=3, cluster_batches=10,
     ),
     "full": Mode(
         name="full", base_registered=10_000_000, base_revoked=1_000_000, base_pool=2_000_000,
@@ -86,6 +94,7 @@ MODES = {
         propagation_count=500, propagation_rate=50, storm_layout="100", storm_rate=1000, storm_seconds=10,
         write_seconds=5, write_concurrency=16, write_rate_cap=10_000, floor_commits=1000, bulk_calls=20,
         scale_registered=100_000_000, scale_revoked=10_000_000, cold_runs=3, redis=True, redis_seconds=5,
+        cluster_rounds=1000, cluster_seconds=10, cluster_batches=50,
     ),
     "smoke": Mode(
         name="smoke", base_registered=40_000, base_revoked=2_000, base_pool=30_000, base_foreign=100,
@@ -95,6 +104,7 @@ MODES = {
         propagation_count=5, propagation_rate=50, storm_layout="100", storm_rate=200, storm_seconds=0.5,
         write_seconds=0.3, write_concurrency=4, write_rate_cap=10_000, floor_commits=20, bulk_calls=1,
         scale_registered=200_000, scale_revoked=20_000, cold_runs=1, redis=False, redis_seconds=0.2,
+        cluster_rounds=20, cluster_seconds=0.5, cluster_batches=2,
     ),
 }
 
@@ -181,13 +191,38 @@ class _Scenarios:
         return got
 
 
-SCENARIOS = ("lookup", "unary", "batch", "propagation", "writes", "scale", "redis")
+SCENARIOS = ("lookup", "unary", "batch", "propagation", "writes", "scale", "redis", "cluster")
+_ON_BASE = {"lookup", "unary", "batch", "propagation", "writes"}  # the scenarios that use the base store
 
 
-def run(mode: Mode, work_dir: pathlib.Path, with_redis: bool, only: set[str]) -> dict:
+def run(mode: Mode, work_dir: pathlib.Path, with_redis: bool, only: set[str], asked: bool = False) -> dict:
+    """Every scenario in `only`; `asked`: `only` was given (a scenario that cannot run is then
+    an error, not skipped)."""
     results: dict = {"meta": meta(mode, work_dir)}
     s = _Scenarios(results, only)
     s.run("dataset check", dataset.check_equivalence, work_dir / "equivalence")
+    if only & _ON_BASE:
+        _on_base(s, mode, work_dir, results)
+    s.run("scale", scale.run, work_dir, mode.scale_registered, mode.scale_revoked, mode.cold_runs)
+    if with_redis:
+        s.run("redis", lambda: {"redis": redis_baseline.run(mode, mode.propagation_layouts)})
+    elif mode.redis and "redis" in only:
+        progress("redis: skipped (redis-server or redis-py not installed; see bench/README.md)")
+    if "cluster" in only:
+        why = cluster.available()
+        if not why:
+            s.run("cluster", lambda: {"cluster": cluster.run(mode.cluster_rounds, mode.cluster_seconds,
+                                                             mode.cluster_batches)})
+        elif asked:
+            results.setdefault("errors", {})["cluster"] = why
+        else:
+            progress(f"cluster: skipped ({why})")
+            results.setdefault("skipped", {})["cluster"] = why
+    return results
+
+
+def _on_base(s: _Scenarios, mode: Mode, work_dir: pathlib.Path, results: dict) -> None:
+    """Scenarios 1-5, on the base store (built here, not timed) and one server on it."""
     progress(f"dataset: building {mode.base_revoked:,} revoked of {mode.base_registered:,} (not timed)")
     ds = dataset.build(work_dir / "base", mode.base_registered, mode.base_revoked, mode.base_pool,
                        mode.base_foreign, say=lambda m: progress(f"dataset: {m}"))
@@ -210,12 +245,6 @@ def run(mode: Mode, work_dir: pathlib.Path, with_redis: bool, only: set[str]) ->
         del mirror
         s.run("propagation", propagation.run, server, pool, mode, work_dir)
         s.run("writes", writes.run, server, pool, mode, work_dir)
-    s.run("scale", scale.run, work_dir, mode.scale_registered, mode.scale_revoked, mode.cold_runs)
-    if with_redis:
-        s.run("redis", lambda: {"redis": redis_baseline.run(mode, mode.propagation_layouts)})
-    elif mode.redis and "redis" in only:
-        progress("redis: skipped (redis-server or redis-py not installed; see bench/README.md)")
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis baseline")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--only", default=",".join(SCENARIOS),
-                        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
+                        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)}; "
+                             "redis and cluster only where redis-server and PostgreSQL are installed)")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     if not only <= set(SCENARIOS):
@@ -245,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     procs.set_log_dir(work_dir / "logs")
     progress(f"bench: {mode.name} mode, work dir {work_dir}")
     try:
-        results = run(mode, work_dir, with_redis and "redis" in only, only)
+        results = run(mode, work_dir, with_redis and "redis" in only, only, asked=only != set(SCENARIOS))
     except KeyboardInterrupt:
         progress("bench: interrupted; stopping every child process")
         return 130

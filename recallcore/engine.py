@@ -15,14 +15,23 @@ the loop. Audit queries have a reader thread of their own, so that reading
 the trail never delays a Check; AuditLog follow streams share one read per
 commit (replication/audit_feed.py).
 
-On a store several nodes share (PostgreSQL), changes reach the mirror by one
-path whoever wrote them: the store's log tail (storage/pg_tail.py) reads
-each committed change from the log and the loop applies it. A write of this
-node is answered once the tail has applied its seq here, so its caller
-still reads its own write from this node; a `min_seq` above this node's
+On a store several nodes share (PostgreSQL), the store's log tail
+(storage/pg_tail.py) reads the changes other nodes committed from the log,
+and the loop applies every change in sequence order. A commit of this
+node's own writer is applied by the loop itself as soon as the mirror
+stands where it began (at once, unless the tail still has other nodes'
+changes before it to bring): those are exactly the changes the tail would
+read back, so the writer hands them to the tail (LogTail.adopt), which moves
+past them without reading. Its writes are answered once applied here, so a
+caller reads its own write from this node; a `min_seq` above this node's
 head waits for the tail (another node may have acknowledged it). When the
 database is unreachable the node goes on answering reads from memory, its
-staleness (Stats) grows, and its Watch heartbeats stop vouching.
+staleness (Stats) grows, and once its tail has not read the log for longer
+than a receiver would count a vouch (heartbeat_interval + freshness_skew)
+it stops vouching: no more heartbeats, new Watch streams refused
+UNAVAILABLE naming the database. Its followers and replicas
+then go stale by their own max_staleness and fail closed; they are vouched
+for again once the tail reads the log.
 """
 
 import asyncio
@@ -81,8 +90,9 @@ class Engine(Node):
             store.close()
             raise
         self.store = store
-        self._tail = store.tail(self.state.seq, self.state.revocations.history, self._tailed, self._reload)
-        self._awaiting: list[tuple[int, list]] = []  # (seq, outcomes) of local writes the tail has not applied
+        self._tail = store.tail(self.state.seq, self.state.revocations.history, self._tailed, self._reload,
+                                settings.heartbeat_interval)
+        self._awaiting: list[tuple[list[Delta], list]] = []  # (deltas, outcomes) of own commits not applied yet
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-reader")
         self._audit_reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recallcore-audit")
         self.audit_feed = AuditFeed(self._audit_records)
@@ -137,7 +147,22 @@ class Engine(Node):
 
     def vouch_time_us(self) -> int:
         # On a shared store: when the tail last read the newest committed change.
-        return self._tail.confirmed if self._tail is not None else self.wall_ns() // 1000
+        if self._tail is None:
+            return self.wall_ns() // 1000
+        return self._tail.confirmed if self.vouching() else 0
+
+    def vouching(self) -> bool:
+        # On a shared store, only while the tail reads the log (at least every heartbeat
+        # interval): a receiver counts a vouch at most heartbeat_interval + its clock skew old,
+        # so past that the node stops sending vouches a receiver could only reject as late.
+        if self._tail is None:
+            return True
+        return self._tail.staleness() <= self.settings.heartbeat_interval + self.settings.freshness_skew
+
+    def require_vouching(self) -> None:
+        if not self.vouching():
+            raise Unavailable(f"this node has not read the change log of {self.store.where} for "
+                              f"{self.staleness():.1f} s (the database is unreachable); retry, or ask another node")
 
     def require_ready(self) -> None:
         """A primary always answers from memory; how stale it is goes into Stats and heartbeats."""
@@ -170,6 +195,8 @@ class Engine(Node):
 
     def _on_commit(self, deltas: list[Delta], outcomes: list) -> None:
         """Called on the writer thread after a commit (or a failed group)."""
+        if self._tail is not None and deltas:  # before the tail could read them back: it need not
+            self._tail.adopt(deltas[0].prev_seq, deltas[-1].seq, deltas[-1].history)
         self._loop.call_soon_threadsafe(self._committed, deltas, outcomes)
 
     def _committed(self, deltas: list[Delta], outcomes: list) -> None:
@@ -179,11 +206,13 @@ class Engine(Node):
                 self.audit_feed.committed(self.state.seq)
             self._answer(outcomes)
             return
-        upto = deltas[-1].seq if deltas else 0
-        if upto <= self.state.seq:
-            self._answer(outcomes)
-        else:
-            self._awaiting.append((upto, outcomes))
+        # This node's own commit: the loop applies it itself once the mirror stands where it
+        # began (at once, unless the tail has other nodes' changes before it to bring); the
+        # tail adopted it and does not deliver it (it may have read it first: then it is
+        # skipped here).
+        self._awaiting.append((deltas, outcomes))
+        self._answer_applied()
+        if self._awaiting:
             self._tail.wake()
 
     def _tailed(self, deltas: list[Delta]) -> None:
@@ -207,11 +236,22 @@ class Engine(Node):
         self._answer_applied()
 
     def _answer_applied(self) -> None:
-        ready = [outcomes for seq, outcomes in self._awaiting if seq <= self.state.seq]
-        if ready:
-            self._awaiting = [(seq, outcomes) for seq, outcomes in self._awaiting if seq > self.state.seq]
-            for outcomes in ready:
+        """Apply the awaited own commits that follow on the mirror, in order, then answer every
+        awaited write the mirror holds."""
+        while True:
+            follows = next((deltas for deltas, _ in self._awaiting
+                            if deltas and deltas[0].prev_seq <= self.state.seq < deltas[-1].seq), None)
+            if follows is None:
+                break
+            self._applied(follows)  # the part the mirror holds already is skipped
+            self.audit_feed.committed(self.state.seq)
+        waiting = []
+        for deltas, outcomes in self._awaiting:
+            if deltas and deltas[-1].seq > self.state.seq:
+                waiting.append((deltas, outcomes))
+            else:
                 self._answer(outcomes)
+        self._awaiting = waiting
 
     @staticmethod
     def _answer(outcomes: list) -> None:

@@ -15,6 +15,7 @@ from recallclient import RecallClient
 from recallcore.settings import Settings
 
 from .history import Servers, seeded_rng
+from .memory_store import StoreOpener
 from .support import ServerThread
 
 
@@ -74,3 +75,12 @@ def pg_database(postgres) -> str:
     with psycopg.connect(conninfo) as conn:
         pg_schema.migrate(conn, conninfo)
     return conninfo
+
+
+@pytest.fixture(params=StoreOpener.KINDS)
+def stores(request) -> StoreOpener:
+    """Tests that take this run on every storage engine (see tests/memory_store.py): the core's
+    operation tests, and the Watch tests of what a store's compaction does to its readers."""
+    if request.param == "postgresql":
+        return StoreOpener("postgresql", request.getfixturevalue("pg_database"))
+    return StoreOpener(request.param)

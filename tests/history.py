@@ -15,7 +15,6 @@ they never trust the verdicts of the ReplicaCore that drove the streams.
 """
 
 import dataclasses
-import functools
 import os
 import random
 import threading
@@ -88,13 +87,22 @@ class StreamRecord:
     events: list[pb.WatchEvent] = dataclasses.field(default_factory=list)
     end: str = ""
 
-    @functools.cached_property
+    @property
     def items(self) -> list[tuple[str, object]]:
         """(kind, value) per event, a snapshot's chunks folded into one "snapshot"
-        item; "partial" marks a snapshot the stream ended inside."""
+        item; "partial" marks a snapshot the stream ended inside. Folded again when
+        more events arrived since (a stream still open may be checked)."""
+        folded = self.__dict__.get("_folded")
+        if folded is None or folded[0] != len(self.events):
+            count = len(self.events)
+            folded = self.__dict__["_folded"] = (count, self._fold(self.events[:count]))
+        return folded[1]
+
+    @staticmethod
+    def _fold(events: list[pb.WatchEvent]) -> list[tuple[str, object]]:
         out: list[tuple[str, object]] = []
         chunks: list[pb.SnapshotChunk] = []
-        for event in self.events:
+        for event in events:
             kind = event.WhichOneof("event")
             if kind == "snapshot":
                 chunks.append(event.snapshot)

@@ -5,9 +5,14 @@ numbers); no figure is asserted — timing belongs in bench/, not in tests.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
+
+from bench import cluster, report
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 REQUIRED = {
@@ -36,6 +41,48 @@ def test_bench_smoke_writes_latest_json(tmp_path: pathlib.Path) -> None:
     for summary in [*results["propagation_ms"].values(), results["propagation_storm_ms"]]:
         assert set(summary) == {"p50", "p99", "max"}
     assert "redis" not in results
+    assert_cluster_figures(results, proc.stdout)
+
+
+def assert_cluster_figures(results: dict, table: str) -> None:
+    """The cluster scenario ran (its figures, its target in the table), or, where PostgreSQL is
+    not installed, was reported as skipped (a failure under RECALL_REQUIRE_EXTERNAL=1)."""
+    why = cluster.available()
+    if why:
+        if os.environ.get("RECALL_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"{why} (RECALL_REQUIRE_EXTERNAL=1)")
+        assert results["skipped"]["cluster"] == why and "cluster" not in results
+        assert f"skipped: cluster ({why})" in table
+        return
+    single = results["cluster"]["single"]
+    for summary in (single["floor_ms"], single["revoke_ms"], results["cluster"]["propagation"]["propagation_ms"]):
+        assert set(summary) == {"p50", "p99", "max"}
+    assert results["cluster"]["throughput"]["revocations_per_s"] > 0
+    assert "cluster: durable single revoke p99 <= 2x bare 1-row synchronous commit p99" in table
+
+
+def test_bench_only_cluster_runs_it_alone(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--mode", "smoke", "--only", "cluster", "--out", str(out),
+         "--work-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )
+    results = json.loads((out / "latest.json").read_text())
+    why = cluster.available()
+    if why:  # asked for by name, a scenario that cannot run is an error
+        assert proc.returncode == 1 and results["errors"] == {"cluster": why}
+        return
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(results["seconds"]) == {"dataset check", "cluster"}  # no base store built, nothing else run
+    assert_cluster_figures(results, proc.stdout)
+
+
+def test_the_cluster_target_is_reported_skipped_not_missed_without_postgresql() -> None:
+    results = {"skipped": {"cluster": "PostgreSQL server binaries (initdb, postgres) not installed"}}
+    (found,) = [t for t in report.targets(results) if t[0].startswith("cluster:")]
+    assert found[1:] == ("skipped: PostgreSQL server binaries (initdb, postgres) not installed", None)
+    assert "skipped: cluster (PostgreSQL server binaries" in report.table(results)
 
 
 def test_bench_cluster_runs_on_a_real_database(tmp_path: pathlib.Path, pg_database: str) -> None:

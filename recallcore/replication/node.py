@@ -57,6 +57,11 @@ class Node:
         """True when this node may tell subscribers they are current."""
         return True
 
+    def require_vouching(self) -> None:
+        """Raise Unavailable, saying why, unless this node may vouch for a new subscriber."""
+        if not self.vouching():
+            raise Unavailable("this follower has lost touch with its primary; try another node")
+
     def vouch_time_us(self) -> int:
         """When this node can vouch its state was current (Unix microseconds); 0 when it cannot.
 

@@ -130,11 +130,11 @@ async def _start(node: Node, request: pb.WatchRequest) -> tuple[str, int]:
     """(reason to reset or "", the cursor to resume from or -1 for a snapshot).
 
     Raises FailedPrecondition on a node that has not synced, Unavailable on
-    one that cannot vouch for its state or stays behind the subscriber.
+    one that cannot vouch for its state (a follower cut off from its primary,
+    a cluster node cut off from its database) or stays behind the subscriber.
     """
     node.require_ready()
-    if not node.vouching():
-        raise Unavailable("this follower has lost touch with its primary; try another node")
+    node.require_vouching()
     if request.store_id and request.store_id != node.store_id:
         return f"store changed: subscriber followed {request.store_id}, this is {node.store_id}", -1
     if request.after_seq > node.state.seq and node.ahead_wait:

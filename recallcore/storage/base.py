@@ -178,6 +178,11 @@ class ReadTxn(abc.ABC):
 class WriteTxn(ReadTxn):
     """Reads and writes inside the one write transaction; writes are kept only if it commits."""
 
+    def expect_lookups(self, refs: list[tuple[str, str]]) -> None:
+        """A hint, given before anything else is asked of the transaction: serial_for will be
+        asked for these (issuer, jti). An engine whose every read is a round trip to a server
+        may fetch them with its first; the default ignores it."""
+
     @abc.abstractmethod
     def set_head(self, seq: int, history: bytes) -> None:
         """Record `seq` as the last committed change, and the store's history after it."""
@@ -332,14 +337,16 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release the store; no transaction may be open."""
 
-    def tail(self, after: int, history: bytes, deliver, reset):
+    def tail(self, after: int, history: bytes, deliver, reset, every: float):
         """A follower of the change log for a store several nodes write (None: this node is its only writer).
 
         Once started it calls deliver(deltas) with every change committed
         after `after` (whose history is `history`), by any node, in order,
         and reset() (which reloads the state and returns its (seq, history))
         when changes it missed were compacted or the store no longer holds
-        what this node applied; see storage/pg_tail.py.
+        what this node applied; it reads the log at least every `every`
+        seconds, and its `staleness()` says how long ago it last knew the
+        newest change; see storage/pg_tail.py.
         """
         return None
 

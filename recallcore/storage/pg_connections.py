@@ -110,9 +110,9 @@ class Connections:
 
 def _alive(conn: psycopg.Connection) -> bool:
     try:
-        conn.autocommit = True
+        autocommit, conn.autocommit = conn.autocommit, True
         conn.execute("")
-        conn.autocommit = False
+        conn.autocommit = autocommit
         return True
     except psycopg.Error:
         conn.close()

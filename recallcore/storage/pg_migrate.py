@@ -8,7 +8,9 @@ hash of a name (the (issuer, jti) index and the name indexes) is rebuilt
 from the token records, which hold the names. The store identity, the
 sequence and its history, the serials, rules, rotations and revocation
 records are kept, so replicas and followers of the old store resume on the
-cluster by sequence, without a reset. Afterwards the mirror loaded from
+cluster by sequence, without a reset; so is the Shared Signals state (the
+Security Event Tokens applied, which a cluster node then refuses to apply
+again, and each receiver's cursor, from which its pusher goes on). Afterwards the mirror loaded from
 each side must agree (seq, serials, digest of the revoked set), or the copy
 is rolled back.
 """
@@ -100,6 +102,13 @@ def copy_store(source: LmdbStore, target: PostgresStore) -> dict[str, int]:
         for key, value in rows("log"):
             put("log", "INSERT INTO recallcore.log (seq, time, delta) VALUES (%s, %s, %s)",
                 (from_u64(key), pb.Delta.FromString(value).time, value))
+        for key, value in rows("signals"):  # keyed alike: name_hash(issuer, jti)
+            seq, issued_at = struct.unpack(">QQ", value)
+            put("signals", "INSERT INTO recallcore.signals (key, seq, issued_at) VALUES (%s, %s, %s)",
+                (key, seq, issued_at))
+        for key, value in rows("cursors"):
+            put("cursors", "INSERT INTO recallcore.cursors (name, seq) VALUES (%s, %s)",
+                (key.decode(), from_u64(value)))
         for key, value in rows("audit"):
             record = json.loads(value)
             put("audit", "INSERT INTO recallcore.audit (seq, time, record, subjects, clients, subjects_more, "

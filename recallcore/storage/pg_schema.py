@@ -9,7 +9,7 @@ brings older ones up to `VERSION`, one step at a time inside one
 transaction; a server only ever reads `version(conn)` and refuses a database
 without the schema or with a version it does not know.
 
-Tables (version 1):
+Tables (version 2):
   head          one row (id 1): seq and history of the last change, the highest serial.
                 Every write transaction locks it first (SELECT ... FOR UPDATE): writers of
                 all nodes take turns, so commit order is sequence order and the log is dense.
@@ -26,15 +26,20 @@ Tables (version 1):
   log           seq -> time, recall.v1.Delta
   audit         seq -> time, JSON record, the subjects and clients it lists and whether it
                 names more
-  signals       (issuer, jti) of each Security Event Token applied -> the seq of its change, its iat
+  signals       name_hash(issuer, jti) of each Security Event Token applied (16 bytes, as
+                LMDB keys it, so `recallcore migrate` copies it) -> the seq of its change, its iat
   cursors       SSF receiver name -> the seq up to which it was sent the events of changes
+
+Version 1 keyed signals by (issuer, jti) as text; version 2 keys them by the
+hash, computed here in Python (PostgreSQL has no BLAKE2b).
 """
 
 import uuid
 
+from ..core.digest import name_hash
 from ..core.errors import StoreError
 
-VERSION = 1
+VERSION = 2
 SCHEMA = "recallcore"
 CHANNEL = "recallcore_log"  # NOTIFY channel: payload is the seq just committed
 
@@ -72,8 +77,22 @@ CREATE INDEX signals_issued ON recallcore.signals (issued_at);
 CREATE TABLE recallcore.cursors (name text PRIMARY KEY, seq bigint NOT NULL);
 """
 
-# version reached -> the SQL that reaches it from the one before (1: from nothing).
-STEPS = {1: _V1}
+
+
+def _v2(conn) -> None:
+    """signals keyed by name_hash(issuer, jti) instead of the names."""
+    conn.execute("ALTER TABLE recallcore.signals ADD COLUMN key bytea")
+    names = conn.execute("SELECT issuer, jti FROM recallcore.signals").fetchall()
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE recallcore.signals SET key = %s WHERE issuer = %s AND jti = %s",
+                        [(name_hash(issuer, jti), issuer, jti) for issuer, jti in names])
+    conn.execute("ALTER TABLE recallcore.signals DROP CONSTRAINT signals_pkey, DROP COLUMN issuer, "
+                 "DROP COLUMN jti, ALTER COLUMN key SET NOT NULL, ADD PRIMARY KEY (key)")
+
+
+# version reached -> the SQL (or the function of a connection) that reaches it from the one
+# before (1: from nothing).
+STEPS = {1: _V1, 2: _v2}
 
 
 def version(conn) -> int:
@@ -105,7 +124,10 @@ def migrate(conn, where: str) -> tuple[int, int]:
             raise StoreError(f"{where} holds recallcore schema version {before}; this recallcore knows "
                              f"up to {VERSION}: upgrade recallcore")
         for step in range(before + 1, VERSION + 1):
-            conn.execute(STEPS[step])
+            if callable(STEPS[step]):
+                STEPS[step](conn)
+            else:
+                conn.execute(STEPS[step])
             if step == 1:
                 conn.execute("INSERT INTO recallcore.schema_version (version, store_id) VALUES (1, %s)",
                              (uuid.uuid4().hex,))

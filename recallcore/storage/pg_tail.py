@@ -12,6 +12,13 @@ holds that change as this node applied it (after a failover it may not). Commit 
 row lock), so a snapshot that holds seq N holds every seq before it: the
 changes delivered are dense.
 
+A commit of this node's own writer is `adopt`ed (by the writer, as soon as
+the commit returns): the node applies it itself, and the tail moves past
+it without reading it back once it stands where that commit began; a
+NOTIFY from the writer's own connection does not wake a read. (Should the
+writer lose its connection as the server commits, it never adopts what it
+wrote: the next poll reads it.)
+
 Each successful read stamps `confirmed` (wall-clock Unix microseconds):
 at that time this node knew the newest committed change. A node whose
 database is unreachable stops stamping; its staleness grows and its Watch
@@ -53,6 +60,8 @@ class LogTail:
         self.poll_interval = poll_interval
         self.confirmed = time.time_ns() // 1000
         self.connected = False
+        self._adopted: list[tuple[int, int, bytes]] = []  # (prev_seq, seq, history) applied without the tail
+        self._adopted_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -67,6 +76,24 @@ class LogTail:
             os.write(self._wake_w, b"x")
         except BlockingIOError:  # a wake-up is pending already
             pass
+
+    def adopt(self, prev_seq: int, seq: int, history: bytes) -> None:
+        """This node applied the changes prev_seq+1..seq (its own commit, ending with `history`)
+        without the tail: once the tail stands at prev_seq it moves past them without reading
+        them back (from any thread)."""
+        with self._adopted_lock:
+            self._adopted.append((prev_seq, seq, history))
+
+    def _take_adopted(self) -> None:
+        with self._adopted_lock:
+            adopted, self._adopted = self._adopted, []
+            for prev_seq, seq, history in adopted:
+                if seq <= self.after:  # read from the log already
+                    continue
+                if prev_seq != self.after:  # changes of other nodes come first: read them, keep this
+                    self._adopted.append((prev_seq, seq, history))
+                    continue
+                self.after, self.history = seq, history
 
     def stop(self) -> None:
         self._stop.set()
@@ -119,9 +146,12 @@ class LogTail:
             except BlockingIOError:
                 pass
         if conn is not None and conn.fileno() in ready:
+            self._take_adopted()
             pgconn = conn.pgconn
             pgconn.consume_input()  # raises when the connection broke
             while (note := pgconn.notifies()) is not None:
+                if note.be_pid == self.store.writer_pid:
+                    continue  # this node's own commit: its writer adopts it (polling reads it otherwise)
                 try:
                     due = due or int(note.extra) > self.after  # a change this node read already: no need
                 except ValueError:
@@ -147,6 +177,7 @@ class LogTail:
 
     def _read(self) -> None:
         while True:
+            self._take_adopted()
             started = time.time_ns() // 1000
             with self.store.read() as txn:
                 deltas = txn.deltas_after(self.after, BATCH)

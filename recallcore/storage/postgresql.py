@@ -12,9 +12,17 @@ once the server made it durable (synchronous_commit, and with a synchronous
 standby, on both).
 
 Writes are buffered and sent in one pipeline (runs of one statement as
-executemany) before the next read of the same transaction and before the
-commit, so a registration of a thousand tokens is a few round trips, not
-thousands; reads always see the transaction's own writes. The write
+executemany) before the next read of the same transaction and, with the
+NOTIFY and the COMMIT, at the end, so a registration of a thousand tokens is
+a few round trips, not thousands; reads always see the transaction's own
+writes. The writer's connection is in autocommit mode and the transaction
+is begun by its first statement, one query that also takes the head lock
+and looks up the (issuer, jti) the writer announced (`expect_lookups`: the
+references its group's revocations and rotations name, kept for the
+transaction and updated by its own writes): a revocation by (issuer, jti)
+is two round trips (BEGIN, the lock and the lookup; the writes, NOTIFY and
+COMMIT), not five. A transaction that fails is rolled back on its
+connection. The write
 transaction keeps the head it locked (and then set) rather than asking again.
 
 Connection failures surface as `Unavailable` naming the database (never its
@@ -30,12 +38,14 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import psycopg.conninfo
+from psycopg import sql as pgsql
 from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import delta_from_proto, delta_to_proto
 from recallclient.revoked_set import Delta, split
 from recallclient.types import TokenSpec
 
+from ..core.digest import name_hash
 from ..core.errors import StoreError, Unavailable
 from . import pg_schema
 from .base import Rotation, Rule, Store, StoreFull, WriteTxn
@@ -48,6 +58,7 @@ CHUNK_BITS = 16  # as in LMDB: a bitmap row holds the serials of one 65,536-wide
 EXP_BITS = 12
 SIGN = 1 << 63  # foreign keys are unsigned 64-bit: stored minus SIGN, which keeps their order
 PAGE = 1000  # rows read per round trip by the iterators
+PREFETCH = 1000  # most (issuer, jti) looked up with the head lock; past it each is looked up on its own
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a connection at open and for each transaction (tests lower it)
 _EMPTY = BitMap64()
 
@@ -65,19 +76,50 @@ def describe(conninfo: str) -> str:
 
 
 class PgTxn(WriteTxn):
-    """The storage interface over one PostgreSQL transaction (a read-only one or the write one)."""
+    """The storage interface over one PostgreSQL transaction (a read-only one or the write one).
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    The write transaction is begun lazily, by its first statement: BEGIN, the head lock and
+    the jti lookups announced by `expect_lookups` travel as one query."""
+
+    def __init__(self, conn: psycopg.Connection, *, begin: bool = False) -> None:
         self.conn = conn
         self._pending: list[tuple[str, tuple]] = []
         self.head: int | None = None  # the write transaction's head: as locked, then as set
+        self.locked: int | None = None  # the head as the write transaction locked it
+        self._begin = begin  # the write transaction is still to be begun
+        self._expected: list[tuple[str, str]] = []
+        self._jtis: dict[tuple[str, str], int] = {}  # (issuer, jti) -> serial, as of this write transaction
 
     # ------------------------------------------------------------ plumbing
+    def begin(self) -> None:
+        """Begin the write transaction (once): BEGIN, the head lock and the expected lookups."""
+        if not self._begin:
+            return
+        self._begin = False
+        query = _BEGIN_AND_LOCK
+        expected = list(dict.fromkeys(self._expected))
+        if expected:
+            refs = pgsql.SQL(", ").join(pgsql.SQL("({}, {})").format(pgsql.Literal(i), pgsql.Literal(j))
+                                        for i, j in expected)
+            query += "; " + pgsql.SQL("SELECT issuer, jti, serial FROM recallcore.jtis WHERE (issuer, jti) IN ({})"
+                                      ).format(refs).as_string(self.conn)
+        cur = self.conn.execute(query)  # one round trip (simple query protocol); the connection is autocommit
+        cur.nextset()
+        self.head = self.locked = cur.fetchone()[0]
+        if expected:
+            cur.nextset()
+            self._jtis = dict.fromkeys(expected, 0) | {(i, j): serial for i, j, serial in cur.fetchall()}
+
+    def expect_lookups(self, refs) -> None:
+        if self._begin and len(self._expected) + len(refs) <= PREFETCH:
+            self._expected.extend(refs)
+
     def _write(self, sql: str, params: tuple) -> None:
         self._pending.append((sql, params))
 
     def flush(self) -> None:
         """Send the buffered writes in one pipeline, each run of one statement as one executemany."""
+        self.begin()
         pending, self._pending = self._pending, []
         i = 0
         with self.conn.pipeline(), self.conn.cursor() as cur:
@@ -93,6 +135,7 @@ class PgTxn(WriteTxn):
                 i = j
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        self.begin()
         if self._pending:
             self.flush()
         return self.conn.execute(sql, params).fetchall()
@@ -103,6 +146,7 @@ class PgTxn(WriteTxn):
 
     # ----------------------------------------------------------------- meta
     def head_seq(self) -> int:
+        self.begin()
         if self.head is not None:
             return self.head
         return self._one("SELECT seq FROM recallcore.head WHERE id = 1")[0]
@@ -136,14 +180,19 @@ class PgTxn(WriteTxn):
         self._write("DELETE FROM recallcore.tokens WHERE serial = %s", (serial,))
 
     def serial_for(self, issuer: str, jti: str) -> int:
+        known = self._jtis.get((issuer, jti))
+        if known is not None:
+            return known
         row = self._one("SELECT serial FROM recallcore.jtis WHERE issuer = %s AND jti = %s", (issuer, jti))
         return row[0] if row else 0
 
     def put_jti(self, issuer: str, jti: str, serial: int) -> None:
+        self._jtis[(issuer, jti)] = serial
         self._write("INSERT INTO recallcore.jtis (issuer, jti, serial) VALUES (%s, %s, %s) "
                     "ON CONFLICT (issuer, jti) DO UPDATE SET serial = EXCLUDED.serial", (issuer, jti, serial))
 
     def delete_jti(self, issuer: str, jti: str) -> None:
+        self._jtis[(issuer, jti)] = 0
         self._write("DELETE FROM recallcore.jtis WHERE issuer = %s AND jti = %s", (issuer, jti))
 
     # ---------------------------------------------------- chunked bitmaps
@@ -291,18 +340,17 @@ class PgTxn(WriteTxn):
 
     # -------------------------------------------------------------- signals
     def signal(self, issuer: str, jti: str) -> int | None:
-        row = self._one("SELECT seq FROM recallcore.signals WHERE issuer = %s AND jti = %s", (issuer, jti))
+        row = self._one("SELECT seq FROM recallcore.signals WHERE key = %s", (name_hash(issuer, jti),))
         return row[0] if row else None
 
     def put_signal(self, issuer: str, jti: str, seq: int, issued_at: int) -> None:
-        self._write("INSERT INTO recallcore.signals (issuer, jti, seq, issued_at) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (issuer, jti) DO UPDATE SET seq = EXCLUDED.seq, issued_at = EXCLUDED.issued_at",
-                    (issuer, jti, seq, issued_at))
+        self._write("INSERT INTO recallcore.signals (key, seq, issued_at) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET seq = EXCLUDED.seq, issued_at = EXCLUDED.issued_at",
+                    (name_hash(issuer, jti), seq, issued_at))
 
     def compact_signals(self, before: int, limit: int) -> int:
-        rows = self._rows("DELETE FROM recallcore.signals WHERE (issuer, jti) IN (SELECT issuer, jti FROM "
-                          "recallcore.signals WHERE issued_at < %s ORDER BY issued_at LIMIT %s) RETURNING 1",
-                          (before, limit))
+        rows = self._rows("DELETE FROM recallcore.signals WHERE key IN (SELECT key FROM recallcore.signals "
+                          "WHERE issued_at < %s ORDER BY issued_at LIMIT %s) RETURNING 1", (before, limit))
         return len(rows)
 
     def cursor(self, name: str) -> int:
@@ -417,6 +465,25 @@ def _configure_reader(conn: psycopg.Connection) -> None:
     conn.read_only = True
 
 
+def _configure_writer(conn: psycopg.Connection) -> None:
+    # The write transaction is begun and committed by statements of its own (PostgresStore.write),
+    # so that BEGIN travels with the head lock and COMMIT with the writes.
+    conn.autocommit = True
+
+
+_BEGIN_AND_LOCK = "BEGIN; SELECT seq FROM recallcore.head WHERE id = 1 FOR UPDATE"
+
+
+def _roll_back(conn: psycopg.Connection) -> None:
+    """End a failed write transaction (a connection left inside one is closed when given back)."""
+    if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        pass
+
+
 class PostgresStore(Store):
     """The store in one PostgreSQL database; several nodes may open it at once."""
 
@@ -424,8 +491,9 @@ class PostgresStore(Store):
         self.conninfo = conninfo
         self.where = describe(conninfo)
         self.connect_timeout = connect_timeout = connect_timeout or CONNECT_TIMEOUT
+        self.writer_pid = 0  # the server process of this store's write connection (its NOTIFYs are its own)
         self._readers = Connections(conninfo, readers, connect_timeout, _configure_reader)
-        self._writers = Connections(conninfo, 1, connect_timeout)
+        self._writers = Connections(conninfo, 1, connect_timeout, _configure_writer)
         try:
             with self._readers.connection() as conn, conn.transaction():
                 pg_schema.require_current(conn, self.where)
@@ -456,23 +524,27 @@ class PostgresStore(Store):
         """The write transaction: the head row locked first, durable once the block exits cleanly."""
         try:
             with self._writers.connection() as conn:
-                with conn.transaction():
-                    txn = PgTxn(conn)
-                    before = conn.execute("SELECT seq FROM recallcore.head WHERE id = 1 FOR UPDATE").fetchone()[0]
-                    txn.head = before
+                self.writer_pid = conn.info.backend_pid
+                txn = PgTxn(conn, begin=True)  # begun by its first statement (the writer connection is autocommit)
+                try:
                     yield txn
-                    if txn.head != before:
+                    txn.begin()
+                    if txn.head != txn.locked:
                         txn._write("SELECT pg_notify(%s, %s)", (pg_schema.CHANNEL, str(txn.head)))
-                    txn.flush()
+                    txn._write("COMMIT", ())
+                    txn.flush()  # the writes, the NOTIFY and the COMMIT: one round trip
+                except BaseException:
+                    _roll_back(conn)
+                    raise
         except psycopg.errors.DiskFull as exc:
             raise StoreFull(str(exc)) from exc
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
-    def tail(self, after: int, history: bytes, deliver, reset):
-        from .pg_tail import LogTail
+    def tail(self, after: int, history: bytes, deliver, reset, every: float):
+        from .pg_tail import POLL_INTERVAL, LogTail
 
-        return LogTail(self, after, history, deliver, reset)
+        return LogTail(self, after, history, deliver, reset, poll_interval=min(POLL_INTERVAL, every))
 
     def grow(self) -> bool:
         return False  # the database's disk is the operator's to grow

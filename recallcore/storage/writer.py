@@ -145,6 +145,7 @@ class Writer:
         outcomes: list[Outcome] = []
         self._registering = 0  # tokens this group registered so far (not in the store's size yet)
         with self.store.write() as txn:
+            txn.expect_lookups([(ref.issuer, ref.jti) for op, _ in group for ref in _jti_refs(op)])
             self._catch_up(txn)
             for op, token in group:
                 try:
@@ -203,3 +204,14 @@ class Writer:
                 raise ResourceExhausted("the store is nearly full: presented_after_recall is not recorded")
             return operations.presented(txn, self.state, op, now)
         raise TypeError(f"unknown operation {op!r}")
+
+
+def _jti_refs(op: Operation) -> tuple:
+    """The (issuer, jti) references whose serials applying `op` looks up first."""
+    if isinstance(op, Signal):
+        op = op.action
+    if isinstance(op, Revoke):
+        return op.selector.tokens
+    if isinstance(op, Rotate) and not isinstance(op.ref, int):
+        return (op.ref,)
+    return ()

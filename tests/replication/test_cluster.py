@@ -5,6 +5,8 @@ Real nodes (ServerThreads with --store) on a real PostgreSQL server
 change, its own included, from the log table (storage/pg_tail.py).
 """
 
+import dataclasses
+import logging
 import threading
 
 import pytest
@@ -15,11 +17,13 @@ from recallclient.types import TokenState
 from recallcore.settings import Settings
 
 from ..history import ServerLog, Subscriber, check_history, server_state
-from ..support import until
+from ..support import FakeClock, FreezableProxy, until
 
 IDP = "https://idp.example"
 WRITERS_PER_NODE = 4
 WRITES_EACH = 15
+HEARTBEAT = 0.05
+LOG_KEEP = 8
 
 
 def node_settings(conninfo: str) -> Settings:
@@ -96,4 +100,49 @@ def test_two_nodes_writing_at_once_keep_one_dense_log_with_every_acknowledged_wr
     assert ServerLog().capture(b.engine).changes == log.changes  # both nodes read one log
     assert not sub.resyncs, sub.resyncs
     assert len(sub.streams) == 2 and sub.streams[1].target == b.address
+    check_history(sub.streams, log, final=final)
+
+
+def test_a_node_whose_tail_fell_behind_the_retained_log_reloads_and_resets_its_subscribers(
+        pg_database, servers, caplog):
+    """What a follower does when its primary compacted past it, a node does when the cluster
+    compacted past its tail: it reloads the state from the database, and its subscribers get
+    an explicit reset and a snapshot, never a gap."""
+    caplog.set_level(logging.WARNING, "recallcore.storage.pg_tail")
+    clock = FakeClock()
+    settings = dataclasses.replace(node_settings(pg_database), heartbeat_interval=HEARTBEAT, log_keep=LOG_KEEP,
+                                   log_keep_seconds=0)
+    a = servers.start(settings, clock=clock)
+    port = pg_database.split("port=")[1].split()[0]
+    proxy = FreezableProxy(f"127.0.0.1:{port}")  # node B reaches the database through it
+    try:
+        b = servers.start(dataclasses.replace(settings, store=pg_database.replace(
+            f"port={port}", f"port={proxy.address.rpartition(':')[2]}")))
+        with RecallClient(a.address) as on_a, Subscriber("downstream of b", b.address) as sub:
+            for i in range(5):
+                seq = on_a.revoke(tokens=[(IDP, f"before-{i}")], reason="before").seq
+            sub.wait_vouched(seq)
+            behind = server_state(b).seq
+            proxy.freeze()  # node B's tail stops reading, its connections held open
+            for i in range(3 * LOG_KEEP):
+                seq = on_a.revoke(tokens=[(IDP, f"while-{i}")], reason="while b is away").seq
+            log = ServerLog().capture(a.engine)  # every change, before compaction
+            clock.advance(2)  # log_keep_seconds=0 keeps changes of the current second
+            assert a.call(a.engine.sweep()) == 0
+            log.capture(a.engine)
+            assert log.first == log.head - LOG_KEEP + 1 and log.first > behind + 1, (log.first, behind)
+            after = on_a.revoke(tokens=[(IDP, "after")], reason="after the compaction").seq
+            log.capture(a.engine)
+            proxy.thaw()
+            until(lambda: server_state(b).seq == after, "node B caught up", 30)
+            final = server_state(a)
+            assert server_state(b) == final
+            sub.wait_vouched(after)
+    finally:
+        proxy.close()
+    assert "were compacted away before this node read them" in caplog.text
+    assert b.run(lambda: b.engine.hub.epoch) == 1, "node B did not reload once"
+    resets = [v.reason for s in sub.streams for k, v in s.items if k == "reset"]
+    assert resets == ["upstream reset: this node installed a new snapshot"], resets
+    assert not sub.resyncs, sub.resyncs
     check_history(sub.streams, log, final=final)

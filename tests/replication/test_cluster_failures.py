@@ -4,22 +4,28 @@ Each test that takes the database away runs a PostgreSQL server of its own
 (tests/pg_server.py), so the session's server stays up for the others.
 """
 
+import logging
 import signal
 import threading
 
 import grpc
 import psycopg
 import pytest
-from recallclient import RecallClient, RecallError
+from recallclient import RecallClient, RecallError, Replica
+from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.types import TokenState
 
 from recallcore.settings import Settings
 from recallcore.storage import pg_schema, postgresql
 
+from ..history import ServerLog, Subscriber, check_history, read_stream, server_state
 from ..pg_server import PostgresServer
 from ..support import ServerProcess, ServerThread, until
 
 IDP = "https://idp.example"
+HEARTBEAT = 0.1
+MAX_STALENESS = 3.0  # of the follower and the replica
+WAIT = 60.0  # deadline of every wait; never reached when things work
 
 
 def migrated(server: PostgresServer) -> str:
@@ -117,43 +123,156 @@ def test_with_the_database_down_writes_fail_naming_it_reads_go_on_and_it_recover
         node.stop()
 
 
-def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write(own_postgres, quick_timeouts):
+def check_code(client: RecallClient, serial: int) -> str:
+    try:
+        return client.check(serial).state.name
+    except RecallError as err:
+        return err.code.name
+
+
+def test_with_the_database_down_a_follower_and_a_replica_answer_to_their_bound_then_fail_closed_and_recover(
+        own_postgres, tmp_path, caplog):
+    """The node stops vouching once its tail cannot read the log: its subscribers go stale
+    by their own bound (no vouch of it rejected as late), new ones are refused naming the
+    database, and all of them are current again soon after the database returns."""
+    caplog.set_level(logging.WARNING, "recallclient")
+    conninfo = migrated(own_postgres)
+    dbname = conninfo.rpartition("dbname=")[2]
+    node = ServerProcess(tmp_path / "node", "--store", conninfo, "--heartbeat-interval", str(HEARTBEAT))
+    follower = ServerProcess(tmp_path / "follower", "--follow", node.address, "--heartbeat-interval", str(HEARTBEAT),
+                             "--max-staleness", str(MAX_STALENESS))
+    try:
+        with RecallClient(node.address, timeout=10) as on_node, RecallClient(follower.address, timeout=10) as f, \
+                Replica(node.address, max_staleness=MAX_STALENESS) as replica:
+            token = on_node.register_one("alice", "web", ttl=3600)
+            seq = on_node.revoke(serials=[on_node.register_one("bob", "web", ttl=3600).serial]).seq
+            assert f.check(token.serial, min_seq=seq).state == TokenState.ACTIVE
+            assert replica.wait_for(seq, WAIT)
+            until(lambda: not replica.fail_closed, "a fresh replica", WAIT)
+
+            own_postgres.stop()
+            answers: list[tuple[str, bool]] = []  # (the follower's answer, the replica's) for the active token
+
+            def refusing() -> bool:
+                answers.append((check_code(f, token.serial), replica.is_revoked(token.serial)))
+                return answers[-1] == ("UNAVAILABLE", True)
+
+            until(refusing, "the follower refusing and the replica failing closed", WAIT)
+            # They went on answering from what they had, then refused, and never answered
+            # ACTIVE again (each sample: the follower's answer, then the replica's, in turn).
+            assert answers[0] == ("ACTIVE", False), answers[:3]
+            follower_answers = [a for a, _ in answers]
+            closed_at = follower_answers.index("UNAVAILABLE")
+            assert set(follower_answers[closed_at:]) == {"UNAVAILABLE"}, answers
+            assert set(follower_answers[:closed_at]) == {"ACTIVE"}, answers
+            replica_closed_at = [r for _, r in answers].index(True)
+            assert all(r for _, r in answers[replica_closed_at:]), answers
+            # Both are past their bound by their own reckoning, and the node says how stale it is.
+            assert f.stats().staleness > MAX_STALENESS and replica.staleness > MAX_STALENESS
+            until(lambda: on_node.stats().staleness > 2 * MAX_STALENESS, "the node's staleness growing", WAIT)
+            assert on_node.check(token.serial).state == TokenState.ACTIVE  # the node itself reads from memory
+            assert check_code(f, token.serial) == "UNAVAILABLE" and replica.is_revoked(token.serial)
+            with pytest.raises(grpc.RpcError) as refused:  # a new subscriber is told why
+                read_stream(node.address, pb.WatchRequest(), lambda record: True, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"PostgreSQL database '{dbname}'" in refused.value.details(), refused.value.details()
+            assert "ignored the server's vouch" not in caplog.text  # it stopped vouching: nothing came late
+
+            own_postgres.start()
+
+            def revoked() -> int:
+                try:
+                    return on_node.revoke(serials=[token.serial], reason="after the outage").seq
+                except RecallError as exc:
+                    assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
+                    return 0
+
+            until(revoked, "a write accepted once the database is back", WAIT)
+            until(lambda: check_code(f, token.serial) == "REVOKED", "the follower answering again", WAIT)
+            until(lambda: not replica.fail_closed, "the replica vouched for again", WAIT)
+            assert replica.is_revoked(token.serial)
+            assert not replica.is_revoked(token.serial + 1000)  # fresh again: an unknown serial is not revoked
+            assert f.stats().staleness < MAX_STALENESS and replica.staleness < MAX_STALENESS
+    finally:
+        follower.close()
+        node.close()
+
+
+def recorded(tail) -> list[int]:
+    """The seqs `tail` (a node's LogTail) delivers from now on, in order, as a list that grows."""
+    seqs: list[int] = []
+    deliver = tail.deliver
+
+    def record(deltas) -> None:
+        seqs.extend(delta.seq for delta in deltas)
+        deliver(deltas)
+
+    tail.deliver = record
+    return seqs
+
+
+def test_a_failover_to_a_synchronous_standby_loses_no_acknowledged_write_and_the_tails_resume(
+        own_postgres, quick_timeouts):
+    """Both nodes reconnect through the multi-host conninfo; each node's tail delivers the
+    other node's changes in order, never one twice, and moves past its own node's (which the
+    node applies itself) to the head, across the failover (no reload: the standby held all
+    it had read); a write made on one node after the failover is read on the other with its
+    min_seq, and a subscriber of one node sees one gapless, duplicate-free history."""
     conninfo = migrated(own_postgres)
     dbname = conninfo.rpartition("dbname=")[2]
     standby = own_postgres.standby()
     both = (f"host=127.0.0.1,127.0.0.1 port={own_postgres.port},{standby.port} user=postgres dbname={dbname} "
             "target_session_attrs=read-write")
-    nodes = [ServerThread(Settings(store=both, listen="127.0.0.1:0", sweep_interval=3600)) for _ in range(2)]
+    nodes = [ServerThread(Settings(store=both, listen="127.0.0.1:0", sweep_interval=3600,
+                                   heartbeat_interval=HEARTBEAT)) for _ in range(2)]
+    tails = [node.engine._tail for node in nodes]
+    delivered = [recorded(tail) for tail in tails]  # the seqs each node's tail delivered, in order
     clients = [RecallClient(node.address, timeout=10) for node in nodes]
+    sub = Subscriber("across the failover", nodes[1].address).start()
     try:
-        acked = []
+        acked = []  # (jti, seq, the node that wrote it)
         for i in range(20):
             receipt = clients[i % 2].revoke(tokens=[(IDP, f"f{i}")], reason="before the failover")
-            acked.append((f"f{i}", receipt.seq))
+            acked.append((f"f{i}", receipt.seq, i % 2))
         own_postgres.stop(how=signal.SIGQUIT)  # the primary dies without a checkpoint
         standby.promote()
 
-        def writes(client, jti: str) -> bool:
+        def writes(n: int, jti: str) -> bool:
             try:
-                acked.append((jti, client.revoke(tokens=[(IDP, jti)], reason="after the failover").seq))
+                acked.append((jti, clients[n].revoke(tokens=[(IDP, jti)], reason="after the failover").seq, n))
                 return True
             except RecallError as exc:
                 assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
                 return False
 
-        for n, client in enumerate(clients):  # each node finds the new primary by itself
-            until(lambda: writes(client, f"after-{n}"), f"node {n} writing to the promoted standby", 60)
-        last = max(seq for _, seq in acked)
+        for n in range(2):  # each node finds the new primary by itself
+            until(lambda: writes(n, f"after-{n}"), f"node {n} writing to the promoted standby", 60)
+            jti, seq, _ = acked[-1]
+            other = clients[1 - n]  # ...and the other reads that write once its tail reached the write's seq
+            assert other.check(issuer=IDP, jti=jti, min_seq=seq).state == TokenState.REVOKED, jti
+        last = max(seq for _, seq, _ in acked)
         for client in clients:
-            for jti, _ in acked:
+            for jti, _, _ in acked:
                 assert client.check(issuer=IDP, jti=jti, min_seq=last).state == TokenState.REVOKED, jti
         with psycopg.connect(standby.conninfo(dbname)) as conn:  # the new primary's log holds every one
             head = conn.execute("SELECT seq FROM recallcore.head").fetchone()[0]
             logged = conn.execute("SELECT count(*), min(seq), max(seq) FROM recallcore.log").fetchone()
         assert logged == (head, 1, head) and head == len(acked) == 22
+        for n, (tail, seqs) in enumerate(zip(tails, delivered)):
+            theirs = {seq for _, seq, by in acked if by != n}
+            assert seqs == sorted(set(seqs)) and theirs <= set(seqs), (n, seqs)  # in order, once, all
+            until(lambda: tail.after == head, f"node {n}'s tail at the head", 30)  # past its own node's too
+            assert nodes[n].run(lambda: nodes[n].engine.hub.epoch) == 0, "the node reloaded its state"
+        final = server_state(nodes[1])
+        assert final == server_state(nodes[0]) and final.seq == head
+        sub.wait_vouched(head, 60)
+        log = ServerLog().capture(nodes[1].engine)
     finally:
+        sub.stop()
         for client in clients:
             client.close()
         for node in nodes:
             node.stop()
         standby.stop()
+    assert len(sub.streams) == 1 and not sub.resyncs, (sub.resyncs, [s.end for s in sub.streams])
+    check_history(sub.streams, log, final=final)

@@ -205,9 +205,10 @@ def test_a_storm_of_writes_reaches_subscribers_as_spaced_merged_events(servers, 
         assert len(spans) <= most < changes, f"{sub.name}: {len(spans)} events for {changes} changes in {elapsed:.2f} s"
 
 
-def test_resume_after_compaction_gets_reset_and_snapshot(servers, fast, rng):
+def test_resume_after_compaction_gets_reset_and_snapshot(servers, fast, rng, stores):
     clock = FakeClock()
-    srv = servers.start(dataclasses.replace(fast, log_keep=8, log_keep_seconds=0, watch_ring=4), clock=clock)
+    srv = servers.start(dataclasses.replace(fast, log_keep=8, log_keep_seconds=0, watch_ring=4), clock=clock,
+                        store=stores())
     work = Workload(rng)
     with Subscriber("steady", srv.address) as steady, Subscriber("away", srv.address) as away:
         work.run(srv.address, 2, 30)
@@ -229,9 +230,10 @@ def test_resume_after_compaction_gets_reset_and_snapshot(servers, fast, rng):
     assert kinds(steady.streams[0]).count("snapshot") == 1 and len(steady.streams) == 1
 
 
-def test_compaction_during_a_catch_up_resets_the_stream(servers, fast, rng, monkeypatch):
+def test_compaction_during_a_catch_up_resets_the_stream(servers, fast, rng, monkeypatch, stores):
     clock = FakeClock()
-    srv = servers.start(dataclasses.replace(fast, log_keep=8, log_keep_seconds=0, watch_ring=4), clock=clock)
+    srv = servers.start(dataclasses.replace(fast, log_keep=8, log_keep_seconds=0, watch_ring=4), clock=clock,
+                        store=stores())
     monkeypatch.setattr(watch, "HISTORY_PAGE", 5)  # a catch-up takes several pages
     work = Workload(rng)
     with Subscriber("behind", srv.address) as behind:

@@ -260,3 +260,23 @@ def test_signals_are_compacted_oldest_first_by_their_issue_time(store: Store):
     with store.write() as txn:
         assert txn.compact_signals(before=350, limit=10) == 1
         assert txn.signal("iss", "set-0") is None and txn.signal("iss", "set-3") == 3
+
+
+def test_lookups_announced_to_a_write_transaction_answer_as_any_other_and_see_its_writes(store: Store):
+    with store.write() as txn:
+        txn.expect_lookups([("iss", "a"), ("iss", "b")])
+        assert txn.serial_for("iss", "a") == 0
+        txn.put_jti("iss", "a", 1)
+        assert txn.serial_for("iss", "a") == 1
+    with store.write() as txn:
+        txn.expect_lookups([("iss", "a"), ("iss", "b"), ("iss", "it's \\ 'quoted'"), ("iss", "a")])
+        assert (txn.serial_for("iss", "a"), txn.serial_for("iss", "b")) == (1, 0)
+        txn.put_jti("iss", "it's \\ 'quoted'", 3)
+        txn.put_jti("iss", "b", 2)
+        txn.delete_jti("iss", "a")
+        assert (txn.serial_for("iss", "a"), txn.serial_for("iss", "b")) == (0, 2)
+    with store.write() as txn:
+        txn.expect_lookups([("iss", "it's \\ 'quoted'")])
+        assert txn.serial_for("iss", "it's \\ 'quoted'") == 3
+    with store.read() as txn:
+        assert (txn.serial_for("iss", "a"), txn.serial_for("iss", "b")) == (0, 2)

@@ -2,15 +2,19 @@
 
 A real LMDB server is filled, stopped and copied; a node started on the
 database must answer as the old server did, keep its store identity and
-sequence, and a replica that followed the old server must resume on the
+sequence and its Shared Signals state (the SETs it applied, the receivers'
+cursors), and a replica that followed the old server must resume on the
 node by sequence, without a reset.
 """
 
+import time
+
 from recallclient import RecallClient
-from recallclient.types import TokenSpec, TokenType
+from recallclient.types import JtiRef, TokenSpec, TokenType
 
 from recallcore import cli
 from recallcore.core.audit import AuditQuery
+from recallcore.core.signals import Recall
 from recallcore.settings import Settings
 
 from ..history import ServerLog, Subscriber, check_history, server_state
@@ -33,6 +37,18 @@ def fill(client: RecallClient) -> list[int]:
     return serials + [custom, refresh, successor]
 
 
+SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+SETS = (("set-1", JtiRef(IDP, "by-a-set")), ("set-2", None))  # one recalls a token, one recalls nothing
+
+
+def apply_sets(srv) -> list:
+    """The SignalResults of applying SETS on the server `srv` (a ServerThread)."""
+    now = int(time.time())
+    return [srv.call(srv.engine.signal(IDP, jti, Recall(SESSION_REVOKED, token=token),
+                                       {"transmitter": "idp", "jti": jti}, issued_at=now))
+            for jti, token in SETS]
+
+
 def answers(client: RecallClient, serials: list[int]) -> list[tuple]:
     out = [(s, client.check(s).state, client.check(s).reason) for s in serials]
     out.append(client.check(issuer=IDP, jti="never-registered").state)
@@ -45,6 +61,9 @@ def test_a_migrated_store_answers_as_before_and_its_replicas_resume_without_a_re
     with Subscriber("replica", lambda: target[0]) as sub:  # from the empty store: its snapshot holds no rule
         with RecallClient(old.address) as client:
             serials = fill(client)
+            applied = apply_sets(old)
+            assert [r.duplicate for r in applied] == [False, False] and applied[0].count == 1
+            assert old.call(old.engine.advance("receiver-a", applied[0].seq)) == applied[0].seq
             before = answers(client, serials)
             old.call(old.server.presented.flush())  # the revoked tokens just checked: recorded now, not at the stop
             stats = client.stats()
@@ -64,6 +83,14 @@ def test_a_migrated_store_answers_as_before_and_its_replicas_resume_without_a_re
             moved = client.stats()
             assert (moved.store_id, moved.seq, moved.registered) == (stats.store_id, stats.seq, stats.registered)
             assert answers(client, serials) == before
+            # The Shared Signals state came along: the SETs already applied are not applied
+            # again (each answered with the change it made), and the receiver's cursor stands.
+            again = apply_sets(node)
+            assert [(r.duplicate, r.count) for r in again] == [(True, 0), (True, 0)]
+            assert again[0].seq == applied[0].seq
+            assert node.call(node.engine.cursor("receiver-a")) == applied[0].seq
+            assert node.call(node.engine.cursor("receiver-b")) == 0
+            assert client.stats().seq == stats.seq  # and nothing was written for them
             after = client.revoke(serials=[serials[2]], reason="after the move")
             assert after.seq == stats.seq + 1
             again = client.register_one("erin", "web", ttl=3600)

@@ -15,6 +15,7 @@ from recallcore.storage import open_store, pg_schema
 from recallcore.storage.postgresql import PostgresStore
 
 from ..support import free_address
+from .test_interface import spec
 
 
 def test_migrate_schema_creates_the_schema_once_and_a_server_opens_it(postgres, capsys):
@@ -23,9 +24,9 @@ def test_migrate_schema_creates_the_schema_once_and_a_server_opens_it(postgres, 
         PostgresStore(conninfo)
 
     assert cli.main(["migrate-schema", "--store", conninfo]) == 0
-    assert "schema created at version 1" in capsys.readouterr().out
+    assert "schema created at version 2" in capsys.readouterr().out
     assert cli.main(["migrate-schema", "--store", conninfo]) == 0
-    assert "schema at version 1, nothing to do" in capsys.readouterr().out
+    assert "schema at version 2, nothing to do" in capsys.readouterr().out
 
     store = open_store(Settings(store=conninfo))
     try:
@@ -41,10 +42,38 @@ def test_a_schema_of_an_unknown_version_is_refused_naming_the_database(postgres,
     with psycopg.connect(conninfo) as conn:
         conn.execute("UPDATE recallcore.schema_version SET version = %s", (pg_schema.VERSION + 1,))
     dbname = conninfo.rpartition("dbname=")[2]
-    with pytest.raises(StoreError, match=f"database '{dbname}'.*schema version 2, newer than this server"):
+    newer = pg_schema.VERSION + 1
+    with pytest.raises(StoreError, match=f"database '{dbname}'.*schema version {newer}, newer than this server"):
         PostgresStore(conninfo)
     assert cli.main(["migrate-schema", "--store", conninfo]) == 1
     assert "upgrade recallcore" in capsys.readouterr().err
+
+
+def test_a_version_1_schema_is_upgraded_keeping_the_signals_applied_and_refused_until_then(postgres, capsys):
+    conninfo = postgres.create_database()
+    with psycopg.connect(conninfo) as conn:  # a database as version 1 left it
+        conn.execute(pg_schema.STEPS[1])
+        conn.execute("INSERT INTO recallcore.schema_version (version, store_id) VALUES (1, 'v1-store')")
+        conn.execute("INSERT INTO recallcore.signals (issuer, jti, seq, issued_at) VALUES "
+                     "('https://idp.example', 'set-1', 7, 100), ('https://idp.example', 'set-2', 0, 200)")
+    with pytest.raises(StoreError, match="schema version 1; this server reads version 2: run `recallcore migrate"):
+        PostgresStore(conninfo)
+    assert cli.main(["migrate-schema", "--store", conninfo]) == 0
+    assert "schema upgraded from 1 to version 2" in capsys.readouterr().out
+    store = PostgresStore(conninfo)
+    try:
+        assert store.store_id == "v1-store"
+        with store.read() as txn:
+            assert txn.signal("https://idp.example", "set-1") == 7
+            assert txn.signal("https://idp.example", "set-2") == 0
+            assert txn.signal("https://idp.example", "set-3") is None
+        with store.write() as txn:
+            assert txn.compact_signals(before=150, limit=10) == 1  # set-1, by its iat
+        with store.read() as txn:
+            assert txn.signal("https://idp.example", "set-1") is None
+            assert txn.signal("https://idp.example", "set-2") == 0
+    finally:
+        store.close()
 
 
 def test_every_store_on_one_database_has_its_identity_and_sees_the_others_commits(pg_database):
@@ -60,6 +89,28 @@ def test_every_store_on_one_database_has_its_identity_and_sees_the_others_commit
     finally:
         first.close()
         second.close()
+
+
+def test_a_failed_write_transaction_keeps_nothing_and_the_next_one_commits(pg_database):
+    store = PostgresStore(pg_database)
+    try:
+        with pytest.raises(RuntimeError), store.write() as txn:  # an error in the block
+            txn.set_head(1, b"h1")
+            txn.update_revoked(BitMap64([5]))
+            raise RuntimeError("a bug")
+        with pytest.raises(psycopg.errors.UniqueViolation), store.write() as txn:  # one at the commit's flush
+            txn.set_head(1, b"h1")
+            txn.put_record(1, spec(1))
+            txn.put_record(1, spec(1))
+        with store.read() as txn:
+            assert (txn.head_seq(), txn.revoked_serials(), txn.record(1)) == (0, BitMap64(), None)
+        with store.write() as txn:
+            txn.set_head(1, b"h1")
+            txn.put_record(1, spec(1))
+        with store.read() as txn:
+            assert (txn.head_seq(), txn.record(1)) == (1, spec(1))
+    finally:
+        store.close()
 
 
 def test_an_unreachable_database_at_start_is_an_error_naming_it_not_a_hang():
