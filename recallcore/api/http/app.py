@@ -98,12 +98,24 @@ def quoted(text: str) -> str:
     return "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)
 
 
-def answers(handler):
-    """Map what `handler` raises to its HTTP answer: the one place errors meet HTTP statuses.
+def add_route(app: web.Application, method: str, path: str, handler) -> None:
+    """Serve `handler` for `method` (GET also answers HEAD) at `path` of `app`, which holds the
+    edge: what it raises mapped by answers(), each request counted under the path's template."""
+    resource = app.router.add_resource(path)
+    handle = answers(handler, app[EDGE].metrics.http_path(resource.canonical))
+    for each in ("GET", "HEAD") if method == "GET" else (method,):
+        resource.add_route(each, handle)
 
-    A decorator rather than an aiohttp middleware: a middleware costs every
+
+def answers(handler, requests):
+    """`handler` with what it raises mapped to its HTTP answer (the one place errors meet HTTP
+    statuses), each request counted in `requests` (a metrics.PathTally).
+
+    A wrapper rather than an aiohttp middleware: a middleware costs every
     request a fifth of the stack's empty-handler rate (measured: 24.5k
-    against 18k requests/s), a try block nothing.
+    against 18k requests/s), a try block nothing. It is made per route when
+    the route is added (add_route), its tallies bound then: looking up the
+    path and the metrics each request cost the check path a tenth of its rate.
     """
 
     @functools.wraps(handler)
@@ -127,8 +139,7 @@ def answers(handler):
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = error_response(500, "server_error", "internal error")
-        request.app[EDGE].metrics.http_request(request.match_info.route.resource.canonical, response.status,
-                                               time.perf_counter() - started)
+        requests.observe(response.status, time.perf_counter() - started)
         return response
 
     return handle

@@ -16,7 +16,7 @@ from aiohttp import web
 from ...core.errors import Unauthenticated
 from ...security.identity import bearer
 from ..decision import Decision
-from .app import EDGE, REALM, answers, error_response, peer_of, quoted
+from .app import EDGE, REALM, add_route, error_response, peer_of, quoted
 
 _HEADER_SAFE = " !#$%&'()*+,-./:;<=>?@[]^_`{|}~"
 # What the identity headers of an allowed request may carry.
@@ -25,9 +25,9 @@ DECISION_FIELDS = {"sub": "subject", "client_id": "client_id", "scope": "scope",
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v1/check", check)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_route(app, "*", "/v1/check", check)
+    add_route(app, "GET", "/healthz", healthz)
+    add_route(app, "GET", "/readyz", readyz)
 
 
 def noted(metrics, presented, decision: Decision, presented_by) -> None:
@@ -48,7 +48,6 @@ def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) ->
     return out
 
 
-@answers
 async def check(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     try:
@@ -72,13 +71,11 @@ async def check(request: web.Request) -> web.Response:
         "WWW-Authenticate": challenge, "Cache-Control": "no-store"})
 
 
-@answers
 async def healthz(request: web.Request) -> web.Response:
     request.app[EDGE].api_caller(request, "check")
     return web.Response(text="serving\n", headers={"Cache-Control": "no-store"})
 
 
-@answers
 async def readyz(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     edge.api_caller(request, "check")

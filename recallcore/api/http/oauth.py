@@ -16,7 +16,7 @@ from recallclient.types import JtiRef, TokenState
 from ...core.model import Selector
 from ...security.identity import Caller
 from ...security.jwt_verifier import InvalidToken, looks_like_jwt
-from .app import EDGE, Edge, HttpError, answers, read_form, required
+from .app import EDGE, Edge, HttpError, add_route, read_form, required
 
 TOKEN_TYPES = ("access_token", "refresh_token")
 # The RFC 7662 fields an active token's answer may carry, from a registration or a JWT's claims.
@@ -27,9 +27,9 @@ REVOKE_REASON = "revoked by its client (RFC 7009)"
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/oauth2/introspect", introspect)
-    app.router.add_post("/oauth2/revoke", revoke)  # a follower answers 503 naming its primary
-    app.router.add_get("/.well-known/oauth-authorization-server", metadata)
+    add_route(app, "POST", "/oauth2/introspect", introspect)
+    add_route(app, "POST", "/oauth2/revoke", revoke)  # a follower answers 503 naming its primary
+    add_route(app, "GET", "/.well-known/oauth-authorization-server", metadata)
 
 
 def _answer(body: dict) -> web.Response:
@@ -51,7 +51,6 @@ async def _token_request(request: web.Request, role: str) -> tuple[Edge, Caller,
     return edge, caller, own_client, token
 
 
-@answers
 async def introspect(request: web.Request) -> web.Response:
     edge, _, own_client, token = await _token_request(request, "introspect")
     decision = await edge.decider.decide(token)
@@ -87,7 +86,6 @@ async def _target(edge: Edge, token: str) -> tuple[JtiRef, dict] | None:
     return (ref, info) if info.get("serial") else None
 
 
-@answers
 async def revoke(request: web.Request) -> web.Response:
     edge, caller, own_client, token = await _token_request(request, "revoke")
     target = await _target(edge, token)
@@ -105,7 +103,6 @@ async def revoke(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
 
-@answers
 async def metadata(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     if edge.gate.enforcing:  # any caller the policy knows; OAuth clients too

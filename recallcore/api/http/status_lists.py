@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ...core import status_list
 from ...core.errors import InvalidArgument
-from .app import EDGE, HttpError, answers
+from .app import EDGE, HttpError, add_route
 
 MEDIA_TYPE = "application/statuslist+jwt"
 CWT_MEDIA_TYPE = "application/statuslist+cwt"
@@ -108,11 +108,10 @@ STATUS_LISTS = web.AppKey("status_lists", StatusLists)
 
 def add_routes(app: web.Application, lists: StatusLists) -> None:
     app[STATUS_LISTS] = lists
-    app.router.add_get(r"/statuslists/{number:\d+}", status_list_handler)
-    app.router.add_get("/statuslists/jwks.json", jwks_handler)
+    add_route(app, "GET", r"/statuslists/{number:\d+}", status_list_handler)
+    add_route(app, "GET", "/statuslists/jwks.json", jwks_handler)
 
 
-@answers
 async def status_list_handler(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     edge.api_caller(request, "check")
@@ -133,7 +132,6 @@ async def status_list_handler(request: web.Request) -> web.Response:
     return web.Response(text=signed.token, content_type=MEDIA_TYPE, headers=headers)
 
 
-@answers
 async def jwks_handler(request: web.Request) -> web.Response:
     request.app[EDGE].api_caller(request, "check")
     return web.json_response(request.app[STATUS_LISTS].jwks, headers={"Cache-Control": "max-age=300"})
