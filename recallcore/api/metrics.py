@@ -62,6 +62,8 @@ class Metrics:
         self.checks = _Tally("recall_check_outcomes", "tokens checked, by the state found", ("state",))
         self.edge = _Tally("recall_edge_decisions", "gateway decisions (HTTP edge, ext_authz) by outcome and cause",
                            ("outcome", "cause"))
+        # Edge decisions as {allowed: {cause: count}}, counted by api/http/gateway.noted.
+        self.decisions = {True: self.edge.child(("allowed",)), False: self.edge.child(("denied",))}
         for tally in (self.rpcs, self.rpc_seconds, self.http, self.http_seconds, self.checks, self.edge):
             r.register(tally)
         self.presented = Counter("recall_recalled_token_presented",
@@ -96,9 +98,6 @@ class Metrics:
 
     def recalled(self, client: str, reason: str, count: int = 1) -> None:
         self.presented.labels(self._clients(client or "unknown"), self._reasons(reason or "unknown")).inc(count)
-
-    def decided(self, allowed: bool, cause: str) -> None:
-        self.edge.add(("allowed" if allowed else "denied", cause))
 
     def committed(self, seconds: float, size: int) -> None:
         """Called on the writer thread after each group."""

@@ -30,12 +30,17 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "GET", "/readyz", readyz)
 
 
-def noted(metrics, presented, decision: Decision, presented_by) -> None:
+def noted(metrics, presented, decision: Decision, presented_by, *args) -> None:
     """Count an edge decision; a recalled token presented again goes to the `presented`
-    monitor, with presented_by() (who asked: the gateway) computed only then."""
-    metrics.decided(decision.allowed, decision.cause)
-    if decision.cause == "revoked" and presented is not None:
-        presented.saw(decision.serial, decision.issuer, decision.jti, decision.client_id, presented_by())
+    monitor, with presented_by(*args) (who asked: the gateway) computed only then."""
+    counts, cause = metrics.decisions[decision.allowed], decision.cause
+    counts[cause] = counts.get(cause, 0) + 1
+    if cause == "revoked" and presented is not None:
+        presented.saw(decision.serial, decision.issuer, decision.jti, decision.client_id, presented_by(*args))
+
+
+def _presented_by(request: web.Request, caller) -> str:
+    return peer_of(request) if caller.anonymous else f"{caller.identity} ({peer_of(request)})"
 
 
 def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -57,7 +62,7 @@ async def check(request: web.Request) -> web.Response:
         return error_response(403, "access_denied", f"gateway: {exc}")
     token = bearer(request.headers.get("Authorization", "")) or ""
     decision = await edge.decider.decide(token)
-    noted(edge.metrics, edge.presented, decision, lambda: peer_of(request) if caller.anonymous else f"{caller.identity} ({peer_of(request)})")
+    noted(edge.metrics, edge.presented, decision, _presented_by, request, caller)
     if decision.allowed:
         headers = decision.memo.get("headers")
         if headers is None:
