@@ -102,27 +102,29 @@ def add_route(app: web.Application, method: str, path: str, handler) -> None:
     """Serve `handler` for `method` (GET also answers HEAD) at `path` of `app`, which holds the
     edge: what it raises mapped by answers(), each request counted under the path's template."""
     resource = app.router.add_resource(path)
-    handle = answers(handler, app[EDGE].metrics.http_path(resource.canonical))
+    edge = app[EDGE]
+    handle = answers(handler, edge, edge.metrics.http_path(resource.canonical))
     for each in ("GET", "HEAD") if method == "GET" else (method,):
         resource.add_route(each, handle)
 
 
-def answers(handler, requests):
-    """`handler` with what it raises mapped to its HTTP answer (the one place errors meet HTTP
-    statuses), each request counted in `requests` (a metrics.PathTally).
+def answers(handler, edge: "Edge", requests):
+    """`handler(edge, request)` as an aiohttp handler, what it raises mapped to its HTTP answer
+    (the one place errors meet HTTP statuses), each request counted in `requests` (a
+    metrics.PathTally).
 
     A wrapper rather than an aiohttp middleware: a middleware costs every
     request a fifth of the stack's empty-handler rate (measured: 24.5k
     against 18k requests/s), a try block nothing. It is made per route when
-    the route is added (add_route), its tallies bound then: looking up the
-    path and the metrics each request cost the check path a tenth of its rate.
+    the route is added (add_route), the edge and the path's tallies bound
+    then: looking them up each request cost the check path a tenth of its rate.
     """
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
-            response = await handler(request)
+            response = await handler(edge, request)
         except HttpError as exc:
             response = error_response(exc.status, exc.error, str(exc), exc.headers)
         except SetRejected as exc:  # RFC 8935 section 2.3: {"err", "description"}

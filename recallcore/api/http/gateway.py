@@ -16,7 +16,7 @@ from aiohttp import web
 from ...core.errors import Unauthenticated
 from ...security.identity import bearer
 from ..decision import Decision
-from .app import EDGE, REALM, add_route, error_response, peer_of, quoted
+from .app import REALM, Edge, add_route, error_response, peer_of, quoted
 
 _HEADER_SAFE = " !#$%&'()*+,-./:;<=>?@[]^_`{|}~"
 # What the identity headers of an allowed request may carry.
@@ -53,8 +53,7 @@ def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) ->
     return out
 
 
-async def check(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def check(edge: Edge, request: web.Request) -> web.Response:
     try:
         caller = edge.api_caller(request, "check", authorization=False)  # Authorization holds the token checked
     except Unauthenticated as exc:
@@ -76,13 +75,12 @@ async def check(request: web.Request) -> web.Response:
         "WWW-Authenticate": challenge, "Cache-Control": "no-store"})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    request.app[EDGE].api_caller(request, "check")
+async def healthz(edge: Edge, request: web.Request) -> web.Response:
+    edge.api_caller(request, "check")
     return web.Response(text="serving\n", headers={"Cache-Control": "no-store"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def readyz(edge: Edge, request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     edge.node.require_ready()  # 503 saying why (not synced; past max staleness)
     return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})

@@ -27,7 +27,7 @@ from ...core.errors import Unauthenticated
 from ...core.signals import CAEP
 from ...security.identity import ANONYMOUS
 from ...security.set_verifier import SetRejected
-from .app import EDGE, MAX_BODY, HttpError, add_route, peer_of
+from .app import MAX_BODY, Edge, HttpError, add_route, peer_of
 
 MEDIA_TYPE = "application/secevent+jwt"
 SESSION_REVOKED = CAEP + "session-revoked"
@@ -53,8 +53,7 @@ def _require(edge, request: web.Request, identity: str, what: str) -> None:
         raise SetRejected("access_denied", f"{caller.identity} may not {what}", 403)
 
 
-async def push(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def push(edge: Edge, request: web.Request) -> web.Response:
     stream = edge.receiver.streams.get(request.match_info["stream"])
     if stream is None:
         raise HttpError(404, "invalid_request", f"no SSF stream {request.match_info['stream']!r} here")
@@ -72,8 +71,7 @@ async def push(request: web.Request) -> web.Response:
     return web.Response(status=202, headers={"Cache-Control": "no-store"})
 
 
-async def status(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def status(edge: Edge, request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     out = {"streams": {name: s.status() for name, s in edge.receiver.streams.items()} if edge.receiver else {}}
     if edge.transmission is not None:
@@ -91,9 +89,8 @@ def add_transmitter_routes(app: web.Application, status_too: bool) -> None:
     add_route(app, "GET", "/ssf/jwks.json", jwks)
 
 
-async def poll(request: web.Request) -> web.Response:
+async def poll(edge: Edge, request: web.Request) -> web.Response:
     """RFC 8936: `ack` the SETs taken, get the next ones (always at once: returnImmediately)."""
-    edge = request.app[EDGE]
     stream = edge.transmission.polls.get(request.match_info["stream"])
     if stream is None:
         raise HttpError(404, "invalid_request", f"no SSF poll stream {request.match_info['stream']!r} here")
@@ -116,8 +113,7 @@ async def poll(request: web.Request) -> web.Response:
     return web.json_response({"sets": sets, "moreAvailable": more}, headers={"Cache-Control": "no-store"})
 
 
-async def configuration(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def configuration(edge: Edge, request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}"
     return web.json_response({
         "spec_version": "1_0", "issuer": edge.transmission.issuer, "jwks_uri": f"{base}/ssf/jwks.json",
@@ -127,14 +123,13 @@ async def configuration(request: web.Request) -> web.Response:
     }, headers={"Cache-Control": "max-age=300"})
 
 
-async def jwks(request: web.Request) -> web.Response:
-    return web.json_response(request.app[EDGE].transmission.signer.jwks, headers={"Cache-Control": "max-age=300"})
+async def jwks(edge: Edge, request: web.Request) -> web.Response:
+    return web.json_response(edge.transmission.signer.jwks, headers={"Cache-Control": "max-age=300"})
 
 
-async def streams(request: web.Request) -> web.Response:
+async def streams(edge: Edge, request: web.Request) -> web.Response:
     """SSF stream configuration, read only (streams are configured in the config file): every
     stream the caller may take, or the one `stream_id` names."""
-    edge = request.app[EDGE]
     base = f"{request.scheme}://{request.host}"
     transmission = edge.transmission
     out = []

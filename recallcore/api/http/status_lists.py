@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ...core import status_list
 from ...core.errors import InvalidArgument
-from .app import EDGE, HttpError, add_route
+from .app import Edge, HttpError, add_route
 
 MEDIA_TYPE = "application/statuslist+jwt"
 CWT_MEDIA_TYPE = "application/statuslist+cwt"
@@ -112,8 +112,7 @@ def add_routes(app: web.Application, lists: StatusLists) -> None:
     add_route(app, "GET", "/statuslists/jwks.json", jwks_handler)
 
 
-async def status_list_handler(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def status_list_handler(edge: Edge, request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     edge.node.require_ready()  # a list from a node that cannot vouch would mark revoked tokens valid
     accept = request.headers.get("Accept", "")
@@ -132,6 +131,6 @@ async def status_list_handler(request: web.Request) -> web.Response:
     return web.Response(text=signed.token, content_type=MEDIA_TYPE, headers=headers)
 
 
-async def jwks_handler(request: web.Request) -> web.Response:
-    request.app[EDGE].api_caller(request, "check")
+async def jwks_handler(edge: Edge, request: web.Request) -> web.Response:
+    edge.api_caller(request, "check")
     return web.json_response(request.app[STATUS_LISTS].jwks, headers={"Cache-Control": "max-age=300"})
