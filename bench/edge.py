@@ -4,7 +4,12 @@
    connections), with a registered JWT under a canonical jti and with a
    foreign JWT (never registered, its own jti), beside an empty aiohttp
    handler on uvloop in another process (the floor: the same HTTP stack
-   doing nothing). Rounds alternate; medians are reported.
+   doing nothing). Rounds alternate, every other one in reverse order; a
+   ratio is the median over rounds of each round's rate over that round's
+   floor (other load on the machine moves both alike). Server CPU per
+   request (user + system, from /proc) is reported beside, and its ratio
+   (the floor's over the edge's: the rate ratio were each server given a
+   core of its own).
 2. Signature verification: the edge's verification of a token it has not
    seen (issuer and key lookup, signature, claims) beside the bare library
    with the key in hand -- joserfc's jwt.decode (signature and claims
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from .procs import REPO, STARTUP_TIMEOUT, Server, free_port, read_line, run_async, spawn, stop_all
+from .procs import REPO, STARTUP_TIMEOUT, Server, cpu_seconds, free_port, read_line, run_async, spawn, stop_all
 
 sys.path.insert(0, str(REPO))
 
@@ -58,13 +63,17 @@ def _floor_server() -> None:
     uvloop.run(main())
 
 
-def wrk(url: str, token: str, seconds: float) -> float:
+def wrk(url: str, token: str, seconds: float, pid: int = 0) -> tuple[float, float]:
+    """(requests/s, CPU seconds of process `pid` per request, or 0 without a pid)."""
+    before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(["wrk", "-t1", "-c32", f"-d{max(1, round(seconds))}s", "-H", f"Authorization: Bearer {token}", url],
                          capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    used = cpu_seconds(pid) - before if pid else 0.0
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise RuntimeError(f"{url}: {non2xx.group(1)} answers were not 200:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), used / max(requests, 1)
 
 
 def throughput(root: Path, idp: Issuer, seconds: float, rounds: int) -> dict:
@@ -80,17 +89,24 @@ def throughput(root: Path, idp: Issuer, seconds: float, rounds: int) -> dict:
     foreign = idp.token("foreign-jti-1")
     for token in (canonical, foreign):
         assert httpx.get(f"http://{http}/v1/check", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    figures: dict[str, list[float]] = {"floor": [], "canonical": [], "foreign": []}
-    wrk(f"http://{http}/v1/check", canonical, 1)  # warm
-    for _ in range(rounds):
-        figures["floor"].append(wrk(f"http://{floor_address}/v1/check", canonical, seconds))
-        figures["canonical"].append(wrk(f"http://{http}/v1/check", canonical, seconds))
-        figures["foreign"].append(wrk(f"http://{http}/v1/check", foreign, seconds))
-    med = {k: statistics.median(v) for k, v in figures.items()}
-    return {"edge_floor_empty_handler_rps": med["floor"], "edge_check_canonical_rps": med["canonical"],
-            "edge_check_foreign_rps": med["foreign"],
-            "edge_check_canonical_vs_floor": med["canonical"] / med["floor"],
-            "edge_check_foreign_vs_floor": med["foreign"] / med["floor"]}
+    loads = {"floor": (f"http://{floor_address}/v1/check", canonical, floor.pid),
+             "canonical": (f"http://{http}/v1/check", canonical, server.pid),
+             "foreign": (f"http://{http}/v1/check", foreign, server.pid)}
+    for url, token, _ in loads.values():
+        wrk(url, token, 1)  # warm
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in loads}
+    for i in range(rounds):
+        for name in list(loads)[::-1 if i % 2 else 1]:
+            figures[name].append(wrk(*loads[name][:2], seconds, loads[name][2]))
+    out = {"edge_floor_empty_handler_rps": statistics.median(rps for rps, _ in figures["floor"]),
+           "edge_floor_cpu_us": statistics.median(cpu for _, cpu in figures["floor"]) * 1e6}
+    for name in ("canonical", "foreign"):
+        pairs = list(zip(figures[name], figures["floor"]))
+        out[f"edge_check_{name}_rps"] = statistics.median(rps for rps, _ in figures[name])
+        out[f"edge_check_{name}_vs_floor"] = statistics.median(rps / floor_rps for (rps, _), (floor_rps, _) in pairs)
+        out[f"edge_check_{name}_cpu_us"] = statistics.median(cpu for _, cpu in figures[name]) * 1e6
+        out[f"edge_check_{name}_cpu_vs_floor"] = statistics.median(f / c for (_, c), (_, f) in pairs if c)
+    return out
 
 
 def verification(idp: Issuer, count: int) -> dict:
@@ -175,7 +191,7 @@ def nginx_denial(root: Path, idp: Issuer, count: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3, help="seconds of each wrk round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--verifications", type=int, default=2000)
     parser.add_argument("--revocations", type=int, default=100)
     parser.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
@@ -200,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_all()
     for name, value in results.items():
-        print(f"{name:34} {value:12.3f}")
+        print(f"{name:36} {value:12.3f}")
     print(json.dumps(results), file=sys.stderr)
     return 0
 

@@ -23,7 +23,7 @@ from recallclient.types import JtiRef, TokenState
 
 from ..core.model import Claims
 from ..replication.node import Node
-from ..security.jwt_verifier import MAX_TOKEN, InvalidToken, JwtVerifier, looks_like_jwt
+from ..security.jwt_verifier import MAX_TOKEN, InvalidToken, JwtVerifier, Verified, looks_like_jwt
 
 _DENIED_STATES = {
     TokenState.REVOKED: ("revoked", "the token has been revoked"),
@@ -70,19 +70,20 @@ class Decider:
             return Decision.refused("missing", "no bearer token")
         if len(token) > MAX_TOKEN:
             return Decision.refused("malformed", f"the token is longer than {MAX_TOKEN} bytes")
-        if looks_like_jwt(token):
-            return await self._jwt(token)
-        return await self._opaque(token)
-
-    async def _jwt(self, token: str) -> Decision:
+        if not looks_like_jwt(token):
+            return await self._opaque(token)
         if self.verifier is None:
             self.node.require_ready()
             return Decision.refused("unknown_issuer", "no JWT issuer is configured here", kind="jwt")
-        try:
-            v = await self.verifier.verify(token)
+        try:  # a token verified before is answered without an await
+            v = self.verifier.remembered(token) or await self.verifier.verify(token)
         except InvalidToken as exc:
             self.node.require_ready()  # a node that cannot answer says so first
             return Decision.refused(exc.cause, str(exc), kind="jwt")
+        return self._signed(v)
+
+    def _signed(self, v: Verified) -> Decision:
+        """The decision for a JWT whose signature and times were verified."""
         # What follows from the claims alone is worked out once per verified token.
         fixed = v.memo.get(self)
         if fixed is None:

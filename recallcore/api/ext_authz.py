@@ -44,6 +44,10 @@ def _token(request: pb.CheckRequest) -> str:
     return identity.bearer(value) or ""
 
 
+def _presented_by(caller) -> str:
+    return f"{caller.identity} ({caller.peer})"
+
+
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, value=value),
@@ -87,7 +91,7 @@ class ExtAuthz(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             caller = admit(self.gate, context, "Check")  # as recall.v1 Check: the check role
             decision = await self.decider.decide(_token(request))
-            noted(self.metrics, self.presented, decision, lambda: f"{caller.identity} ({caller.peer})")
+            noted(self.metrics, self.presented, decision, _presented_by, caller)
         except RecallError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
         except Exception:

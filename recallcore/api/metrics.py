@@ -62,6 +62,8 @@ class Metrics:
         self.checks = _Tally("recall_check_outcomes", "tokens checked, by the state found", ("state",))
         self.edge = _Tally("recall_edge_decisions", "gateway decisions (HTTP edge, ext_authz) by outcome and cause",
                            ("outcome", "cause"))
+        # Edge decisions as {allowed: {cause: count}}, counted by api/http/gateway.noted.
+        self.decisions = {True: self.edge.child(("allowed",)), False: self.edge.child(("denied",))}
         for tally in (self.rpcs, self.rpc_seconds, self.http, self.http_seconds, self.checks, self.edge):
             r.register(tally)
         self.presented = Counter("recall_recalled_token_presented",
@@ -79,9 +81,10 @@ class Metrics:
         self.rpcs.add((method, code))
         self.rpc_seconds.observe((method,), seconds)
 
-    def http_request(self, path: str, code: int, seconds: float) -> None:
-        self.http.add((path, code))
-        self.http_seconds.observe((path,), seconds)
+    def http_path(self, path: str) -> "PathTally":
+        """The request tallies of one HTTP path, bound once when its route is added, so that a
+        request costs one call (PathTally.observe) and no label lookup."""
+        return PathTally(self.http.child((path,)), self.http_seconds.child((path,)))
 
     def checked(self, state: int) -> None:
         self.checks.add((_STATES.get(state, str(state)),))
@@ -95,9 +98,6 @@ class Metrics:
 
     def recalled(self, client: str, reason: str, count: int = 1) -> None:
         self.presented.labels(self._clients(client or "unknown"), self._reasons(reason or "unknown")).inc(count)
-
-    def decided(self, allowed: bool, cause: str) -> None:
-        self.edge.add(("allowed" if allowed else "denied", cause))
 
     def committed(self, seconds: float, size: int) -> None:
         """Called on the writer thread after each group."""
@@ -117,13 +117,23 @@ class _Tally:
     def __init__(self, name: str, text: str, labels: tuple[str, ...]) -> None:
         self.name, self.text, self.labels = name, text, labels
         self.counts: collections.Counter = collections.Counter()
+        self._children: dict[tuple, dict] = {}
 
     def add(self, values: tuple, amount: int = 1) -> None:
         self.counts[values] += amount
 
+    def child(self, leading: tuple) -> dict:
+        """The counts under the leading label values `leading`, as {last label's value: count}, for
+        a caller that knows those values up front (a route its path). Counted as add() would."""
+        return self._children.setdefault(leading, {})
+
     def collect(self):
         family = CounterMetricFamily(self.name, self.text, labels=self.labels)
-        for values, count in list(self.counts.items()):
+        totals = collections.Counter(self.counts)
+        for leading, child in list(self._children.items()):
+            for last, count in list(child.items()):
+                totals[(*leading, last)] += count
+        for values, count in totals.items():
             family.add_metric([str(v) for v in values], count)
         yield family
 
@@ -138,9 +148,15 @@ class _Latency:
     def observe(self, values: tuple, seconds: float) -> None:
         series = self.series.get(values)
         if series is None:
+            series = self.child(values)
+        _observe(series, seconds)
+
+    def child(self, values: tuple) -> list:
+        """The series of label values `values`: [count a bucket..., sum], updated by _observe."""
+        series = self.series.get(values)
+        if series is None:
             series = self.series[values] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
-        series[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        series[-1] += seconds
+        return series
 
     def collect(self):
         family = HistogramMetricFamily(self.name, self.text, labels=self.labels)
@@ -151,6 +167,26 @@ class _Latency:
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
             family.add_metric([str(v) for v in values], buckets, series[-1])
         yield family
+
+
+def _observe(series: list, seconds: float) -> None:
+    series[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+    series[-1] += seconds
+
+
+class PathTally:
+    """recall_http_requests by code and recall_http_duration_seconds of one HTTP path."""
+
+    __slots__ = ("codes", "series")
+
+    def __init__(self, codes: dict, series: list) -> None:
+        self.codes, self.series = codes, series
+
+    def observe(self, code: int, seconds: float) -> None:
+        """One request answered `code` after `seconds` (on the event loop)."""
+        codes = self.codes
+        codes[code] = codes.get(code, 0) + 1
+        _observe(self.series, seconds)
 
 
 class _NodeState:

@@ -108,19 +108,30 @@ class JwtVerifier:
         self._cache: collections.OrderedDict[bytes, tuple[Verified, KeySource, str, Key]] = \
             collections.OrderedDict()
 
+    def remembered(self, token: str) -> Verified | None:
+        """The claims of `token` when it was verified before, with a key its issuer still holds,
+        its times judged again (raises InvalidToken); None when it has to be verified. Not a
+        coroutine: the answer for a token seen before costs no await."""
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is None:
+            return None
+        verified, source, kid, key = cached
+        if not source.holds(kid, key):
+            del self._cache[digest]
+            return None
+        self._cache.move_to_end(digest)
+        self._judge_times(verified)
+        return verified
+
     async def verify(self, token: str) -> Verified:
         """The verified claims of `token`; raises InvalidToken, or Unavailable when keys cannot be had."""
         if len(token) > MAX_TOKEN:
             raise InvalidToken("malformed", f"the token is longer than {MAX_TOKEN} bytes")
+        verified = self.remembered(token)
+        if verified is not None:
+            return verified
         digest = hashlib.sha256(token.encode()).digest()
-        cached = self._cache.get(digest)
-        if cached is not None:
-            verified, source, kid, key = cached
-            if source.holds(kid, key):
-                self._cache.move_to_end(digest)
-                self._judge_times(verified)
-                return verified
-            del self._cache[digest]
         verified, source, kid, key = await self._verify(token)
         # Remembered before the times are judged: an expired token presented
         # again and again costs a hash, not a signature check each time.

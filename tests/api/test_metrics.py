@@ -54,6 +54,7 @@ def test_calls_checks_commits_and_state_are_exposed(observed, idp):
     assert http.get("/v1/check", headers=bearer(idp.token(tokens[1].canonical_jti))).status_code == 200
     assert http.get("/v1/check", headers=bearer(idp.token(tokens[0].canonical_jti))).status_code == 401
     assert http.get("/v1/check", headers=bearer(idp.tampered())).status_code == 401
+    assert http.head("/healthz").status_code == 200  # GET routes answer HEAD, counted under the same path
     samples = scrape(srv.server.metrics_http.address)
     assert value(samples, "recall_rpc_requests_total", method="Check", code="OK") == 3
     assert value(samples, "recall_rpc_requests_total", method="Check", code="INVALID_ARGUMENT") == 1
@@ -64,6 +65,9 @@ def test_calls_checks_commits_and_state_are_exposed(observed, idp):
     assert value(samples, "recall_edge_decisions_total", outcome="denied", cause="revoked") == 1
     assert value(samples, "recall_edge_decisions_total", outcome="denied", cause="bad_signature") == 1
     assert value(samples, "recall_http_requests_total", path="/v1/check", code="401") == 2
+    assert value(samples, "recall_http_requests_total", path="/v1/check", code="200") == 1
+    assert value(samples, "recall_http_duration_seconds_count", path="/v1/check") == 3
+    assert value(samples, "recall_http_requests_total", path="/healthz", code="200") == 1
     assert value(samples, "recall_commit_group_size_count") >= 4
     assert value(samples, "recall_applied_seq") == srv.engine.state.seq
     assert value(samples, "recall_answering") == 1

@@ -16,7 +16,7 @@ from aiohttp import web
 from ...core.errors import Unauthenticated
 from ...security.identity import bearer
 from ..decision import Decision
-from .app import EDGE, REALM, answers, error_response, peer_of, quoted
+from .app import REALM, Edge, add_route, error_response, peer_of, quoted
 
 _HEADER_SAFE = " !#$%&'()*+,-./:;<=>?@[]^_`{|}~"
 # What the identity headers of an allowed request may carry.
@@ -25,17 +25,22 @@ DECISION_FIELDS = {"sub": "subject", "client_id": "client_id", "scope": "scope",
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v1/check", check)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_route(app, "*", "/v1/check", check)
+    add_route(app, "GET", "/healthz", healthz)
+    add_route(app, "GET", "/readyz", readyz)
 
 
-def noted(metrics, presented, decision: Decision, presented_by) -> None:
+def noted(metrics, presented, decision: Decision, presented_by, *args) -> None:
     """Count an edge decision; a recalled token presented again goes to the `presented`
-    monitor, with presented_by() (who asked: the gateway) computed only then."""
-    metrics.decided(decision.allowed, decision.cause)
-    if decision.cause == "revoked" and presented is not None:
-        presented.saw(decision.serial, decision.issuer, decision.jti, decision.client_id, presented_by())
+    monitor, with presented_by(*args) (who asked: the gateway) computed only then."""
+    counts, cause = metrics.decisions[decision.allowed], decision.cause
+    counts[cause] = counts.get(cause, 0) + 1
+    if cause == "revoked" and presented is not None:
+        presented.saw(decision.serial, decision.issuer, decision.jti, decision.client_id, presented_by(*args))
+
+
+def _presented_by(request: web.Request, caller) -> str:
+    return peer_of(request) if caller.anonymous else f"{caller.identity} ({peer_of(request)})"
 
 
 def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -48,9 +53,7 @@ def identity_headers(decision: Decision, wanted: tuple[tuple[str, str], ...]) ->
     return out
 
 
-@answers
-async def check(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def check(edge: Edge, request: web.Request) -> web.Response:
     try:
         caller = edge.api_caller(request, "check", authorization=False)  # Authorization holds the token checked
     except Unauthenticated as exc:
@@ -58,7 +61,7 @@ async def check(request: web.Request) -> web.Response:
         return error_response(403, "access_denied", f"gateway: {exc}")
     token = bearer(request.headers.get("Authorization", "")) or ""
     decision = await edge.decider.decide(token)
-    noted(edge.metrics, edge.presented, decision, lambda: peer_of(request) if caller.anonymous else f"{caller.identity} ({peer_of(request)})")
+    noted(edge.metrics, edge.presented, decision, _presented_by, request, caller)
     if decision.allowed:
         headers = decision.memo.get("headers")
         if headers is None:
@@ -72,15 +75,12 @@ async def check(request: web.Request) -> web.Response:
         "WWW-Authenticate": challenge, "Cache-Control": "no-store"})
 
 
-@answers
-async def healthz(request: web.Request) -> web.Response:
-    request.app[EDGE].api_caller(request, "check")
+async def healthz(edge: Edge, request: web.Request) -> web.Response:
+    edge.api_caller(request, "check")
     return web.Response(text="serving\n", headers={"Cache-Control": "no-store"})
 
 
-@answers
-async def readyz(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def readyz(edge: Edge, request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     edge.node.require_ready()  # 503 saying why (not synced; past max staleness)
     return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})

@@ -16,7 +16,7 @@ from recallclient.types import JtiRef, TokenState
 from ...core.model import Selector
 from ...security.identity import Caller
 from ...security.jwt_verifier import InvalidToken, looks_like_jwt
-from .app import EDGE, Edge, HttpError, answers, read_form, required
+from .app import Edge, HttpError, add_route, read_form, required
 
 TOKEN_TYPES = ("access_token", "refresh_token")
 # The RFC 7662 fields an active token's answer may carry, from a registration or a JWT's claims.
@@ -27,33 +27,31 @@ REVOKE_REASON = "revoked by its client (RFC 7009)"
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/oauth2/introspect", introspect)
-    app.router.add_post("/oauth2/revoke", revoke)  # a follower answers 503 naming its primary
-    app.router.add_get("/.well-known/oauth-authorization-server", metadata)
+    add_route(app, "POST", "/oauth2/introspect", introspect)
+    add_route(app, "POST", "/oauth2/revoke", revoke)  # a follower answers 503 naming its primary
+    add_route(app, "GET", "/.well-known/oauth-authorization-server", metadata)
 
 
 def _answer(body: dict) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-async def _token_request(request: web.Request, role: str) -> tuple[Edge, Caller, str, str]:
-    """(edge, caller, its own client_id or "", the token) of an introspection or revocation request.
+async def _token_request(edge: Edge, request: web.Request, role: str) -> tuple[Caller, str, str]:
+    """(caller, its own client_id or "", the token) of an introspection or revocation request.
 
     The caller is authenticated before the body is read.
     """
-    edge = request.app[EDGE]
     caller, own_client = edge.oauth_caller(request, role)
     form = await read_form(request)
     token = required(form, "token")
     hint = form.get("token_type_hint", "")
     if hint and hint not in TOKEN_TYPES:
         raise HttpError(400, "unsupported_token_type", f"token_type_hint: {hint!r} is not one of {list(TOKEN_TYPES)}")
-    return edge, caller, own_client, token
+    return caller, own_client, token
 
 
-@answers
-async def introspect(request: web.Request) -> web.Response:
-    edge, _, own_client, token = await _token_request(request, "introspect")
+async def introspect(edge: Edge, request: web.Request) -> web.Response:
+    _, own_client, token = await _token_request(edge, request, "introspect")
     decision = await edge.decider.decide(token)
     if not decision.allowed or (own_client and decision.client_id != own_client):
         return _answer(INACTIVE)
@@ -87,9 +85,8 @@ async def _target(edge: Edge, token: str) -> tuple[JtiRef, dict] | None:
     return (ref, info) if info.get("serial") else None
 
 
-@answers
-async def revoke(request: web.Request) -> web.Response:
-    edge, caller, own_client, token = await _token_request(request, "revoke")
+async def revoke(edge: Edge, request: web.Request) -> web.Response:
+    caller, own_client, token = await _token_request(edge, request, "revoke")
     target = await _target(edge, token)
     if target is None:
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
@@ -105,9 +102,7 @@ async def revoke(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
 
-@answers
-async def metadata(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def metadata(edge: Edge, request: web.Request) -> web.Response:
     if edge.gate.enforcing:  # any caller the policy knows; OAuth clients too
         edge.oauth_caller(request, "check")
     base = f"{request.scheme}://{request.host}"

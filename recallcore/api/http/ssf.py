@@ -27,7 +27,7 @@ from ...core.errors import Unauthenticated
 from ...core.signals import CAEP
 from ...security.identity import ANONYMOUS
 from ...security.set_verifier import SetRejected
-from .app import EDGE, MAX_BODY, HttpError, answers, peer_of
+from .app import MAX_BODY, Edge, HttpError, add_route, peer_of
 
 MEDIA_TYPE = "application/secevent+jwt"
 SESSION_REVOKED = CAEP + "session-revoked"
@@ -36,8 +36,8 @@ PUSH_METHOD, POLL_METHOD = "urn:ietf:rfc:8935", "urn:ietf:rfc:8936"
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/ssf/push/{stream}", push)
-    app.router.add_get("/ssf/status", status)
+    add_route(app, "POST", "/ssf/push/{stream}", push)
+    add_route(app, "GET", "/ssf/status", status)
 
 
 def _require(edge, request: web.Request, identity: str, what: str) -> None:
@@ -53,9 +53,7 @@ def _require(edge, request: web.Request, identity: str, what: str) -> None:
         raise SetRejected("access_denied", f"{caller.identity} may not {what}", 403)
 
 
-@answers
-async def push(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def push(edge: Edge, request: web.Request) -> web.Response:
     stream = edge.receiver.streams.get(request.match_info["stream"])
     if stream is None:
         raise HttpError(404, "invalid_request", f"no SSF stream {request.match_info['stream']!r} here")
@@ -73,9 +71,7 @@ async def push(request: web.Request) -> web.Response:
     return web.Response(status=202, headers={"Cache-Control": "no-store"})
 
 
-@answers
-async def status(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def status(edge: Edge, request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     out = {"streams": {name: s.status() for name, s in edge.receiver.streams.items()} if edge.receiver else {}}
     if edge.transmission is not None:
@@ -85,18 +81,16 @@ async def status(request: web.Request) -> web.Response:
 
 
 def add_transmitter_routes(app: web.Application, status_too: bool) -> None:
-    app.router.add_post("/ssf/poll/{stream}", poll)
+    add_route(app, "POST", "/ssf/poll/{stream}", poll)
     if status_too:
-        app.router.add_get("/ssf/status", status)
-    app.router.add_get("/.well-known/ssf-configuration", configuration)
-    app.router.add_get("/ssf/streams", streams)
-    app.router.add_get("/ssf/jwks.json", jwks)
+        add_route(app, "GET", "/ssf/status", status)
+    add_route(app, "GET", "/.well-known/ssf-configuration", configuration)
+    add_route(app, "GET", "/ssf/streams", streams)
+    add_route(app, "GET", "/ssf/jwks.json", jwks)
 
 
-@answers
-async def poll(request: web.Request) -> web.Response:
+async def poll(edge: Edge, request: web.Request) -> web.Response:
     """RFC 8936: `ack` the SETs taken, get the next ones (always at once: returnImmediately)."""
-    edge = request.app[EDGE]
     stream = edge.transmission.polls.get(request.match_info["stream"])
     if stream is None:
         raise HttpError(404, "invalid_request", f"no SSF poll stream {request.match_info['stream']!r} here")
@@ -119,9 +113,7 @@ async def poll(request: web.Request) -> web.Response:
     return web.json_response({"sets": sets, "moreAvailable": more}, headers={"Cache-Control": "no-store"})
 
 
-@answers
-async def configuration(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def configuration(edge: Edge, request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}"
     return web.json_response({
         "spec_version": "1_0", "issuer": edge.transmission.issuer, "jwks_uri": f"{base}/ssf/jwks.json",
@@ -131,16 +123,13 @@ async def configuration(request: web.Request) -> web.Response:
     }, headers={"Cache-Control": "max-age=300"})
 
 
-@answers
-async def jwks(request: web.Request) -> web.Response:
-    return web.json_response(request.app[EDGE].transmission.signer.jwks, headers={"Cache-Control": "max-age=300"})
+async def jwks(edge: Edge, request: web.Request) -> web.Response:
+    return web.json_response(edge.transmission.signer.jwks, headers={"Cache-Control": "max-age=300"})
 
 
-@answers
-async def streams(request: web.Request) -> web.Response:
+async def streams(edge: Edge, request: web.Request) -> web.Response:
     """SSF stream configuration, read only (streams are configured in the config file): every
     stream the caller may take, or the one `stream_id` names."""
-    edge = request.app[EDGE]
     base = f"{request.scheme}://{request.host}"
     transmission = edge.transmission
     out = []

@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from ...core import status_list
 from ...core.errors import InvalidArgument
-from .app import EDGE, HttpError, answers
+from .app import Edge, HttpError, add_route
 
 MEDIA_TYPE = "application/statuslist+jwt"
 CWT_MEDIA_TYPE = "application/statuslist+cwt"
@@ -108,13 +108,11 @@ STATUS_LISTS = web.AppKey("status_lists", StatusLists)
 
 def add_routes(app: web.Application, lists: StatusLists) -> None:
     app[STATUS_LISTS] = lists
-    app.router.add_get(r"/statuslists/{number:\d+}", status_list_handler)
-    app.router.add_get("/statuslists/jwks.json", jwks_handler)
+    add_route(app, "GET", r"/statuslists/{number:\d+}", status_list_handler)
+    add_route(app, "GET", "/statuslists/jwks.json", jwks_handler)
 
 
-@answers
-async def status_list_handler(request: web.Request) -> web.Response:
-    edge = request.app[EDGE]
+async def status_list_handler(edge: Edge, request: web.Request) -> web.Response:
     edge.api_caller(request, "check")
     edge.node.require_ready()  # a list from a node that cannot vouch would mark revoked tokens valid
     accept = request.headers.get("Accept", "")
@@ -133,7 +131,6 @@ async def status_list_handler(request: web.Request) -> web.Response:
     return web.Response(text=signed.token, content_type=MEDIA_TYPE, headers=headers)
 
 
-@answers
-async def jwks_handler(request: web.Request) -> web.Response:
-    request.app[EDGE].api_caller(request, "check")
+async def jwks_handler(edge: Edge, request: web.Request) -> web.Response:
+    edge.api_caller(request, "check")
     return web.json_response(request.app[STATUS_LISTS].jwks, headers={"Cache-Control": "max-age=300"})
