@@ -117,6 +117,10 @@ class LmdbTxn(WriteTxn):
         self.raw = txn
         self.db = dbs
         self.path = path
+        # Bitmap changes not written yet, per (table, prefix): (serials to add, to remove). A
+        # group of revocations touches the same chunks again and again; each chunk is written
+        # once, before the commit (flush) or before its table is read.
+        self._pending: dict[tuple[str, bytes], tuple[BitMap64, BitMap64]] = {}
 
     # values of the bitmap and time tables; those of the checked tables with their sums
     def _put_value(self, table: str, key: bytes, value: bytes) -> None:
@@ -192,6 +196,7 @@ class LmdbTxn(WriteTxn):
     # chunked bitmaps: the revoked and rotated sets, the name indexes
     def _bitmap(self, table: str, prefix: bytes = b"") -> BitMap64:
         """The union of every chunk stored under `prefix` in `table` (each checked, if its table is)."""
+        self._flush(table)
         out = BitMap64()
         checked = table in checks.CHECKED
         with self.raw.cursor(db=self.db[table]) as cur:
@@ -209,6 +214,30 @@ class LmdbTxn(WriteTxn):
         return out
 
     def _update_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64) -> None:
+        """Add and remove serials under `prefix` (written by flush, merged with earlier changes)."""
+        pending = self._pending.get((table, prefix))
+        if pending is None:
+            self._pending[table, prefix] = (add - remove, BitMap64(remove))
+            return
+        # (S | a) - r, then | add - remove, is S | ((a - r) | add) - remove, less (r - add) | remove.
+        added, removed = pending
+        added -= removed
+        added |= add
+        added -= remove
+        removed -= add
+        removed |= remove
+
+    def flush(self) -> None:
+        """Write every pending bitmap change (the store calls this before committing)."""
+        for table in {table for table, _ in self._pending}:
+            self._flush(table)
+
+    def _flush(self, table: str) -> None:
+        for key in [key for key in self._pending if key[0] == table]:
+            add, remove = self._pending.pop(key)
+            self._write_bitmap(table, key[1], add, remove)
+
+    def _write_bitmap(self, table: str, prefix: bytes, add: BitMap64, remove: BitMap64) -> None:
         """Add and remove serials in the chunks under `prefix`; drop empty chunks."""
         db = self.db[table]
         for chunk in touched_chunks(add, remove, CHUNK_BITS):
@@ -225,6 +254,7 @@ class LmdbTxn(WriteTxn):
         return self._bitmap("index", _index_key(kind, name))
 
     def index_among(self, kind: str, name: str, of: BitMap64) -> BitMap64:
+        self._flush("index")
         prefix = _index_key(kind, name)
         out = BitMap64()
         db = self.db["index"]
@@ -599,7 +629,9 @@ class LmdbStore(Store):
         """The write transaction; only the writer thread calls this. Synced on a clean exit."""
         try:
             with self.env.begin(write=True) as txn:
-                yield LmdbTxn(txn, self.dbs, self.path)
+                ours = LmdbTxn(txn, self.dbs, self.path)
+                yield ours
+                ours.flush()
         except lmdb.MapFullError as exc:
             raise StoreFull(str(exc)) from exc
 

@@ -280,3 +280,32 @@ def test_lookups_announced_to_a_write_transaction_answer_as_any_other_and_see_it
         assert txn.serial_for("iss", "it's \\ 'quoted'") == 3
     with store.read() as txn:
         assert (txn.serial_for("iss", "a"), txn.serial_for("iss", "b")) == (0, 2)
+
+
+def test_many_bitmap_changes_in_one_write_read_back_as_applied_in_order(store: Store):
+    # A group commit changes the same chunks again and again (LMDB writes each
+    # chunk once, at the end or before its table is read): every read inside
+    # the transaction, and the committed state, must be the changes in order.
+    rng = np.random.default_rng(7)
+    want: set[int] = set()
+    gone: set[int] = set()
+    indexed: set[int] = set()
+    with store.write() as txn:
+        for step in range(60):
+            add = {int(x) for x in rng.integers(1, 140_000, rng.integers(0, 6))}
+            remove = {int(x) for x in rng.choice(sorted(want), min(len(want), 3), replace=False)} if want else set()
+            if step % 7 == 3:
+                remove |= add  # names a serial both ways: added, then removed
+            elif step % 4 == 1 and gone:
+                add |= set(sorted(gone)[:2])  # removed earlier in this transaction, added again
+            txn.update_revoked(BitMap64(add), BitMap64(remove))
+            gone = (gone | remove) - add
+            want = (want | add) - remove
+            txn.update_index("subject", "carol", BitMap64(add))
+            indexed |= add
+            if step % 5 == 0:
+                assert set(txn.revoked_serials()) == want
+                assert set(txn.index_among("subject", "carol", BitMap64(range(1, 140_000)))) == indexed
+    with store.read() as txn:
+        assert set(txn.revoked_serials()) == want
+        assert set(txn.index("subject", "carol")) == indexed
