@@ -82,10 +82,10 @@ def bound_parser(store_id: str) -> Callable[[str], int | None]:
     if not store_id:
         return _no_serial
     base = _store_crc(store_id)
-    crc32 = zlib.crc32
+    crc32, prefix = zlib.crc32, CANONICAL_PREFIX
 
     def parse(jti: str) -> int | None:
-        if not jti.startswith("rc2."):  # most foreign jtis end here, before any allocation
+        if not jti.startswith(prefix):  # most foreign jtis end here, before any allocation
             return None
         parts = jti.split(".", 3)
         if len(parts) != 3:

@@ -217,13 +217,12 @@ class LmdbTxn(WriteTxn):
         """Add and remove serials under `prefix` (written by flush, merged with earlier changes)."""
         pending = self._pending.get((table, prefix))
         if pending is None:
-            self._pending[table, prefix] = (add - remove, BitMap64(remove))
+            self._pending[table, prefix] = (BitMap64(add), BitMap64(remove))
             return
-        # (S | a) - r, then | add - remove, is S | ((a - r) | add) - remove, less (r - add) | remove.
+        # As Delta.merge: ((S | a) - r | add) - remove is (S | (a - remove) | add) - ((r - add) | remove).
         added, removed = pending
-        added -= removed
-        added |= add
         added -= remove
+        added |= add
         removed -= add
         removed |= remove
 
