@@ -25,6 +25,8 @@ _OPTIONS = (
     ("--store", "store", str,
      "PostgreSQL conninfo of a cluster database (postgresql://... or 'host=a,b ... "
      "target_session_attrs=read-write'); instead of --data-dir"),
+    ("--store-timeout", "store_timeout", float,
+     "seconds to wait for one answer of PostgreSQL before cutting the connection (the write fails UNAVAILABLE)"),
     ("--listen", "listen", str, "HOST:PORT to serve on; port 0 picks a free port"),
     ("--issuer", "issuer", str, "issuer recorded for registrations that give none"),
     ("--token-ttl", "token_ttl", int, "lifetime (s) of registrations that give no expires_at"),

@@ -29,6 +29,7 @@ DEFAULT_LOG_KEEP = 1_000_000  # changes kept in the log for resuming Watch strea
 DEFAULT_LOG_KEEP_SECONDS = 7 * 86400  # ...and for at least this long
 DEFAULT_MAX_STALENESS = 5.0  # seconds a follower answers after its primary last vouched for it
 DEFAULT_FRESHNESS_SKEW = 0.5  # seconds another node's clock may differ when judging a vouch
+DEFAULT_STORE_TIMEOUT = 10.0  # seconds to wait for one answer of PostgreSQL before cutting the connection
 DEFAULT_MAX_WAIT = 30.0  # seconds a read waits for its min_seq at most, whatever its deadline
 DEFAULT_MAX_STREAMS_PER_IDENTITY = 64  # concurrent Watch + AuditLog streams of one caller
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -125,6 +126,10 @@ class Settings:
     store: a PostgreSQL conninfo (postgresql://... or key=value, multi-host
         with target_session_attrs=read-write included): the cluster engine,
         one database every node shares. Empty: LMDB in data_dir.
+    store_timeout: seconds the node waits for one answer of PostgreSQL
+        before it cuts that connection: the write fails UNAVAILABLE (it may
+        have committed; revoking again is harmless) and the next one
+        connects anew, so a link gone silent holds nothing longer than this.
     listen: HOST:PORT to serve on; port 0 picks a free port.
     issuer: issuer recorded for registrations that give none.
     token_ttl: lifetime of a registration that gives no expires_at.
@@ -226,6 +231,7 @@ class Settings:
 
     data_dir: pathlib.Path = DEFAULT_DATA_DIR
     store: str = ""
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
     listen: str = DEFAULT_LISTEN
     issuer: str = DEFAULT_ISSUER
     token_ttl: int = DEFAULT_TOKEN_TTL
@@ -332,7 +338,7 @@ class Settings:
                 raise ValueError(f"{name}: must not be negative")
         if self.token_ttl > self.max_token_lifetime:
             raise ValueError("token_ttl: must not exceed max_token_lifetime")
-        for name in ("sweep_interval", "heartbeat_interval", "max_staleness", "max_wait"):
+        for name in ("sweep_interval", "heartbeat_interval", "max_staleness", "max_wait", "store_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
         if self.watch_spacing >= self.heartbeat_interval:

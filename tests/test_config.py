@@ -112,6 +112,7 @@ def test_serve_help_gives_the_order(capsys):
     ('token_ttl = 10\nmax_token_lifetime = 5\n', ["token_ttl: must not exceed max_token_lifetime (from {path})"]),
     ('watch_spacing = -0.1\n', ["watch_spacing: must not be negative (from {path})"]),
     ('watch_spacing = 2.0\n', ["watch_spacing: must be shorter than heartbeat_interval (from {path})"]),
+    ('store_timeout = 0\n', ["store_timeout: must be positive (from {path})"]),
     ('log_level = "loud"\n', ["log_level: 'loud' is not a log level; give one of DEBUG, INFO, WARNING, ERROR, "
                               "CRITICAL (any case)"]),
     ('listen = "127.0.0.1:1\n', ["not TOML: "]),

@@ -22,7 +22,7 @@ def open_store(settings) -> Store:
     if settings.store:
         from .postgresql import PostgresStore
 
-        return PostgresStore(settings.store)
+        return PostgresStore(settings.store, timeout=settings.store_timeout)
     from .lmdb import LmdbStore
 
     return LmdbStore(settings.data_dir, map_size=settings.map_size, max_map_size=settings.max_map_size)

@@ -8,7 +8,9 @@ When none is idle and fewer than `size` exist, a new one is made then and
 there: there is no background reconnection, so after the database comes
 back (or a standby is promoted: libpq's multi-host conninfo with
 target_session_attrs=read-write picks it) the very next transaction
-connects. psycopg-pool's ConnectionPool reconnects in the background with a
+connects. Each lend, and the probe before it, runs under a deadline
+(pg_deadline): a database that stops answering fails the transaction within
+`deadline` seconds instead of holding it. psycopg-pool's ConnectionPool reconnects in the background with a
 delay that doubles after each failed attempt (1, 2, 4, ... s, from its
 source): after a minute's outage its next attempt may be a minute away.
 """
@@ -20,18 +22,22 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 
+from .pg_deadline import Deadlines, Lend, connect_options
+
 PROBE_AFTER = 1.0  # seconds idle after which a connection is checked before use
 
 
 class Connections:
     """At most `size` connections to `conninfo`; `connection()` lends one for a block."""
 
-    def __init__(self, conninfo: str, size: int, timeout: float,
+    def __init__(self, conninfo: str, size: int, timeout: float, deadlines: Deadlines,
                  configure: Callable[[psycopg.Connection], None] | None = None) -> None:
         self.conninfo = conninfo
         self.size = size
         self.timeout = timeout
+        self.deadlines = deadlines
         self.configure = configure
+        self._options = connect_options(conninfo, deadlines.seconds)
         self._idle: list[tuple[psycopg.Connection, float]] = []  # (connection, when it was given back)
         self._count = 0
         self._cond = threading.Condition()
@@ -39,18 +45,20 @@ class Connections:
 
     def connect(self) -> psycopg.Connection:
         """A new connection (not counted), configured; raises psycopg.OperationalError."""
-        conn = psycopg.connect(self.conninfo, connect_timeout=max(1, round(self.timeout)))
+        conn = psycopg.connect(self.conninfo, connect_timeout=max(1, round(self.timeout)), **self._options)
         if self.configure is not None:
             self.configure(conn)
         return conn
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """Lend a connection for the block. Raises psycopg.OperationalError when none can be had
-        within `timeout` (all busy, or the database unreachable)."""
+    def lend(self) -> Iterator[Lend]:
+        """Lend a connection (`.conn`) for the block, under a deadline (`.renew()` it before each
+        round trip). Raises psycopg.OperationalError when none can be had within `timeout` (all
+        busy, or the database unreachable), or when the database did not answer in time."""
         conn = self._take()
         try:
-            yield conn
+            with self.deadlines.guard(conn) as lend:
+                yield lend
         finally:
             self._give_back(conn)
 
@@ -74,7 +82,11 @@ class Connections:
                 except BaseException:
                     self._forget()
                     raise
-            if time.monotonic() - since < PROBE_AFTER or _alive(conn):
+            if time.monotonic() - since < PROBE_AFTER:
+                return conn
+            with self.deadlines.guard(conn):
+                alive = _alive(conn)
+            if alive:
                 return conn
             conn.close()
             self._forget()

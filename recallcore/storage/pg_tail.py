@@ -39,6 +39,7 @@ from recallclient.revoked_set import Delta
 
 from ..core.errors import Unavailable
 from . import pg_schema
+from .pg_deadline import connect_options
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,10 @@ class LogTail:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.store.conninfo, autocommit=True,
-                                     connect_timeout=max(1, int(self.store.connect_timeout))) as conn:
-                    conn.execute(f"LISTEN {pg_schema.CHANNEL}")
+                                     connect_timeout=max(1, int(self.store.connect_timeout)),
+                                     **connect_options(self.store.conninfo, self.store.deadlines.seconds)) as conn:
+                    with self.store.deadlines.guard(conn):
+                        conn.execute(f"LISTEN {pg_schema.CHANNEL}")
                     if not self.connected:
                         log.info("following the change log of %s from seq %d", self.store.where, self.after)
                     self.connected = True

@@ -26,7 +26,9 @@ connection. The write
 transaction keeps the head it locked (and then set) rather than asking again.
 
 Connection failures surface as `Unavailable` naming the database (never its
-password); a database without the schema, or with one of another version,
+password), and so does a database that stops answering: each round trip has
+`timeout` seconds (settings.store_timeout), then its connection is cut
+(pg_deadline.py); a database without the schema, or with one of another version,
 is a StoreError at open.
 """
 
@@ -47,9 +49,11 @@ from recallclient.types import TokenSpec
 
 from ..core.digest import name_hash
 from ..core.errors import StoreError, Unavailable
+from ..settings import DEFAULT_STORE_TIMEOUT
 from . import pg_schema
 from .base import Rotation, Rule, Store, StoreFull, WriteTxn
 from .pg_connections import Connections
+from .pg_deadline import Deadlines, Lend
 from .records import decode_record, encode_record, touched_chunks, updated_chunk
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ CHUNK_BITS = 16  # as in LMDB: a bitmap row holds the serials of one 65,536-wide
 EXP_BITS = 12
 SIGN = 1 << 63  # foreign keys are unsigned 64-bit: stored minus SIGN, which keeps their order
 PAGE = 1000  # rows read per round trip by the iterators
+PIPELINE_SLICE = 2000  # rows of one executemany in a flush's pipeline, the deadline renewed before each
 PREFETCH = 1000  # most (issuer, jti) looked up with the head lock; past it each is looked up on its own
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a connection at open and for each transaction (tests lower it)
 _EMPTY = BitMap64()
@@ -81,8 +86,9 @@ class PgTxn(WriteTxn):
     The write transaction is begun lazily, by its first statement: BEGIN, the head lock and
     the jti lookups announced by `expect_lookups` travel as one query."""
 
-    def __init__(self, conn: psycopg.Connection, *, begin: bool = False) -> None:
+    def __init__(self, conn: psycopg.Connection, lend: Lend | None = None, *, begin: bool = False) -> None:
         self.conn = conn
+        self._lend = lend  # its deadline is renewed before each round trip
         self._pending: list[tuple[str, tuple]] = []
         self.head: int | None = None  # the write transaction's head: as locked, then as set
         self.locked: int | None = None  # the head as the write transaction locked it
@@ -103,12 +109,15 @@ class PgTxn(WriteTxn):
                                         for i, j in expected)
             query += "; " + pgsql.SQL("SELECT issuer, jti, serial FROM recallcore.jtis WHERE (issuer, jti) IN ({})"
                                       ).format(refs).as_string(self.conn)
-        cur = self.conn.execute(query)  # one round trip (simple query protocol); the connection is autocommit
-        cur.nextset()
-        self.head = self.locked = cur.fetchone()[0]
-        if expected:
+        with self._trip():
+            cur = self.conn.execute(query)  # one round trip (simple query protocol); the connection is autocommit
             cur.nextset()
-            self._jtis = dict.fromkeys(expected, 0) | {(i, j): serial for i, j, serial in cur.fetchall()}
+            self.head = self.locked = cur.fetchone()[0]
+            if expected:
+                cur.nextset()
+                found = cur.fetchall()
+        if expected:
+            self._jtis = dict.fromkeys(expected, 0) | {(i, j): serial for i, j, serial in found}
 
     def expect_lookups(self, refs) -> None:
         if self._begin and len(self._expected) + len(refs) <= PREFETCH:
@@ -122,7 +131,7 @@ class PgTxn(WriteTxn):
         self.begin()
         pending, self._pending = self._pending, []
         i = 0
-        with self.conn.pipeline(), self.conn.cursor() as cur:
+        with self._trip(), self.conn.pipeline(), self.conn.cursor() as cur:
             while i < len(pending):
                 sql = pending[i][0]
                 j = i
@@ -130,15 +139,23 @@ class PgTxn(WriteTxn):
                     j += 1
                 if j - i == 1:
                     cur.execute(sql, pending[i][1])
-                else:
-                    cur.executemany(sql, [params for _, params in pending[i:j]])
+                else:  # in slices: the deadline bounds a wait for progress, not the whole pipeline
+                    for k in range(i, j, PIPELINE_SLICE):
+                        if self._lend is not None:
+                            self._lend.renew()
+                        cur.executemany(sql, [params for _, params in pending[k:min(j, k + PIPELINE_SLICE)]])
                 i = j
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         self.begin()
         if self._pending:
             self.flush()
-        return self.conn.execute(sql, params).fetchall()
+        with self._trip():
+            return self.conn.execute(sql, params).fetchall()
+
+    def _trip(self):
+        """A context for round trips: under the lend's deadline."""
+        return self._lend.trip() if self._lend is not None else contextlib.nullcontext()
 
     def _one(self, sql: str, params: tuple = ()):
         rows = self._rows(sql, params)
@@ -406,9 +423,10 @@ class PgTxn(WriteTxn):
         stop = self._one(f"SELECT seq FROM recallcore.{table} WHERE {stop_if} ORDER BY seq LIMIT 1", params)
         if self._pending:
             self.flush()
-        cur = self.conn.execute(
-            f"DELETE FROM recallcore.{table} WHERE seq IN (SELECT seq FROM recallcore.{table} "
-            "WHERE seq < %s ORDER BY seq LIMIT %s)", (stop[0] if stop else 2**63 - 1, limit))
+        with self._trip():
+            cur = self.conn.execute(
+                f"DELETE FROM recallcore.{table} WHERE seq IN (SELECT seq FROM recallcore.{table} "
+                "WHERE seq < %s ORDER BY seq LIMIT %s)", (stop[0] if stop else 2**63 - 1, limit))
         return cur.rowcount
 
     def compact_log(self, upto: int, before: int, limit: int) -> int:
@@ -487,15 +505,20 @@ def _roll_back(conn: psycopg.Connection) -> None:
 class PostgresStore(Store):
     """The store in one PostgreSQL database; several nodes may open it at once."""
 
-    def __init__(self, conninfo: str, *, readers: int = 4, connect_timeout: float | None = None) -> None:
+    def __init__(self, conninfo: str, *, readers: int = 4, connect_timeout: float | None = None,
+                 timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
+        """`timeout`: seconds to wait for one answer before the connection is cut (and the
+        transaction fails Unavailable): a database that stopped answering holds nothing longer."""
         self.conninfo = conninfo
         self.where = describe(conninfo)
         self.connect_timeout = connect_timeout = connect_timeout or CONNECT_TIMEOUT
         self.writer_pid = 0  # the server process of this store's write connection (its NOTIFYs are its own)
-        self._readers = Connections(conninfo, readers, connect_timeout, _configure_reader)
-        self._writers = Connections(conninfo, 1, connect_timeout, _configure_writer)
+        self.deadlines = Deadlines(timeout, "recallcore-pg")
+        self._readers = Connections(conninfo, readers, connect_timeout, self.deadlines, _configure_reader)
+        self._writers = Connections(conninfo, 1, connect_timeout, self.deadlines, _configure_writer)
         try:
-            with self._readers.connection() as conn, conn.transaction():
+            with self._readers.lend() as lend, lend.conn.transaction():
+                conn = lend.conn
                 pg_schema.require_current(conn, self.where)
                 self.store_id = pg_schema.store_id(conn)
         except psycopg.OperationalError as exc:
@@ -513,9 +536,11 @@ class PostgresStore(Store):
     def read(self) -> Iterator[PgTxn]:
         """A REPEATABLE READ, READ ONLY transaction: one snapshot."""
         try:
-            with self._readers.connection() as conn, conn.transaction():
-                conn.execute("SELECT 1")  # the snapshot is taken by the first statement: now, not later
-                yield PgTxn(conn)
+            with self._readers.lend() as lend, lend.conn.transaction():
+                lend.conn.execute("SELECT 1")  # the snapshot is taken by the first statement: now, not later
+                lend.rest()
+                yield PgTxn(lend.conn, lend)
+                lend.renew()  # its end (COMMIT) is a round trip too
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 
@@ -523,9 +548,11 @@ class PostgresStore(Store):
     def write(self) -> Iterator[PgTxn]:
         """The write transaction: the head row locked first, durable once the block exits cleanly."""
         try:
-            with self._writers.connection() as conn:
+            with self._writers.lend() as lend:
+                conn = lend.conn
+                lend.rest()  # the writer works before its first round trip
                 self.writer_pid = conn.info.backend_pid
-                txn = PgTxn(conn, begin=True)  # begun by its first statement (the writer connection is autocommit)
+                txn = PgTxn(conn, lend, begin=True)  # begun by its first statement (the writer connection is autocommit)
                 try:
                     yield txn
                     txn.begin()
@@ -534,6 +561,7 @@ class PostgresStore(Store):
                     txn._write("COMMIT", ())
                     txn.flush()  # the writes, the NOTIFY and the COMMIT: one round trip
                 except BaseException:
+                    lend.renew()
                     _roll_back(conn)
                     raise
         except psycopg.errors.DiskFull as exc:
@@ -563,3 +591,4 @@ class PostgresStore(Store):
     def close(self) -> None:
         for pool in (self._readers, self._writers):
             pool.close()
+        self.deadlines.close()

@@ -20,7 +20,7 @@ from recallcore.storage import pg_schema, postgresql
 
 from ..history import ServerLog, Subscriber, check_history, read_stream, server_state
 from ..pg_server import PostgresServer
-from ..support import ServerProcess, ServerThread, until
+from ..support import FreezableProxy, ServerProcess, ServerThread, until
 
 IDP = "https://idp.example"
 HEARTBEAT = 0.1
@@ -45,6 +45,26 @@ def own_postgres(tmp_path_factory):
 @pytest.fixture
 def quick_timeouts(monkeypatch):
     monkeypatch.setattr(postgresql, "CONNECT_TIMEOUT", 1.0)
+
+
+def one_revoked_one_not(client: RecallClient, reason: str):
+    """Two tokens registered, the first revoked: (revoked, active)."""
+    kept = client.register_one("alice", "web", ttl=3600)
+    other = client.register_one("bob", "web", ttl=3600)
+    client.revoke(serials=[kept.serial], reason=reason)
+    return kept, other
+
+
+def accepted(client: RecallClient, serial: int, reason: str):
+    """For until(): revoke `serial`; True once accepted, False while refused UNAVAILABLE."""
+    def attempt() -> bool:
+        try:
+            client.revoke(serials=[serial], reason=reason)
+            return True
+        except RecallError as exc:
+            assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
+            return False
+    return attempt
 
 
 def test_a_node_killed_mid_write_loses_nothing_it_acknowledged_and_the_other_keeps_writing(pg_database, tmp_path):
@@ -92,9 +112,7 @@ def test_with_the_database_down_writes_fail_naming_it_reads_go_on_and_it_recover
     node = ServerThread(Settings(store=conninfo, listen="127.0.0.1:0", sweep_interval=3600))
     try:
         with RecallClient(node.address, timeout=10) as client:
-            kept = client.register_one("alice", "web", ttl=3600)
-            other = client.register_one("bob", "web", ttl=3600)
-            client.revoke(serials=[kept.serial], reason="before the outage")
+            kept, other = one_revoked_one_not(client, "before the outage")
             own_postgres.stop()
 
             with pytest.raises(RecallError) as refused:
@@ -108,19 +126,48 @@ def test_with_the_database_down_writes_fail_naming_it_reads_go_on_and_it_recover
 
             own_postgres.start()
 
-            def revoked_again() -> bool:
-                try:
-                    client.revoke(serials=[other.serial], reason="after the outage")
-                    return True
-                except RecallError as exc:
-                    assert exc.code == grpc.StatusCode.UNAVAILABLE, exc
-                    return False
-
-            until(revoked_again, "a write accepted once the database is back", 60)
+            until(accepted(client, other.serial, "after the outage"), "a write accepted once the database is back", 60)
             assert client.check(other.serial).state == TokenState.REVOKED
             until(lambda: client.stats().staleness < 1.0, "staleness back under 1 s", 30)
     finally:
         node.stop()
+
+
+def test_a_database_link_gone_silent_fails_writes_within_the_store_timeout_and_heals_by_itself(
+        pg_database, quick_timeouts):
+    """A partition, a stalled proxy or a frozen server keeps the connection open and silent:
+    without a deadline the writer would wait on it for as long as TCP takes to give up (many
+    minutes), every write queued behind it."""
+    port = pg_database.split("port=")[1].split()[0]
+    proxy = FreezableProxy(f"127.0.0.1:{port}")
+    conninfo = pg_database.replace(f"port={port}", f"port={proxy.address.rpartition(':')[2]}")
+    dbname = conninfo.rpartition("dbname=")[2].split()[0]
+    node = ServerThread(Settings(store=conninfo, listen="127.0.0.1:0", sweep_interval=3600, store_timeout=1.0))
+    try:
+        with RecallClient(node.address, timeout=20) as client:
+            kept, other = one_revoked_one_not(client, "before the silence")
+            proxy.freeze()
+
+            with pytest.raises(RecallError) as cut:  # not DEADLINE_EXCEEDED: the node gave up, and says why
+                client.revoke(serials=[other.serial], reason="while the link is silent")
+            assert cut.value.code == grpc.StatusCode.UNAVAILABLE, cut.value
+            assert f"PostgreSQL database '{dbname}'" in cut.value.details
+            assert "no answer within 1 s" in cut.value.details, cut.value.details
+            with pytest.raises(RecallError) as next_one:  # the next write is not held behind the first
+                client.revoke(serials=[other.serial], reason="still silent")
+            assert next_one.value.code == grpc.StatusCode.UNAVAILABLE, next_one.value
+            assert client.check(kept.serial).state == TokenState.REVOKED  # reads go on from memory
+            assert client.check(other.serial).state == TokenState.ACTIVE
+            until(lambda: client.stats().staleness > 1.0, "staleness reported above 1 s", 30)
+
+            proxy.thaw()
+
+            until(accepted(client, other.serial, "after the silence"), "a write accepted once the link speaks", 60)
+            assert client.check(other.serial).state == TokenState.REVOKED
+            until(lambda: client.stats().staleness < 1.0, "staleness back under 1 s", 30)
+    finally:
+        node.stop()
+        proxy.close()
 
 
 def check_code(client: RecallClient, serial: int) -> str:

@@ -12,6 +12,7 @@ from recallcore import cli
 from recallcore.core.errors import StoreError
 from recallcore.settings import Settings
 from recallcore.storage import open_store, pg_schema
+from recallcore.storage.pg_deadline import connect_options
 from recallcore.storage.postgresql import PostgresStore
 
 from ..support import free_address
@@ -129,3 +130,12 @@ def test_the_store_setting_takes_only_a_conninfo():
         Settings(store="var/recall")
     with pytest.raises(ValueError, match="give --store or --follow, not both"):
         Settings(store="postgresql://db/recall", follow="127.0.0.1:50051")
+
+
+def test_connections_bound_a_dead_peer_unless_the_conninfo_says_otherwise():
+    options = connect_options("host=db.example dbname=recall", 2.5)
+    assert options == {"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 3,
+                       "tcp_user_timeout": 2500}
+    chosen = connect_options("postgresql://db.example/recall?keepalives_idle=60&tcp_user_timeout=0", 2.5)
+    assert "keepalives_idle" not in chosen and "tcp_user_timeout" not in chosen  # the operator's choice stands
+    assert chosen["keepalives"] == 1
