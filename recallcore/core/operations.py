@@ -165,8 +165,7 @@ def store_tokens(txn: WriteTxn, state: Mirror, fresh: list[tuple[int, str, Token
             rules.is_foreign_revoked(foreign_key(spec.issuer, jti))
         ):
             cut.add(serial)  # a rule covers it, or it was revoked by (issuer, jti) before registration
-    for (kind, name), serials in indexes.items():
-        txn.update_index(kind, name, serials)
+    txn.update_indexes((kind, name, serials) for (kind, name), serials in indexes.items())
     ids = np.array([s for s, _, _ in fresh], dtype=np.uint64)
     txn.set_expiries(ids, np.array([spec.expires_at for _, _, spec in fresh], dtype=np.uint32))
     txn.set_issue_times(ids, np.array([spec.issued_at for _, _, spec in fresh], dtype=np.uint32))

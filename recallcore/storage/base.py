@@ -28,7 +28,7 @@ registered under a caller-chosen jti rather than its canonical one.
 
 import abc
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from pyroaring import BitMap64
@@ -214,6 +214,12 @@ class WriteTxn(ReadTxn):
     @abc.abstractmethod
     def update_index(self, kind: str, name: str, add: BitMap64, remove: BitMap64 = _EMPTY) -> None:
         """Add and remove serials in index (kind, name)."""
+
+    def update_indexes(self, changes: Iterable[tuple[str, str, BitMap64]]) -> None:
+        """Add serials to several indexes, (kind, name, serials) each: a registration's many
+        subjects (an engine with round trips reads the chunks of all of them at once)."""
+        for kind, name, add in changes:
+            self.update_index(kind, name, add)
 
     @abc.abstractmethod
     def set_expiries(self, ids: np.ndarray, values: np.ndarray) -> None:

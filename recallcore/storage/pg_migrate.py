@@ -71,8 +71,7 @@ def copy_store(source: LmdbStore, target: PostgresStore) -> dict[str, int]:
                     indexes[(kind, getattr(spec, kind))].add(serial)
             if spec.jti != canonical_jti(serial):
                 indexes[("custom_jti", "")].add(serial)
-        for (kind, name), serials in indexes.items():
-            dst.update_index(kind, name, serials)
+        dst.update_indexes((kind, name, serials) for (kind, name), serials in indexes.items())
         for table, kind in (("revoked", "revoked"), ("rotated", "rotated")):
             for key, value in rows(table):
                 put(table, "INSERT INTO recallcore.bitmaps (kind, name, chunk, bits) VALUES (%s, '', %s, %s)",

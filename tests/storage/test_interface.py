@@ -46,6 +46,21 @@ def change(seq: int, time: int = 1000, **fields) -> Delta:
     return Delta(prev_seq=seq - 1, seq=seq, time=time, **fields)
 
 
+def test_indexes_changed_together_keep_what_each_held(store: Store):
+    """update_indexes (a registration's many subjects at once) merges with the stored chunks of
+    each index, across chunks, as update_index does one index at a time."""
+    with store.write() as txn:
+        txn.update_index("subject", "alice", BitMap64([1, 70_000]))
+    many = [("subject", f"user-{i}", BitMap64([10 + i, 140_000 + i])) for i in range(50)]
+    with store.write() as txn:
+        txn.update_indexes([("subject", "alice", BitMap64([2, 200_000])), *many, ("client_id", "web", BitMap64([3]))])
+    with store.read() as txn:
+        assert txn.index("subject", "alice") == BitMap64([1, 2, 70_000, 200_000])
+        assert all(txn.index(kind, name) == serials for kind, name, serials in many)
+        assert txn.index("client_id", "web") == BitMap64([3])
+        assert txn.index_among("subject", "user-7", BitMap64([17, 18, 140_007])) == BitMap64([17, 140_007])
+
+
 def test_what_a_write_stores_reads_back_the_same(store: Store):
     with store.write() as txn:
         txn.set_head(3, b"h%d" % 3)
