@@ -4,14 +4,19 @@ Theory of operation. libpq waits for an answer for as long as its socket
 stays open. A partitioned network, a stalled proxy or a frozen server keeps
 the socket open and silent, and a writer waiting on it would hold every
 write queued behind it until TCP gives up, which takes many minutes. So
-each lend of a connection is registered with its deadline. One thread per
-store looks at the registrations every TICK seconds. A lend's deadline is
-renewed before each round trip, so what is bounded is the wait for one
-answer, not the length of a transaction. When a lend is past its deadline, the thread shuts down that lend's socket: the blocked call returns
-at once with an OperationalError, and the connection is closed as broken.
-Registering a lend costs a dict entry under a lock and wakes no thread.
-Keepalives and tcp_user_timeout are added to the conninfo (unless it sets
-them), so the kernel also gives up on a peer that stopped acknowledging.
+each lend of a connection is registered, and one thread per store looks at
+the registrations every TICK seconds. A lend has a deadline only while it
+waits on the database (`Lend.trip`, renewed before each round trip): what
+is bounded is the wait for one answer, not the length of a transaction nor
+the work done between its statements. A lend past its deadline whose
+database sent something within the timeout (a long pipeline's results
+arrive as the server works through it; TCP_INFO says when the last byte
+came) gets more time. Otherwise the thread shuts down the lend's socket:
+the blocked call returns at once with an OperationalError, and the
+connection is closed as broken. Registering a lend costs a dict entry under
+a lock and wakes no thread. Keepalives and tcp_user_timeout are added to
+the conninfo (unless it sets them), so the kernel also gives up on a peer
+that stopped acknowledging.
 """
 
 import contextlib
