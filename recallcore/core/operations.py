@@ -96,13 +96,10 @@ def revoke_serials(txn: WriteTxn, added: BitMap64, seq: int) -> dict[int, int]:
     """
     txn.update_revoked(added)
     txn.put_revocations(added, seq)
-    keys = {}
-    for serial in txn.index_among(*CUSTOM_JTI, added).to_array():
-        record = txn.record(serial)
-        if record is not None:
-            key = foreign_key(record.issuer, record.jti)
-            if txn.foreign(key) is None:  # revoked by key already: keep that record
-                keys[key] = record.expires_at
+    records = txn.records(int(serial) for serial in txn.index_among(*CUSTOM_JTI, added).to_array())
+    keys = {foreign_key(record.issuer, record.jti): record.expires_at for record in records.values()}
+    for key in txn.foreigns(list(keys)):  # revoked by key already: keep that record
+        del keys[key]
     for key, expires_at in keys.items():
         txn.put_foreign(key, expires_at, seq)
     return keys

@@ -71,6 +71,12 @@ class ReadTxn(abc.ABC):
     def record(self, serial: int) -> TokenSpec | None:
         """The registration of `serial` (jti, issuer and times filled in), or None if unknown or purged."""
 
+    def records(self, serials: Iterable[int]) -> dict[int, TokenSpec]:
+        """serial -> registration, of those of `serials` that have one (an engine with round
+        trips reads them together)."""
+        found = ((serial, self.record(serial)) for serial in serials)
+        return {serial: spec for serial, spec in found if spec is not None}
+
     @abc.abstractmethod
     def serial_for(self, issuer: str, jti: str) -> int:
         """The serial registered under exactly (issuer, jti), or 0."""
@@ -115,6 +121,11 @@ class ReadTxn(abc.ABC):
     @abc.abstractmethod
     def foreign(self, key: int) -> tuple[int, int] | None:
         """(expires_at, seq that revoked it) of a revoked foreign-token key, or None."""
+
+    def foreigns(self, keys: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """key -> (expires_at, seq), of those of `keys` revoked (read together where that saves round trips)."""
+        found = ((key, self.foreign(key)) for key in keys)
+        return {key: value for key, value in found if value is not None}
 
     @abc.abstractmethod
     def foreign_keys(self) -> Iterator[int]:

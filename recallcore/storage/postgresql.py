@@ -64,7 +64,8 @@ SIGN = 1 << 63  # foreign keys are unsigned 64-bit: stored minus SIGN, which kee
 PAGE = 1000  # rows read per round trip by the iterators
 PIPELINE_SLICE = 2000  # rows of one executemany in a flush's pipeline, the deadline renewed before each
 INDEX_READ = 10_000  # index chunks read per round trip by update_indexes
-PREFETCH = 1000  # most (issuer, jti) looked up with the head lock; past it each is looked up on its own
+PREFETCH = 1000  # most (issuer, jti) looked up in the query that takes the head lock...
+LOOKUP_PAGE = 10_000  # ...and the others, after it, this many a round trip
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a connection at open and for each transaction (tests lower it)
 _EMPTY = BitMap64()
 
@@ -105,6 +106,7 @@ class PgTxn(WriteTxn):
         self._begin = False
         query = _BEGIN_AND_LOCK
         expected = list(dict.fromkeys(self._expected))
+        expected, rest = expected[:PREFETCH], expected[PREFETCH:]
         if expected:
             refs = pgsql.SQL(", ").join(pgsql.SQL("({}, {})").format(pgsql.Literal(i), pgsql.Literal(j))
                                         for i, j in expected)
@@ -119,9 +121,16 @@ class PgTxn(WriteTxn):
                 found = cur.fetchall()
         if expected:
             self._jtis = dict.fromkeys(expected, 0) | {(i, j): serial for i, j, serial in found}
+        for k in range(0, len(rest), LOOKUP_PAGE):  # past the first PREFETCH: pages, under the lock
+            part = rest[k:k + LOOKUP_PAGE]
+            self._jtis.update(dict.fromkeys(part, 0))
+            self._jtis.update((tuple(ref), serial) for *ref, serial in self._rows(
+                "SELECT j.issuer, j.jti, j.serial FROM unnest(%s::text[], %s::text[]) AS r(issuer, jti) "
+                "JOIN recallcore.jtis j ON j.issuer = r.issuer AND j.jti = r.jti",
+                ([i for i, _ in part], [j for _, j in part])))
 
     def expect_lookups(self, refs) -> None:
-        if self._begin and len(self._expected) + len(refs) <= PREFETCH:
+        if self._begin:
             self._expected.extend(refs)
 
     def _write(self, sql: str, params: tuple) -> None:
@@ -187,6 +196,15 @@ class PgTxn(WriteTxn):
     def record(self, serial: int) -> TokenSpec | None:
         row = self._one("SELECT spec FROM recallcore.tokens WHERE serial = %s", (serial,))
         return decode_record(bytes(row[0])) if row else None
+
+    def records(self, serials) -> dict[int, TokenSpec]:
+        wanted = list(serials)
+        out = {}
+        for k in range(0, len(wanted), LOOKUP_PAGE):
+            rows = self._rows("SELECT serial, spec FROM recallcore.tokens WHERE serial = ANY(%s)",
+                              (wanted[k:k + LOOKUP_PAGE],))
+            out.update((serial, decode_record(bytes(spec))) for serial, spec in rows)
+        return out
 
     def put_record(self, serial: int, spec: TokenSpec) -> None:
         self._write("INSERT INTO recallcore.tokens (serial, spec) VALUES (%s, %s)", (serial, encode_record(spec)))
@@ -399,6 +417,15 @@ class PgTxn(WriteTxn):
     def foreign(self, key: int) -> tuple[int, int] | None:
         row = self._one("SELECT expires_at, seq FROM recallcore.foreign_keys WHERE key = %s", (key - SIGN,))
         return (row[0], row[1]) if row else None
+
+    def foreigns(self, keys) -> dict[int, tuple[int, int]]:
+        wanted = [key - SIGN for key in keys]
+        out = {}
+        for k in range(0, len(wanted), LOOKUP_PAGE):
+            rows = self._rows("SELECT key, expires_at, seq FROM recallcore.foreign_keys WHERE key = ANY(%s)",
+                              (wanted[k:k + LOOKUP_PAGE],))
+            out.update((key + SIGN, (expires_at, seq)) for key, expires_at, seq in rows)
+        return out
 
     def put_foreign(self, key: int, expires_at: int, seq: int) -> None:
         self._write("INSERT INTO recallcore.foreign_keys (key, expires_at, seq) VALUES (%s, %s, %s) "

@@ -212,6 +212,8 @@ def _jti_refs(op: Operation) -> tuple:
         op = op.action
     if isinstance(op, Revoke):
         return op.selector.tokens
+    if isinstance(op, Register):
+        return tuple(spec for spec in op.tokens if spec.jti)  # caller-chosen jtis: known already?
     if isinstance(op, Rotate) and not isinstance(op.ref, int):
         return (op.ref,)
     return ()

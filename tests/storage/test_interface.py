@@ -297,6 +297,33 @@ def test_lookups_announced_to_a_write_transaction_answer_as_any_other_and_see_it
         assert (txn.serial_for("iss", "a"), txn.serial_for("iss", "b")) == (0, 2)
 
 
+def test_lookups_records_and_foreign_keys_by_the_thousand_answer_as_one_at_a_time(store: Store, monkeypatch):
+    """What a revocation of thousands of jtis asks (an engine with round trips reads them in
+    pages; small pages here, so that several are read)."""
+    from recallcore.storage import postgresql
+
+    monkeypatch.setattr(postgresql, "PREFETCH", 300)
+    monkeypatch.setattr(postgresql, "LOOKUP_PAGE", 700)
+    with store.write() as txn:
+        for serial in range(1, 2001):
+            txn.put_record(serial, spec(serial))
+            if serial % 2 == 0:
+                txn.put_jti("iss", f"j{serial}", serial)
+        for key in range(1, 1501, 3):
+            txn.put_foreign(key, 1000 + key, 7)
+    refs = [("iss", f"j{serial}") for serial in range(1, 2501)]
+    with store.write() as txn:
+        txn.expect_lookups(refs)
+        assert [txn.serial_for(*ref) for ref in refs] == [s if s <= 2000 and s % 2 == 0 else 0 for s in range(1, 2501)]
+        txn.put_jti("iss", "j1", 1)  # the transaction's own writes are seen
+        assert txn.serial_for("iss", "j1") == 1
+        assert txn.records(range(1500, 2600)) == {s: spec(s) for s in range(1500, 2001)}
+        assert txn.foreigns(range(1, 1600)) == {key: (1000 + key, 7) for key in range(1, 1501, 3)}
+    with store.read() as txn:
+        assert txn.records([2, 4000, 9]) == {2: spec(2), 9: spec(9)}
+        assert txn.foreigns([1, 2, 2**64 - 1]) == {1: (1001, 7)}
+
+
 def test_many_bitmap_changes_in_one_write_read_back_as_applied_in_order(store: Store):
     # A group commit changes the same chunks again and again (LMDB writes each
     # chunk once, at the end or before its table is read): every read inside
