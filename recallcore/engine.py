@@ -167,6 +167,9 @@ class Engine(Node):
     def require_ready(self) -> None:
         """A primary always answers from memory; how stale it is goes into Stats and heartbeats."""
 
+    def answering(self) -> bool:
+        return True  # as require_ready: a cluster node cut off from its database still answers from memory
+
     @property
     def ahead_wait(self) -> float:
         # On a shared store another node may be a little ahead of this one: a subscriber that

@@ -142,7 +142,8 @@ def test_a_database_link_gone_silent_fails_writes_within_the_store_timeout_and_h
     proxy = FreezableProxy(f"127.0.0.1:{port}")
     conninfo = pg_database.replace(f"port={port}", f"port={proxy.address.rpartition(':')[2]}")
     dbname = conninfo.rpartition("dbname=")[2].split()[0]
-    node = ServerThread(Settings(store=conninfo, listen="127.0.0.1:0", sweep_interval=3600, store_timeout=1.0))
+    node = ServerThread(Settings(store=conninfo, listen="127.0.0.1:0", sweep_interval=3600, store_timeout=1.0,
+                                 max_staleness=1.5))
     try:
         with RecallClient(node.address, timeout=20) as client:
             kept, other = one_revoked_one_not(client, "before the silence")
@@ -158,7 +159,10 @@ def test_a_database_link_gone_silent_fails_writes_within_the_store_timeout_and_h
             assert next_one.value.code == grpc.StatusCode.UNAVAILABLE, next_one.value
             assert client.check(kept.serial).state == TokenState.REVOKED  # reads go on from memory
             assert client.check(other.serial).state == TokenState.ACTIVE
-            until(lambda: client.stats().staleness > 1.0, "staleness reported above 1 s", 30)
+            until(lambda: client.stats().staleness > 2.0, "staleness reported above 2 s", 30)
+            # past max_staleness it still answers (reads go on), and its gauge says so
+            assert client.check(kept.serial).state == TokenState.REVOKED
+            assert node.run(lambda: node.engine.answering())
 
             proxy.thaw()
 
