@@ -8,11 +8,12 @@ When none is idle and fewer than `size` exist, a new one is made then and
 there: there is no background reconnection, so after the database comes
 back (or a standby is promoted: libpq's multi-host conninfo with
 target_session_attrs=read-write picks it) the very next transaction
-connects. Each lend, and the probe before it, runs under a deadline
-(pg_deadline): a database that stops answering fails the transaction within
-`deadline` seconds instead of holding it. psycopg-pool's ConnectionPool reconnects in the background with a
+connects. psycopg-pool's ConnectionPool reconnects in the background with a
 delay that doubles after each failed attempt (1, 2, 4, ... s, from its
 source): after a minute's outage its next attempt may be a minute away.
+Each lend, and the probe before it, runs under the deadlines of
+pg_deadline.py: a database that stops answering fails the transaction
+within their timeout instead of holding it.
 """
 
 import contextlib
@@ -28,7 +29,7 @@ PROBE_AFTER = 1.0  # seconds idle after which a connection is checked before use
 
 
 class Connections:
-    """At most `size` connections to `conninfo`; `connection()` lends one for a block."""
+    """At most `size` connections to `conninfo`; `lend()` lends one for a block."""
 
     def __init__(self, conninfo: str, size: int, timeout: float, deadlines: Deadlines,
                  configure: Callable[[psycopg.Connection], None] | None = None) -> None:

@@ -28,8 +28,8 @@ transaction keeps the head it locked (and then set) rather than asking again.
 Connection failures surface as `Unavailable` naming the database (never its
 password), and so does a database that stops answering: each round trip has
 `timeout` seconds (settings.store_timeout), then its connection is cut
-(pg_deadline.py); a database without the schema, or with one of another version,
-is a StoreError at open.
+(pg_deadline.py). A database without the schema, or with one of another
+version, is a StoreError at open.
 """
 
 import contextlib
