@@ -73,8 +73,9 @@ def affected_names(txn: WriteTxn, serials: BitMap64) -> dict:
     Reads the records of at most NAMES_SAMPLE serials; past that the record
     says "<field>_more" and audit filters ask the index instead.
     """
-    records = [txn.record(s) for s in serials.to_array()[:NAMES_SAMPLE]] if serials else []
-    records = [r for r in records if r is not None]
+    sample = [int(s) for s in serials.to_array()[:NAMES_SAMPLE]] if serials else []
+    found = txn.records(sample) if sample else {}
+    records = [found[s] for s in sample if s in found]
     out = {**_names("subjects", [r.subject for r in records]), **_names("clients", [r.client_id for r in records])}
     if len(serials) > NAMES_SAMPLE:
         out["subjects_more"] = out["clients_more"] = True
