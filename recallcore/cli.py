@@ -19,6 +19,8 @@ from .security.credentials import hash_secret
 from .server import serve
 from .settings import Settings
 
+MIGRATE_STORE_TIMEOUT = 600.0  # seconds `migrate` waits for one answer of the database
+
 _OPTIONS = (
     # flag, Settings field, type, help
     ("--data-dir", "data_dir", str, "data directory (LMDB environment)"),
@@ -219,7 +221,9 @@ def _migrate(source: str, target: str) -> int:
             raise StoreError(f"{source} holds no recallcore store")
         lmdb_store = LmdbStore(pathlib.Path(source), map_size=DEFAULT_MAP_SIZE, max_map_size=DEFAULT_MAX_MAP_SIZE)
         try:
-            pg_store = PostgresStore(target)
+            # An operator's command, one transaction that may be large: its waits (the COMMIT of
+            # millions of rows) may be long, and whoever runs it sees a hang.
+            pg_store = PostgresStore(target, timeout=MIGRATE_STORE_TIMEOUT)
             try:
                 counts = copy_store(lmdb_store, pg_store)
             finally:
