@@ -35,7 +35,7 @@ version, is a StoreError at open.
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import psycopg
@@ -63,9 +63,8 @@ EXP_BITS = 12
 SIGN = 1 << 63  # foreign keys are unsigned 64-bit: stored minus SIGN, which keeps their order
 PAGE = 1000  # rows read per round trip by the iterators
 PIPELINE_SLICE = 2000  # rows of one executemany in a flush's pipeline, the deadline renewed before each
-INDEX_READ = 10_000  # index chunks read per round trip by update_indexes
-PREFETCH = 1000  # most (issuer, jti) looked up in the query that takes the head lock...
-LOOKUP_PAGE = 10_000  # ...and the others, after it, this many a round trip
+PREFETCH = 1000  # most (issuer, jti) looked up in the query that takes the head lock
+LOOKUP_PAGE = 10_000  # keys read by key per round trip: jtis past PREFETCH, records, foreign keys, index chunks
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a connection at open and for each transaction (tests lower it)
 _EMPTY = BitMap64()
 
@@ -121,13 +120,12 @@ class PgTxn(WriteTxn):
                 found = cur.fetchall()
         if expected:
             self._jtis = dict.fromkeys(expected, 0) | {(i, j): serial for i, j, serial in found}
-        for k in range(0, len(rest), LOOKUP_PAGE):  # past the first PREFETCH: pages, under the lock
-            part = rest[k:k + LOOKUP_PAGE]
-            self._jtis.update(dict.fromkeys(part, 0))
-            self._jtis.update((tuple(ref), serial) for *ref, serial in self._rows(
+        if rest:  # past the first PREFETCH: in pages, under the lock
+            self._jtis.update(dict.fromkeys(rest, 0))
+            self._jtis.update(((issuer, jti), serial) for issuer, jti, serial in self._rows_by_page(
                 "SELECT j.issuer, j.jti, j.serial FROM unnest(%s::text[], %s::text[]) AS r(issuer, jti) "
                 "JOIN recallcore.jtis j ON j.issuer = r.issuer AND j.jti = r.jti",
-                ([i for i, _ in part], [j for _, j in part])))
+                rest, lambda page: ([i for i, _ in page], [j for _, j in page])))
 
     def expect_lookups(self, refs) -> None:
         if self._begin:
@@ -162,6 +160,11 @@ class PgTxn(WriteTxn):
             self.flush()
         with self._trip():
             return self.conn.execute(sql, params).fetchall()
+
+    def _rows_by_page(self, sql: str, keys: list, params: Callable[[list], tuple]) -> Iterator[tuple]:
+        """The rows of `sql` for `keys`, LOOKUP_PAGE keys a round trip (params(page): its parameters)."""
+        for k in range(0, len(keys), LOOKUP_PAGE):
+            yield from self._rows(sql, params(keys[k:k + LOOKUP_PAGE]))
 
     def _trip(self):
         """A context for round trips: under the lend's deadline."""
@@ -198,13 +201,9 @@ class PgTxn(WriteTxn):
         return decode_record(bytes(row[0])) if row else None
 
     def records(self, serials) -> dict[int, TokenSpec]:
-        wanted = list(serials)
-        out = {}
-        for k in range(0, len(wanted), LOOKUP_PAGE):
-            rows = self._rows("SELECT serial, spec FROM recallcore.tokens WHERE serial = ANY(%s)",
-                              (wanted[k:k + LOOKUP_PAGE],))
-            out.update((serial, decode_record(bytes(spec))) for serial, spec in rows)
-        return out
+        rows = self._rows_by_page("SELECT serial, spec FROM recallcore.tokens WHERE serial = ANY(%s)",
+                                  list(serials), lambda page: (page,))
+        return {serial: decode_record(bytes(spec)) for serial, spec in rows}
 
     def put_record(self, serial: int, spec: TokenSpec) -> None:
         self._write("INSERT INTO recallcore.tokens (serial, spec) VALUES (%s, %s)", (serial, encode_record(spec)))
@@ -274,20 +273,19 @@ class PgTxn(WriteTxn):
         self._update_bitmap(kind, name, add, remove)
 
     def update_indexes(self, changes) -> None:
-        """The chunks of every index changed, read INDEX_READ at a time (not one round trip a name)."""
+        """The chunks of every index changed, read in pages (not one round trip a name), then written."""
         wanted = [(kind, name, chunk, add) for kind, name, add in changes
                   for chunk in touched_chunks(add, _EMPTY, CHUNK_BITS)]
-        for i in range(0, len(wanted), INDEX_READ):
-            part = wanted[i:i + INDEX_READ]
-            rows = self._rows("SELECT kind, name, chunk, bits FROM recallcore.bitmaps WHERE (kind, name, chunk) IN "
-                              "(SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))",
-                              tuple(list(column) for column in zip(*((k, n, c) for k, n, c, _ in part))))
-            stored = {(kind, name, chunk): BitMap64.deserialize(bytes(bits)) for kind, name, chunk, bits in rows}
-            for kind, name, chunk, add in part:
-                bitmap = updated_chunk(stored.get((kind, name, chunk)), chunk, add, _EMPTY, CHUNK_BITS)
-                self._write("INSERT INTO recallcore.bitmaps (kind, name, chunk, bits) VALUES (%s, %s, %s, %s) "
-                            "ON CONFLICT (kind, name, chunk) DO UPDATE SET bits = EXCLUDED.bits",
-                            (kind, name, chunk, bitmap.serialize()))
+        rows = self._rows_by_page(
+            "SELECT kind, name, chunk, bits FROM recallcore.bitmaps WHERE (kind, name, chunk) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))",
+            wanted, lambda page: tuple(list(column) for column in zip(*((k, n, c) for k, n, c, _ in page))))
+        stored = {(kind, name, chunk): BitMap64.deserialize(bytes(bits)) for kind, name, chunk, bits in rows}
+        for kind, name, chunk, add in wanted:
+            bitmap = updated_chunk(stored.get((kind, name, chunk)), chunk, add, _EMPTY, CHUNK_BITS)
+            self._write("INSERT INTO recallcore.bitmaps (kind, name, chunk, bits) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (kind, name, chunk) DO UPDATE SET bits = EXCLUDED.bits",
+                        (kind, name, chunk, bitmap.serialize()))
 
     def revoked_serials(self) -> BitMap64:
         return self._bitmap("revoked")
@@ -419,13 +417,9 @@ class PgTxn(WriteTxn):
         return (row[0], row[1]) if row else None
 
     def foreigns(self, keys) -> dict[int, tuple[int, int]]:
-        wanted = [key - SIGN for key in keys]
-        out = {}
-        for k in range(0, len(wanted), LOOKUP_PAGE):
-            rows = self._rows("SELECT key, expires_at, seq FROM recallcore.foreign_keys WHERE key = ANY(%s)",
-                              (wanted[k:k + LOOKUP_PAGE],))
-            out.update((key + SIGN, (expires_at, seq)) for key, expires_at, seq in rows)
-        return out
+        rows = self._rows_by_page("SELECT key, expires_at, seq FROM recallcore.foreign_keys WHERE key = ANY(%s)",
+                                  [key - SIGN for key in keys], lambda page: (page,))
+        return {key + SIGN: (expires_at, seq) for key, expires_at, seq in rows}
 
     def put_foreign(self, key: int, expires_at: int, seq: int) -> None:
         self._write("INSERT INTO recallcore.foreign_keys (key, expires_at, seq) VALUES (%s, %s, %s) "
