@@ -73,8 +73,8 @@ def affected_names(txn: WriteTxn, serials: BitMap64) -> dict:
     Reads the records of at most NAMES_SAMPLE serials; past that the record
     says "<field>_more" and audit filters ask the index instead.
     """
-    sample = [int(s) for s in serials.to_array()[:NAMES_SAMPLE]] if serials else []
-    found = txn.records(sample) if sample else {}
+    sample = [int(s) for s in serials.to_array()[:NAMES_SAMPLE]]
+    found = txn.records(sample)
     records = [found[s] for s in sample if s in found]
     out = {**_names("subjects", [r.subject for r in records]), **_names("clients", [r.client_id for r in records])}
     if len(serials) > NAMES_SAMPLE:
