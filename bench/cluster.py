@@ -14,7 +14,7 @@ in child processes. `python -m bench.run` runs it too (scenario 8,
                target: p99 at most 2x the floor's p99.
   throughput   16 callers, 8 on each node, revoking back to back (revocations/s).
   propagation  revoke on node A until a Replica following node B has it (p50/p99),
-               timed from the call (the acknowledgement is part of it).
+               timed from the call (the acknowledgement is part of it), 50 a second.
   register     Register RPCs of 1,000 tokens each on node A, each token its own subject (tokens/s).
 """
 
@@ -38,6 +38,7 @@ from .measure import summary_ms
 from .procs import REPO, Server, stop_all
 
 IDP = "https://idp.example"
+PROPAGATION_RATE = 50.0  # revocations/s of the propagation run (bench.run's propagation_rate)
 
 
 def floor_commit(conn: psycopg.Connection, n: int) -> int:
@@ -84,17 +85,25 @@ def throughput(nodes: list[str], seconds: float, callers: int = 16) -> dict:
     return {"callers": callers, "nodes": len(nodes), "revocations_per_s": sum(counts) / elapsed}
 
 
-def propagation(a: str, b: str, rounds: int) -> dict:
+def propagation(a: str, b: str, rounds: int, rate: float = PROPAGATION_RATE) -> dict:
+    """Revocations on node A at `rate` per second (each waits for the one before it to reach
+    the replica), timed until a Replica following node B has it. Paced, as the propagation
+    scenario is: back to back they would outrun the Watch stream's spacing (--watch-spacing,
+    50 live events a second past a burst of 10) and time that instead."""
     samples = []
     with RecallClient(a) as client, Replica(b) as replica:
         assert replica.wait_for(client.stats().seq, timeout=30)
+        start = time.monotonic()
         for i in range(rounds):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             t0 = time.perf_counter_ns()
             receipt = client.revoke(tokens=[(IDP, f"prop-{i}")])
             if not replica.wait_for(receipt.seq, timeout=30):
                 raise RuntimeError(f"replica of node B never saw seq {receipt.seq}")
             samples.append(time.perf_counter_ns() - t0)
-    return {"propagation_ms": summary_ms(samples)}
+    return {"propagation_ms": summary_ms(samples), "rate": rate}
 
 
 def register(a: str, batches: int, size: int = 1000) -> dict:
@@ -127,7 +136,7 @@ def available() -> str:
     return ""
 
 
-def run(rounds: int, seconds: float, batches: int, store: str = "") -> dict:
+def run(rounds: int, seconds: float, batches: int, store: str = "", rate: float = PROPAGATION_RATE) -> dict:
     """Every figure of this scenario, on the database `store` names, or on a PostgreSQL server
     of its own (started, then removed) when it names none."""
     pg = None
@@ -148,7 +157,7 @@ def run(rounds: int, seconds: float, batches: int, store: str = "") -> dict:
         a, b = (node.address for node in nodes)
         return {"single": single(a, conninfo, rounds),
                 "throughput": throughput([a, b], seconds),
-                "propagation": propagation(a, b, rounds),
+                "propagation": propagation(a, b, rounds, rate),
                 "register": register(a, batches)}
     finally:
         for node in nodes:

@@ -192,8 +192,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                 single["floor_ms"][q])
         row("8 cluster", "Revoke RPCs/s (16 callers, 2 nodes)", g("cluster", "throughput", "revocations_per_s"), "/s")
         prop = g("cluster", "propagation", "propagation_ms")
+        rate = g("cluster", "propagation", "rate")
         for q in ("p50", "p99"):
-            row("8 cluster", f"revoke on A -> replica of B {q}", prop[q], "ms")
+            row("8 cluster", f"revoke on A -> replica of B {q}" + (f" ({rate:g}/s)" if rate else ""), prop[q], "ms")
         row("8 cluster", "Register, batches of 1,000", g("cluster", "register", "tokens_per_s"), "/s")
     return out
 

@@ -212,7 +212,7 @@ def run(mode: Mode, work_dir: pathlib.Path, with_redis: bool, only: set[str], as
         why = cluster.available()
         if not why:
             s.run("cluster", lambda: {"cluster": cluster.run(mode.cluster_rounds, mode.cluster_seconds,
-                                                             mode.cluster_batches)})
+                                                             mode.cluster_batches, rate=mode.propagation_rate)})
         elif asked:
             results.setdefault("errors", {})["cluster"] = why
         else:
