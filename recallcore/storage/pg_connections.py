@@ -9,8 +9,10 @@ there: there is no background reconnection, so after the database comes
 back (or a standby is promoted: libpq's multi-host conninfo with
 target_session_attrs=read-write picks it) the very next transaction
 connects. psycopg-pool's ConnectionPool reconnects in the background with a
-delay that doubles after each failed attempt (1, 2, 4, ... s, from its
-source): after a minute's outage its next attempt may be a minute away.
+delay that doubles after each failed attempt (1, 2, 4, ... s, with jitter).
+Measured with psycopg-pool 3.3.3 (one connection, a caller retrying all
+along): after outages of 5, 20 and 60 s it served again 1.4, 9.6 and 5.5 s
+after the database was back; this set, 0.01 s after, every time.
 Each lend, and the probe before it, runs under the deadlines of
 pg_deadline.py: a database that stops answering fails the transaction
 within their timeout instead of holding it.
