@@ -19,6 +19,7 @@ OTHER = "https://other-idp.example"
 
 
 def json_of(done) -> dict:
+    assert done.stdout.strip(), f"no output (exit {done.returncode}): {done.stderr}"
     return json.loads(done.stdout)
 
 
