@@ -105,7 +105,7 @@ class JwtVerifier:
         self.skew = skew
         self.clock = clock
         self._registry = jws.JWSRegistry(algorithms=list(algorithms))
-        self._cache: collections.OrderedDict[bytes, tuple[Verified, KeySource, str, Key]] = \
+        self._cache: collections.OrderedDict[bytes, tuple[Verified, KeySource, str, Key, tuple[int, int]]] = \
             collections.OrderedDict()
 
     def remembered(self, token: str) -> Verified | None:
@@ -116,12 +116,13 @@ class JwtVerifier:
         cached = self._cache.get(digest)
         if cached is None:
             return None
-        verified, source, kid, key = cached
+        verified, source, kid, key, (valid_from, valid_until) = cached
         if not source.holds(kid, key):
             del self._cache[digest]
             return None
         self._cache.move_to_end(digest)
-        self._judge_times(verified)
+        if not valid_from <= self.clock() < valid_until:
+            self._judge_times(verified)
         return verified
 
     async def verify(self, token: str) -> Verified:
@@ -135,7 +136,7 @@ class JwtVerifier:
         verified, source, kid, key = await self._verify(token)
         # Remembered before the times are judged: an expired token presented
         # again and again costs a hash, not a signature check each time.
-        self._cache[digest] = (verified, source, kid, key)
+        self._cache[digest] = (verified, source, kid, key, self._window(verified))
         if len(self._cache) > SIGNATURE_CACHE:
             self._cache.popitem(last=False)
         self._judge_times(verified)
@@ -187,11 +188,16 @@ class JwtVerifier:
             not_before=_number(claims, "nbf"), claims=claims,
         )
 
+    def _window(self, v: Verified) -> tuple[int, int]:
+        """[from, until): the clock readings at which `v` is valid, within the clock skew."""
+        return max(v.not_before, v.issued_at) - self.skew, v.expires_at + self.skew
+
     def _judge_times(self, v: Verified) -> None:
-        now = int(self.clock())
-        if v.expires_at + self.skew <= now:
+        valid_from, valid_until = self._window(v)
+        now = self.clock()
+        if now >= valid_until:
             raise InvalidToken("expired", "the token has expired")
-        if v.not_before - self.skew > now or v.issued_at - self.skew > now:
+        if now < valid_from:
             raise InvalidToken("not_yet_valid", "the token is not valid yet")
 
     async def close(self) -> None:

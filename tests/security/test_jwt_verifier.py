@@ -93,6 +93,18 @@ def test_a_cached_token_is_judged_on_time_again(idp):
     clock[0] += 11
     assert refused(v, token).cause == "expired"
 
+    start = int(clock[0])
+    early = idp.token("k", nbf=start + 5, exp=start + 20)
+    clock[0] = start
+    assert refused(v, early).cause == "not_yet_valid"  # verified (and remembered), not valid yet
+    clock[0] = start + 5
+    assert v.remembered(early).jti == "k"  # from its nbf on, without a second signature check
+    clock[0] = start + 19.9
+    assert v.remembered(early).jti == "k"
+    clock[0] = start + 20  # at exp itself (skew 0): expired
+    with pytest.raises(InvalidToken, match="expired"):
+        v.remembered(early)
+
 
 def test_the_audience_is_checked_when_configured(idp):
     v = verifier(idp, audience="https://api.example")

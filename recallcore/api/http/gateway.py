@@ -60,7 +60,7 @@ async def check(edge: Edge, request: web.Request) -> web.Response:
         # The gateway itself is not known: not the client's token's fault, so not 401.
         return error_response(403, "access_denied", f"gateway: {exc}")
     token = bearer(request.headers.get("Authorization", "")) or ""
-    decision = await edge.decider.decide(token)
+    decision = edge.decider.known(token) or await edge.decider.decide(token)
     noted(edge.metrics, edge.presented, decision, _presented_by, request, caller)
     if decision.allowed:
         headers = decision.memo.get("headers")
