@@ -87,7 +87,7 @@ class PgTxn(WriteTxn):
     The write transaction is begun lazily, by its first statement: BEGIN, the head lock and
     the jti lookups announced by `expect_lookups` travel as one query."""
 
-    def __init__(self, conn: psycopg.Connection, lend: Lend | None = None, *, begin: bool = False) -> None:
+    def __init__(self, conn: psycopg.Connection, lend: Lend, *, begin: bool = False) -> None:
         self.conn = conn
         self._lend = lend  # its deadline is renewed before each round trip
         self._pending: list[tuple[str, tuple]] = []
@@ -111,7 +111,7 @@ class PgTxn(WriteTxn):
                                         for i, j in expected)
             query += "; " + pgsql.SQL("SELECT issuer, jti, serial FROM recallcore.jtis WHERE (issuer, jti) IN ({})"
                                       ).format(refs).as_string(self.conn)
-        with self._trip():
+        with self._lend.trip():
             cur = self.conn.execute(query)  # one round trip (simple query protocol); the connection is autocommit
             cur.nextset()
             self.head = self.locked = cur.fetchone()[0]
@@ -139,7 +139,7 @@ class PgTxn(WriteTxn):
         self.begin()
         pending, self._pending = self._pending, []
         i = 0
-        with self._trip(), self.conn.pipeline(), self.conn.cursor() as cur:
+        with self._lend.trip(), self.conn.pipeline(), self.conn.cursor() as cur:
             while i < len(pending):
                 sql = pending[i][0]
                 j = i
@@ -149,8 +149,7 @@ class PgTxn(WriteTxn):
                     cur.execute(sql, pending[i][1])
                 else:  # in slices: the deadline bounds a wait for progress, not the whole pipeline
                     for k in range(i, j, PIPELINE_SLICE):
-                        if self._lend is not None:
-                            self._lend.renew()
+                        self._lend.renew()
                         cur.executemany(sql, [params for _, params in pending[k:min(j, k + PIPELINE_SLICE)]])
                 i = j
 
@@ -158,17 +157,13 @@ class PgTxn(WriteTxn):
         self.begin()
         if self._pending:
             self.flush()
-        with self._trip():
+        with self._lend.trip():
             return self.conn.execute(sql, params).fetchall()
 
     def _rows_by_page(self, sql: str, keys: list, params: Callable[[list], tuple]) -> Iterator[tuple]:
         """The rows of `sql` for `keys`, LOOKUP_PAGE keys a round trip (params(page): its parameters)."""
         for k in range(0, len(keys), LOOKUP_PAGE):
             yield from self._rows(sql, params(keys[k:k + LOOKUP_PAGE]))
-
-    def _trip(self):
-        """A context for round trips: under the lend's deadline."""
-        return self._lend.trip() if self._lend is not None else contextlib.nullcontext()
 
     def _one(self, sql: str, params: tuple = ()):
         rows = self._rows(sql, params)
@@ -251,9 +246,7 @@ class PgTxn(WriteTxn):
         for chunk in touched:
             bitmap = updated_chunk(stored.get(chunk), chunk, add, remove, CHUNK_BITS)
             if bitmap:
-                self._write("INSERT INTO recallcore.bitmaps (kind, name, chunk, bits) VALUES (%s, %s, %s, %s) "
-                            "ON CONFLICT (kind, name, chunk) DO UPDATE SET bits = EXCLUDED.bits",
-                            (kind, name, chunk, bitmap.serialize()))
+                self._put_chunk(kind, name, chunk, bitmap)
             elif chunk in stored:
                 self._write("DELETE FROM recallcore.bitmaps WHERE kind = %s AND name = %s AND chunk = %s",
                             (kind, name, chunk))
@@ -283,9 +276,12 @@ class PgTxn(WriteTxn):
         stored = {(kind, name, chunk): BitMap64.deserialize(bytes(bits)) for kind, name, chunk, bits in rows}
         for kind, name, chunk, add in wanted:
             bitmap = updated_chunk(stored.get((kind, name, chunk)), chunk, add, _EMPTY, CHUNK_BITS)
-            self._write("INSERT INTO recallcore.bitmaps (kind, name, chunk, bits) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT (kind, name, chunk) DO UPDATE SET bits = EXCLUDED.bits",
-                        (kind, name, chunk, bitmap.serialize()))
+            self._put_chunk(kind, name, chunk, bitmap)
+
+    def _put_chunk(self, kind: str, name: str, chunk: int, bitmap: BitMap64) -> None:
+        self._write("INSERT INTO recallcore.bitmaps (kind, name, chunk, bits) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (kind, name, chunk) DO UPDATE SET bits = EXCLUDED.bits",
+                    (kind, name, chunk, bitmap.serialize()))
 
     def revoked_serials(self) -> BitMap64:
         return self._bitmap("revoked")
@@ -461,7 +457,7 @@ class PgTxn(WriteTxn):
         stop = self._one(f"SELECT seq FROM recallcore.{table} WHERE {stop_if} ORDER BY seq LIMIT 1", params)
         if self._pending:
             self.flush()
-        with self._trip():
+        with self._lend.trip():
             cur = self.conn.execute(
                 f"DELETE FROM recallcore.{table} WHERE seq IN (SELECT seq FROM recallcore.{table} "
                 "WHERE seq < %s ORDER BY seq LIMIT %s)", (stop[0] if stop else 2**63 - 1, limit))
