@@ -228,8 +228,9 @@ class LmdbTxn(WriteTxn):
 
     def flush(self) -> None:
         """Write every pending bitmap change (the store calls this before committing)."""
-        for table in {table for table, _ in self._pending}:
-            self._flush(table)
+        pending, self._pending = self._pending, {}
+        for (table, prefix), (add, remove) in pending.items():
+            self._write_bitmap(table, prefix, add, remove)
 
     def _flush(self, table: str) -> None:
         for key in [key for key in self._pending if key[0] == table]:
