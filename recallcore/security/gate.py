@@ -56,6 +56,10 @@ class Gate:
                 f"{caller.identity} lacks the role {role!r} this call needs; grant it in the policy file"
             )
 
+    def named(self, caller: Caller, role: str) -> bool:
+        """True when a grant naming the caller itself gives it `role` (no policy: False)."""
+        return self.policy is not None and self.policy.current().names(caller.identity, role)
+
     @contextlib.contextmanager
     def stream(self, caller: Caller, what: str) -> Iterator[None]:
         """Hold one of the caller's concurrent stream slots; ResourceExhausted past the cap.

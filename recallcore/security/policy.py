@@ -12,6 +12,10 @@ With a policy, everything not granted is denied. The roles:
   killswitch  Cutoff by issuer or for everyone
   audit       AuditLog (the trail, a token's trace)
 An identity "*" in a grant gives its roles to every authenticated caller.
+An OAuth client (HTTP Basic at the OAuth endpoints) acts on its own tokens
+without a grant; on other clients' tokens only with a grant naming it,
+`client:<client_id>` ("*" does not count there: it is meant for services,
+and would hand every client the others' tokens).
 """
 
 import dataclasses
@@ -75,3 +79,7 @@ class Policy:
 
     def allows(self, identity: str, role: str) -> bool:
         return role in self.roles_of(identity)
+
+    def names(self, identity: str, role: str) -> bool:
+        """True when a grant naming `identity` itself (not "*") gives it `role`."""
+        return role in self.grants.get(identity, frozenset())

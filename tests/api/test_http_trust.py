@@ -172,3 +172,22 @@ def test_oauth_clients_secrets_are_never_taken_from_a_wrong_base64(secured):
         wrong = base64.b64encode(f"app:{CLIENT_SECRETS['other']}".encode()).decode()
         response = client.post("/oauth2/introspect", data={"token": "x"}, headers={"Authorization": f"Basic {wrong}"})
         assert response.status_code == 401
+
+
+def test_a_grant_to_every_caller_does_not_hand_oauth_clients_each_others_tokens(secured):
+    recall, root = secured["recall"], secured["root"]
+    (root / "policy.toml").write_text(POLICY + '\n[[grant]]\nidentities = ["*"]\nroles = ["introspect", "revoke"]\n')
+    secured["srv"].server.reload()
+    token = "opaque-of-app-under-a-wildcard"
+    registered = recall.register_one("ivan", "app", jti=opaque_jti(token))
+    with secured["http"]() as client:
+        assert client.post("/oauth2/introspect", data={"token": token}, headers=basic("other")).json() == \
+            {"active": False}
+        refused = client.post("/oauth2/revoke", data={"token": token}, headers=basic("other"))
+        assert refused.status_code == 400 and refused.json()["error"] == "unauthorized_client"
+        assert recall.check(registered.serial).state.name == "ACTIVE"
+        # ... while the services the grant is meant for have the roles, and the owner its own token.
+        assert client.post("/oauth2/introspect", data={"token": token},
+                           headers={"Authorization": f"Bearer {SECRETS['gateway']}"}).json()["active"] is True
+        assert client.post("/oauth2/revoke", data={"token": token}, headers=basic("app")).status_code == 200
+    assert recall.check(registered.serial).state.name == "REVOKED"
