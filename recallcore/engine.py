@@ -140,6 +140,8 @@ class Engine(Node):
                 await self.sweep()
             except RecallError as exc:
                 log.warning("sweep failed: %s", exc)
+            except Exception:  # a full disk, a database error: the next sweep tries again
+                log.exception("sweep failed")
             await asyncio.sleep(self.settings.sweep_interval)
 
     def staleness(self) -> float:

@@ -7,6 +7,7 @@ contracts are those of recallcore/core/lifecycle.py and recall.v1 (Rotate,
 Cutoff, Rule: "tokens issued strictly before this time are revoked").
 """
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ import pytest
 from recallclient import JtiRef, RecallClient, RecallError, TokenSpec, TokenState, TokenType
 from recallclient.revoked_set import SUBJECT
 
+from recallcore.engine import Engine
 from recallcore.settings import Settings
 
 from ..support import FakeClock, ServerThread
@@ -389,3 +391,30 @@ def test_restart_keeps_rules_rotations_and_audit(settings, clock, stores):
             assert (reuse.outcome, reuse.count) == ("REUSE_DETECTED", 2)
     finally:
         srv.stop()
+
+
+def test_the_sweeper_goes_on_after_an_error_it_did_not_expect(data_dir, caplog):
+    """A full disk or a database error in one sweep must not end expiry for the node's life."""
+    async def main() -> int:
+        engine = Engine(Settings(data_dir=data_dir, sweep_interval=0.01))
+        real, calls = engine.sweep, []
+
+        async def sweep():
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return await real()
+
+        engine.sweep = sweep
+        await engine.start()
+        try:
+            for _ in range(500):
+                if len(calls) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await engine.close()
+        return len(calls)
+
+    assert asyncio.run(main()) >= 3
+    assert "sweep failed" in caplog.text and "No space left on device" in caplog.text
