@@ -517,10 +517,19 @@ def _configure_reader(conn: psycopg.Connection) -> None:
     conn.read_only = True
 
 
+# synchronous_commit levels under which COMMIT returns before the change is flushed (off,
+# local: the primary may lose it in a crash; remote_write: a standby promoted after one may).
+_WEAK_COMMITS = frozenset({"off", "local", "remote_write"})
+
+
 def _configure_writer(conn: psycopg.Connection) -> None:
     # The write transaction is begun and committed by statements of its own (PostgresStore.write),
     # so that BEGIN travels with the head lock and COMMIT with the writes.
     conn.autocommit = True
+    # A change is acknowledged once committed, so COMMIT must mean durable, whatever the database or
+    # role was tuned to (a stronger level, remote_apply, is kept).
+    if conn.execute("SHOW synchronous_commit").fetchone()[0] in _WEAK_COMMITS:
+        conn.execute("SET synchronous_commit = on")
 
 
 _BEGIN_AND_LOCK = "BEGIN; SELECT seq FROM recallcore.head WHERE id = 1 FOR UPDATE"

@@ -92,6 +92,25 @@ def test_every_store_on_one_database_has_its_identity_and_sees_the_others_commit
         second.close()
 
 
+@pytest.mark.parametrize("tuned", ["off", "local", "remote_write", "remote_apply"])
+def test_writes_commit_durably_whatever_the_database_was_tuned_to(pg_database, tuned):
+    with psycopg.connect(pg_database, autocommit=True) as admin:
+        database = admin.info.dbname
+        admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = {tuned}")
+    try:
+        store = PostgresStore(pg_database)
+        try:
+            with store.write() as txn:
+                txn.set_head(1, b"h1")
+                level = txn.conn.execute("SHOW synchronous_commit").fetchone()[0]
+            assert level == ("remote_apply" if tuned == "remote_apply" else "on")
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(pg_database, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {database} RESET synchronous_commit")
+
+
 def test_a_failed_write_transaction_keeps_nothing_and_the_next_one_commits(pg_database):
     store = PostgresStore(pg_database)
     try:
