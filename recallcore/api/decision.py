@@ -70,6 +70,8 @@ class Decider:
             return Decision.refused("missing", "no bearer token")
         if len(token) > MAX_TOKEN:
             return Decision.refused("malformed", f"the token is longer than {MAX_TOKEN} bytes")
+        if not token.isascii():  # a header's raw bytes past ASCII: no bearer token is made of those
+            return Decision.refused("malformed", "the token holds characters no bearer token has (RFC 6750)")
         if not looks_like_jwt(token):
             return await self._opaque(token)
         if self.verifier is None:
@@ -85,7 +87,7 @@ class Decider:
         """The decision for a JWT verified before, without an await (the gateways' hot path:
         adapters ask this first, then decide()); None for any other token. The revocation
         check is made all the same; only the signature is remembered."""
-        if self.verifier is None or not token or len(token) > MAX_TOKEN:
+        if self.verifier is None or not token or len(token) > MAX_TOKEN or not token.isascii():
             return None
         try:
             v = self.verifier.remembered(token)

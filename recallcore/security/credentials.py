@@ -26,7 +26,8 @@ SCHEME = "sha256:"
 
 def hash_secret(secret: str) -> str:
     """The value the credentials file stores for `secret`."""
-    return SCHEME + hashlib.sha256(secret.encode()).hexdigest()
+    # surrogateescape: a header's bytes that are not UTF-8 (aiohttp keeps them so) hash as they came
+    return SCHEME + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class Credentials:

@@ -156,7 +156,7 @@ class JwtVerifier:
         if source is None:
             raise InvalidToken("unknown_issuer", f"tokens of issuer {issuer!r} are not accepted here")
         alg = header.get("alg")
-        if alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in self.algorithms:
             raise InvalidToken("bad_signature", f"the signature algorithm {alg!r} is not accepted")
         typ = header.get("typ", "")
         if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:

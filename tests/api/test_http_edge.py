@@ -91,6 +91,22 @@ def test_bad_tokens_get_an_rfc6750_challenge(edge, idp, make, says):
     assert says in header
 
 
+def test_tokens_and_credentials_no_client_should_send_get_their_4xx_not_a_500(edge, idp):
+    srv, _, http = edge
+    seq = srv.engine.state.seq
+    _, body, sig = idp.token().split(".")
+    listed_alg = base64.urlsafe_b64encode(json.dumps({"alg": ["ES256"], "kid": idp.kid}).encode()).rstrip(b"=")
+    odd = f"{listed_alg.decode()}.{body}.{sig}"
+    assert "algorithm ['ES256'] is not accepted" in challenge(http.get("/v1/check", headers=bearer(odd)))
+    assert http.post("/oauth2/introspect", data={"token": odd}).json() == {"active": False}
+    raw = http.get("/v1/check", headers={"Authorization": b"Bearer eyJ\xff\xfe.x.y"})  # not UTF-8
+    assert "characters no bearer token has" in challenge(raw)
+    basic_past_ascii = http.post("/oauth2/introspect", data={"token": "x"},
+                                 headers={"Authorization": "Basic \u00e9\u00e9".encode()})
+    assert basic_past_ascii.status_code == 401 and "base64" in basic_past_ascii.json()["error_description"]
+    assert srv.engine.state.seq == seq
+
+
 def test_a_token_of_an_unknown_issuer_is_refused(edge, tmp_path):
     _, _, http = edge
     other = Issuer(tmp_path / "other", name="https://other.example")

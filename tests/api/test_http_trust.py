@@ -191,3 +191,9 @@ def test_a_grant_to_every_caller_does_not_hand_oauth_clients_each_others_tokens(
                            headers={"Authorization": f"Bearer {SECRETS['gateway']}"}).json()["active"] is True
         assert client.post("/oauth2/revoke", data={"token": token}, headers=basic("app")).status_code == 200
     assert recall.check(registered.serial).state.name == "REVOKED"
+
+
+def test_a_credential_of_bytes_past_utf8_is_refused_not_a_500(secured):
+    with secured["http"]() as client:
+        response = client.get("/v1/check", headers={"X-Recall-Authorization": b"Bearer \xff\xfe"})
+        assert response.status_code == 403 and "not one this server knows" in response.json()["error_description"]

@@ -9,7 +9,6 @@ HTTP Basic (client_secret_basic) from the clients file. Without a policy
 """
 
 import base64
-import binascii
 import dataclasses
 import functools
 import logging
@@ -208,7 +207,7 @@ def _basic(value: str) -> tuple[str, str]:
     """client_id and secret of an HTTP Basic value (both form-encoded, RFC 6749 section 2.3.1)."""
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a value past ASCII
         raise Unauthenticated("authorization: HTTP Basic credentials are not base64 of client_id:secret") from None
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
