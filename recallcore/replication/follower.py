@@ -67,6 +67,8 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
+# Refusals of this follower's credential: read it again, on a channel of its own.
+_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 STALL = 1.0  # seconds the event loop may go unscheduled before the connection is suspect
 WATCHDOG_PERIOD = 0.1
 PRIMARY_TIMEOUT = 2.0  # seconds a question to the primary (an introspection) may take
@@ -173,17 +175,28 @@ class Follower(Node):
 
     async def _follow(self) -> None:
         delay = BACKOFF[0]
-        async with self._transport().aio_channel(self.primary, CHANNEL_OPTIONS) as channel:
-            stub = self._stub = recall_pb2_grpc.RecallStub(channel)
-            while not self.closed:
-                try:
-                    if await self._stream(stub):
-                        delay = BACKOFF[0]
-                except Resync as exc:
-                    log.warning("resynchronising with %s: %s", self.primary, exc)
-                except grpc.aio.AioRpcError as exc:
-                    log.info("primary %s: %s %s", self.primary, exc.code().name, exc.details())
-                await asyncio.sleep(random.uniform(0, delay))  # full jitter
+        while not self.closed:
+            try:
+                # A channel lasts until the primary refuses this follower's credential: then the
+                # credential is read again (it may have been rotated) for a channel of its own.
+                async with self._transport().aio_channel(self.primary, CHANNEL_OPTIONS) as channel:
+                    stub = self._stub = recall_pb2_grpc.RecallStub(channel)
+                    refused = False
+                    while not self.closed and not refused:
+                        try:
+                            if await self._stream(stub):
+                                delay = BACKOFF[0]
+                        except Resync as exc:
+                            log.warning("resynchronising with %s: %s", self.primary, exc)
+                        except grpc.aio.AioRpcError as exc:
+                            refused = exc.code() in _REFUSED
+                            log.log(logging.WARNING if refused else logging.INFO, "primary %s: %s %s",
+                                    self.primary, exc.code().name, exc.details())
+                        await asyncio.sleep(random.uniform(0, delay))  # full jitter
+                        delay = min(delay * 2, BACKOFF[1])
+            except Exception:  # a credential file that cannot be read, an event that does not parse
+                log.exception("following %s failed; trying again", self.primary)
+                await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, BACKOFF[1])
 
     def _transport(self) -> Transport:

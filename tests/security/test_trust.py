@@ -272,6 +272,48 @@ def test_a_follower_authenticates_with_its_own_identity(tmp_path, tls_server, ca
         anonymous.stop()
 
 
+@pytest.fixture
+def credential_follower(tmp_path, tls_server, ca, files):
+    """(serial registered on the primary, the follower's credential file (not written), start the follower)."""
+    write_policy(files.policy, {**{f"token:{role}": [role] for role in ROLES}, "token:follower": ["check"]})
+    token_file = tmp_path / "follower-token"
+    with client(tls_server, ca, "issue") as issuer:
+        serial = issuer.register_one("alice", "web").serial
+    started = []
+
+    def start() -> ServerThread:
+        started.append(ServerThread(Settings(
+            data_dir=tmp_path / "f", listen="127.0.0.1:0", follow=tls_server.address, primary_cacert=str(ca.path),
+            heartbeat_interval=0.05, primary_token_file=str(token_file))))
+        return started[-1]
+
+    yield serial, token_file, start
+    for follower in started:
+        follower.stop()
+
+
+def test_a_follower_reads_its_credential_again_when_the_primary_refuses_it(credential_follower):
+    serial, token_file, start = credential_follower
+    token_file.write_text("an-old-secret-since-rotated\n")
+    follower = start()
+    time.sleep(0.5)  # it tries, and is refused
+    with RecallClient(follower.address, timeout=10) as f:
+        with pytest.raises(RecallError) as err:
+            f.check(serial)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION  # never synced
+        token_file.write_text("secret-of-the-follower\n")  # the rotated credential, put in place
+        assert f.check(serial, min_seq=1).state == TokenState.ACTIVE
+
+
+def test_a_follower_whose_credential_file_is_not_there_yet_keeps_trying(credential_follower):
+    serial, token_file, start = credential_follower
+    follower = start()
+    time.sleep(0.5)  # it cannot read the file, says so, and tries again
+    token_file.write_text("secret-of-the-follower\n")  # say, a secrets volume mounted late
+    with RecallClient(follower.address, timeout=10) as f:
+        assert f.check(serial, min_seq=1).state == TokenState.ACTIVE
+
+
 def test_streams_per_identity_are_capped(data_dir, files, ca):
     srv = ServerThread(Settings(data_dir=data_dir, listen="127.0.0.1:0", sweep_interval=3600,
                                 tls_cert=str(files.server.cert), tls_key=str(files.server.key),
