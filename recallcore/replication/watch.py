@@ -175,7 +175,11 @@ async def stream(node: Node, request: pb.WatchRequest) -> AsyncIterator[bytes]:
                 cursor, chunks = snapshot_events(node, request.with_expiries)
                 for chunk in chunks[:-1]:
                     yield chunk
-                yield stamped(node, chunks[-1])  # the last chunk installs: it vouches
+                if node.state.seq == cursor:
+                    yield stamped(node, chunks[-1])  # the last chunk installs: it vouches
+                else:  # changes committed while the chunks went out: it installs seq `cursor`,
+                    # which is not the newest now (a later field wins on decode), and vouches for nothing
+                    yield chunks[-1] + pb.WatchEvent(head_seq=node.state.seq).SerializeToString()
                 node.hub.cursors[me] = cursor
             reason = ""
             last_sent = time.monotonic()

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from recallclient._proto.recall.v1 import recall_pb2 as pb
 from recallclient.codec import bitmap_from
+from recallclient.replica_core import ReplicaCore
 from recallclient.types import JtiRef, TokenSpec
 
 from recallcore.core.model import Selector
+from recallcore.replication import watch as watch_module
 from recallcore.replication.watch import FOREIGN_PER_CHUNK, SNAPSHOT_SPAN
 from recallcore.settings import Settings
 
@@ -32,7 +34,7 @@ from ..history import (
     read_stream,
     server_state,
 )
-from ..support import FakeClock
+from ..support import FakeClock, ServerThread
 
 HEARTBEAT = 0.05
 LOG_KEEP = 10
@@ -220,3 +222,33 @@ def test_snapshot_with_expiries_carries_every_serials_expiry(big):
     assert covered == through + 1
     assert np.array_equal(got, expected)
     assert len(np.unique(expected[1:])) == 997  # the expiries differ from serial to serial
+
+
+def test_a_snapshot_that_changes_overtake_while_it_goes_out_vouches_only_once_caught_up(data_dir, monkeypatch):
+    """A snapshot of several chunks is built at one seq; a revocation committed before its last
+    chunk goes out must not be vouched away: the subscriber is not current until the delta."""
+    monkeypatch.setattr(watch_module, "SNAPSHOT_SPAN", 4)  # ten registered tokens: three chunks
+    srv = ServerThread(Settings(data_dir=data_dir, listen="127.0.0.1:0", sweep_interval=3600))
+    engine = srv.engine
+    try:
+        serial = srv.call(engine.register([TokenSpec("u", "app") for _ in range(10)])).tokens[0].serial
+
+        async def read() -> list[pb.WatchEvent]:
+            events = watch_module.stream(engine, pb.WatchRequest(with_expiries=True))
+            got = [pb.WatchEvent.FromString(await anext(events))]
+            await engine.revoke(Selector(serials=(serial,)))  # commits after the first chunk went out
+            while not got[-1].HasField("delta"):
+                got.append(pb.WatchEvent.FromString(await anext(events)))
+            await events.aclose()
+            return got
+
+        events = srv.call(read())
+    finally:
+        srv.stop()
+    chunks = [e for e in events if e.HasField("snapshot")]
+    assert len(chunks) == 3 and chunks[-1].snapshot.seq == 1
+    assert chunks[-1].head_seq == 2 and not chunks[-1].vouched_at_us  # not the newest: no vouch
+    core = ReplicaCore()
+    outcomes = [core.handle(e) for e in events]
+    assert [(o.kind, o.current) for o in outcomes][-2:] == [("installed", False), ("applied", True)]
+    assert events[-1].vouched_at_us and serial in core.state.revoked
