@@ -446,7 +446,7 @@ class Engine(Node):
         return first - 1 if first else self.state.seq
 
     async def sizes(self) -> tuple[int, int, int, bool]:
-        unrevoked = self.state.unrevoked
+        unrevoked = self.state.unrevoked(int(self.clock()))
 
         def read() -> tuple[int, int, int, bool]:
             try:

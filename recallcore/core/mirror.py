@@ -39,6 +39,7 @@ def as_array(bitmap: BitMap64) -> np.ndarray:
 
 
 _SCALAR = 32  # up to this many serials, expiries are read one by one
+COUNT_EVERY = 10  # seconds between counts of the unexpired serials (Mirror.unrevoked)
 
 
 class ExpiryIndex:
@@ -103,15 +104,29 @@ class Mirror:
         self.revocations = revocations
         self.expiry = expiry
         self.rotated = rotated if rotated is not None else BitMap64()
+        self._live = (-COUNT_EVERY, 0, 0)  # (when, registered_through then, unexpired then): unrevoked()
 
     @property
     def seq(self) -> int:
         return self.revocations.seq
 
-    @property
-    def unrevoked(self) -> int:
-        """Registered serials not in the revoked set: what a kill switch would still revoke (at most)."""
-        return self.revocations.registered_through - len(self.revocations.revoked)
+    def unrevoked(self, now: int) -> int:
+        """At most how many registered tokens are neither revoked nor expired at `now`: what a kill
+        switch would still revoke (it leaves expired tokens alone).
+
+        The lesser of two bounds: registered minus revoked (the revoked set
+        loses its serials once they expire, so alone this one only grows),
+        and the unexpired at the last count plus every serial registered
+        since. The count is one pass over the expiry array, made at most
+        once per COUNT_EVERY seconds.
+        """
+        revocations = self.revocations
+        through = revocations.registered_through
+        counted_at, counted_through, live = self._live
+        if not counted_at <= now < counted_at + COUNT_EVERY or through < counted_through:
+            live = through - self.expiry.count_expired(through, now)
+            counted_through, self._live = through, (now, through, live)
+        return min(through - len(revocations.revoked), live + through - counted_through)
 
     def copy(self) -> "Mirror":
         """An independent copy (the writer works on its own)."""

@@ -175,13 +175,13 @@ class Writer:
                 return
         self.state = mirror_of(txn, self.store.store_id)  # behind the log's retention, or a store that went back
 
-    def _refused(self, new: int) -> str:
+    def _refused(self, new: int, now: int) -> str:
         """Why `new` registrations must wait for room (the store keeps room to revoke everything)."""
-        return self.store.registrations_refused(self.state.unrevoked, self._registering + new)
+        return self.store.registrations_refused(self.state.unrevoked(now), self._registering + new)
 
     def _apply(self, txn: WriteTxn, op: Operation, now: int) -> tuple[Any, Delta | None]:
         if isinstance(op, Register):
-            refused = self._refused(len(op.tokens))
+            refused = self._refused(len(op.tokens), now)
             if refused:
                 raise ResourceExhausted(refused)
             self._registering += len(op.tokens)
@@ -191,7 +191,7 @@ class Writer:
         if isinstance(op, Sweep):
             return operations.sweep(txn, self.state, op, now, self.settings)
         if isinstance(op, Rotate):
-            return lifecycle.rotate(txn, self.state, op, now, self.settings, self._refused(1))
+            return lifecycle.rotate(txn, self.state, op, now, self.settings, self._refused(1, now))
         if isinstance(op, Cutoff):
             return lifecycle.cutoff(txn, self.state, op, now, self.settings)
         if isinstance(op, Signal):
@@ -200,7 +200,7 @@ class Writer:
             return signals.advance(txn, op)
         if isinstance(op, Presented):
             # A record of what was seen, never at the cost of the room kept to revoke.
-            if self._refused(1):
+            if self._refused(1, now):
                 raise ResourceExhausted("the store is nearly full: presented_after_recall is not recorded")
             return operations.presented(txn, self.state, op, now)
         raise TypeError(f"unknown operation {op!r}")

@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from recallclient import RecallClient, RecallError, TokenSpec, TokenState, TokenType, canonical_jti
 
+from recallcore.core.mirror import COUNT_EVERY
 from recallcore.settings import Settings
 
-from ..support import ServerThread
+from ..support import FakeClock, ServerThread
 
 MIB = 1 << 20
 DEFAULT_ISSUER = "recallcore"
@@ -25,10 +26,10 @@ def start(data_dir: pathlib.Path) -> Iterator[Callable[..., ServerThread]]:
     """Start a ServerThread on `data_dir` with the given map sizes; stopped at teardown."""
     running: list[ServerThread] = []
 
-    def start(map_size: int, max_map_size: int) -> ServerThread:
+    def start(map_size: int, max_map_size: int, **engine_args) -> ServerThread:
         settings = Settings(data_dir=data_dir, listen="127.0.0.1:0", sweep_interval=3600,
                             map_size=map_size, max_map_size=max_map_size)
-        running.append(ServerThread(settings))
+        running.append(ServerThread(settings, **engine_args))
         return running[-1]
 
     yield start
@@ -132,6 +133,21 @@ def test_a_store_filled_with_registrations_still_takes_the_kill_switch(start, cu
         assert client.stats().seq == full.seq
         assert not client.stats().registrations_refused
         assert client.register_one("late", "app").serial == registered + 1
+
+
+def test_tokens_that_expired_no_longer_hold_the_room_kept_to_revoke_them(start):
+    """The room kept for the kill switch is for tokens it would revoke: not the expired ones
+    (a store would otherwise refuse registrations for good, however empty, once enough had
+    ever been issued)."""
+    clock = FakeClock()
+    server = start(MIB, MIB, clock=clock)
+    with RecallClient(server.address, timeout=CALL_TIMEOUT) as client:
+        registered = fill(client)
+        assert_full(client, lambda: client.register(specs(1, registered)), REFUSED)
+        clock.advance(Settings().token_ttl + COUNT_EVERY)  # every one of them has expired
+        assert not client.stats().registrations_refused
+        assert client.register(specs(20, registered)).tokens[-1].serial == registered + 20
+        assert client.check(registered + 20).state == TokenState.ACTIVE
 
 
 def test_the_map_grows_under_concurrent_writers_and_readers(start):
