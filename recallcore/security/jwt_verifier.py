@@ -7,7 +7,10 @@ never accepted) and its `kid` must name a key of that issuer. Then the
 signature, and the claims: `exp` is required, `exp`, `nbf` and `iat` are
 judged with the clock skew, `aud` must name the configured audience when
 one is configured, and a `jti` is required (a token without one cannot be
-recalled one by one).
+recalled one by one). A token this server could not recall is refused as
+well: one whose `exp` lies past the longest token lifetime it keeps a
+revocation for (max_token_lifetime), and one whose `iss` or `jti` is past
+the longest string it takes (max_string) or holds a NUL.
 
 Verified signatures are remembered by the token's SHA-256 for as long as the
 token lives (a bounded LRU), so a token presented again costs a hash; the
@@ -25,6 +28,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from ..settings import DEFAULT_JWT_ALGORITHMS as DEFAULT_ALGORITHMS
+from ..settings import DEFAULT_MAX_STRING, DEFAULT_MAX_TOKEN_LIFETIME
 from .jwks import Key, KeySource
 
 ASYMMETRIC = frozenset(DEFAULT_ALGORITHMS)
@@ -95,7 +99,8 @@ class JwtVerifier:
     """Verifies tokens of the issuers in `issuers` (issuer -> its KeySource)."""
 
     def __init__(self, issuers: dict[str, KeySource], *, algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
-                 audience: str = "", skew: int = 60, clock: Callable[[], float]) -> None:
+                 audience: str = "", skew: int = 60, clock: Callable[[], float],
+                 max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME, max_string: int = DEFAULT_MAX_STRING) -> None:
         unsafe = [a for a in algorithms if a not in ASYMMETRIC]
         if unsafe:
             raise ValueError(f"jwt_algorithms: {unsafe} are not asymmetric signature algorithms")
@@ -104,13 +109,15 @@ class JwtVerifier:
         self.audience = audience
         self.skew = skew
         self.clock = clock
+        self.max_lifetime, self.max_string = max_lifetime, max_string
         self._registry = jws.JWSRegistry(algorithms=list(algorithms))
         self._cache: collections.OrderedDict[bytes, tuple[Verified, KeySource, str, Key, tuple[int, int]]] = \
             collections.OrderedDict()
 
-    def remembered(self, token: str) -> Verified | None:
+    def remembered(self, token: str, judge_times: bool = True) -> Verified | None:
         """The claims of `token` when it was verified before, with a key its issuer still holds,
-        its times judged again (raises InvalidToken); None when it has to be verified. Not a
+        its times judged again (raises InvalidToken; not with `judge_times` false: a token not
+        valid yet may be revoked all the same); None when it has to be verified. Not a
         coroutine: the answer for a token seen before costs no await."""
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest)
@@ -121,7 +128,7 @@ class JwtVerifier:
             del self._cache[digest]
             return None
         self._cache.move_to_end(digest)
-        if not valid_from <= self.clock() < valid_until:
+        if not valid_from <= self.clock() < valid_until and judge_times:
             self._judge_times(verified)
         return verified
 
@@ -181,12 +188,20 @@ class JwtVerifier:
             audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
             if self.audience not in audiences:
                 raise InvalidToken("audience", f"the token is not meant for audience {self.audience!r}")
-        return Verified(
+        for name, value in (("iss", issuer), ("jti", jti)):
+            if len(value.encode()) > self.max_string or "\x00" in value:
+                raise InvalidToken("malformed", f"the token's {name} is longer than {self.max_string} bytes or "
+                                                "holds a NUL, so it could not be recalled")
+        verified = Verified(
             issuer=issuer, jti=jti, subject=_string(claims, "sub"),
             client_id=_string(claims, "client_id") or _string(claims, "azp"),
             issued_at=_number(claims, "iat"), expires_at=_number(claims, "exp", required=True),
             not_before=_number(claims, "nbf"), claims=claims,
         )
+        if verified.expires_at > self.clock() + self.max_lifetime + self.skew:
+            raise InvalidToken("lifetime", f"the token lives past the longest lifetime this server can recall "
+                                           f"a token for ({self.max_lifetime} s, max_token_lifetime)")
+        return verified
 
     def _window(self, v: Verified) -> tuple[int, int]:
         """[from, until): the clock readings at which `v` is valid, within the clock skew."""

@@ -249,6 +249,30 @@ def test_revoking_a_jwt_refuses_it_at_the_gateway(edge, idp):
     assert "revoked" in challenge(http.get("/v1/check", headers=bearer(token)))
 
 
+def test_a_jwt_not_valid_yet_is_revoked_all_the_same(edge, idp):
+    """An issuer whose clock runs ahead mints tokens valid a little later: revoked now, refused then."""
+    srv, recall, http = edge
+    token = idp.token("early", nbf=int(time.time()) + 90)  # past the 60 s skew
+    assert "not valid yet" in challenge(http.get("/v1/check", headers=bearer(token)))
+    seq = srv.engine.state.seq
+    assert http.post("/oauth2/revoke", data={"token": token}, headers=basic("app")).status_code == 200
+    assert srv.engine.state.seq == seq + 1
+    assert recall.check(issuer=ISSUER, jti="early").state.name == "REVOKED"
+
+
+@pytest.mark.parametrize("claims,says", [
+    ({"exp": int(time.time()) + 60 * 86400}, "longest lifetime this server can recall"),
+    ({"jti": "j" * 1100}, "jti is longer than 1024 bytes"),
+    ({"iss": ISSUER, "jti": "a\x00b"}, "holds a NUL"),
+])
+def test_a_jwt_this_server_could_not_recall_is_refused(edge, idp, claims, says):
+    """A token that passed but could not be revoked would be a token nobody can stop."""
+    _, _, http = edge
+    token = idp.token(**claims)
+    assert says in challenge(http.get("/v1/check", headers=bearer(token)))
+    assert http.post("/oauth2/introspect", data={"token": token}).json() == {"active": False}
+
+
 def test_revoking_a_refresh_token_revokes_its_family(edge):
     _, recall, http = edge
     refresh = "opaque-refresh-token"

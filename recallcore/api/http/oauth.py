@@ -71,10 +71,15 @@ async def _target(edge: Edge, token: str) -> tuple[JtiRef, dict] | None:
     if looks_like_jwt(token):
         if edge.decider.verifier is None:
             return None
+        verifier = edge.decider.verifier
         try:
-            v = await edge.decider.verifier.verify(token)
-        except InvalidToken:
-            return None  # not a token of ours (or already expired): nothing to do
+            v = await verifier.verify(token)
+        except InvalidToken as exc:
+            if exc.cause != "not_yet_valid":
+                return None  # not a token of ours (or already expired): nothing to do
+            v = verifier.remembered(token, judge_times=False)  # signed, and soon valid: revoked all the same
+            if v is None:
+                return None
         ref = JtiRef(v.issuer, v.jti, expires_at=v.expires_at)
         info = await edge.node.introspect(ref)
         if not info.get("client_id"):  # never registered: the token's own claims speak
