@@ -119,9 +119,8 @@ class KeySource:
         if not self.remote:
             self._look_at_file()
             return self._pick(kid)
-        stale = time.monotonic() - self._loaded_at > MAX_AGE
-        if stale or self._pick(kid) is None:
-            await self._refresh(force=stale)
+        if time.monotonic() - self._loaded_at > MAX_AGE or self._pick(kid) is None:
+            await self._refresh()
         if not self._keys:
             raise Unavailable(f"the signing keys of {self.location} could not be fetched; retry shortly")
         return self._pick(kid)
@@ -137,10 +136,12 @@ class KeySource:
             return self._keys.get(kid)
         return next(iter(self._keys.values())) if len(self._keys) == 1 else None
 
-    async def _refresh(self, force: bool) -> None:
+    async def _refresh(self) -> None:
         async with self._lock:
             now = time.monotonic()
-            if not force and now - self._fetched < REFETCH_EVERY:
+            # At most once per REFETCH_EVERY, for a set gone stale too: while the issuer cannot be
+            # reached, every new token must not wait on a fetch of its own.
+            if now - self._fetched < REFETCH_EVERY:
                 return
             self._fetched = now
             try:

@@ -202,6 +202,25 @@ def test_made_up_kids_do_not_turn_into_a_flood_of_fetches(idp, served):
     asyncio.run(scenario())
 
 
+def test_a_stale_key_set_of_an_issuer_that_cannot_be_reached_is_not_fetched_for_every_token(
+        idp, served, monkeypatch):
+    server, ca = served
+
+    async def scenario():
+        v = JwtVerifier({ISSUER: KeySource(server.url, str(ca.path))}, clock=time.time)
+        try:
+            await v.verify(idp.token("a"))
+            server.failing = True
+            monkeypatch.setattr(jwks, "MAX_AGE", 0.0)  # the set held is stale from now on
+            for i in range(20):  # new tokens, each needing its key: the keys held still verify them
+                assert (await v.verify(idp.token(f"t{i}"))).jti == f"t{i}"
+            assert server.fetches <= 2
+        finally:
+            await v.close()
+
+    asyncio.run(scenario())
+
+
 def test_keys_that_cannot_be_fetched_make_the_issuer_unavailable_not_its_tokens_bad(idp, served):
     server, ca = served
     server.failing = True
