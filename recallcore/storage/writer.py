@@ -170,6 +170,8 @@ class Writer:
             return
         if head > self.state.seq:
             for delta in txn.deltas_after(self.state.seq, head - self.state.seq):
+                if delta.prev_seq != self.state.seq:  # the log skips what was compacted: reload below
+                    break
                 self.state.apply(delta)
             if self.state.seq == head:
                 return

@@ -135,9 +135,16 @@ def test_a_node_whose_tail_fell_behind_the_retained_log_reloads_and_resets_its_s
             log.capture(a.engine)
             proxy.thaw()
             until(lambda: server_state(b).seq == after, "node B caught up", 30)
+            assert server_state(b) == server_state(a)
+            sub.wait_vouched(after)
+            with RecallClient(b.address) as on_b:  # its writer was as far behind: it reloads and writes
+                last = on_b.revoke(tokens=[(IDP, "by b")], reason="b writes again").seq
+            assert last == after + 1
+            log.capture(a.engine)
+            until(lambda: server_state(a).seq == last, "node A read node B's change", 30)
             final = server_state(a)
             assert server_state(b) == final
-            sub.wait_vouched(after)
+            sub.wait_vouched(last)
     finally:
         proxy.close()
     assert "were compacted away before this node read them" in caplog.text
