@@ -22,7 +22,7 @@ from collections import defaultdict
 import numpy as np
 from pyroaring import BitMap64
 from recallclient._proto.recall.v1 import recall_pb2 as pb
-from recallclient.jti import canonical_jti
+from recallclient.jti import serial_from_jti
 
 from ..core.errors import StoreError
 from .base import mirror_of
@@ -69,7 +69,7 @@ def copy_store(source: LmdbStore, target: PostgresStore) -> dict[str, int]:
             for kind in _NAME_INDEXES:
                 if getattr(spec, kind):
                     indexes[(kind, getattr(spec, kind))].add(serial)
-            if spec.jti != canonical_jti(serial):
+            if serial_from_jti(spec.jti, source.store_id) != serial:  # as registering decides (operations.py)
                 indexes[("custom_jti", "")].add(serial)
         dst.update_indexes((kind, name, serials) for (kind, name), serials in indexes.items())
         for table, kind in (("revoked", "revoked"), ("rotated", "rotated")):

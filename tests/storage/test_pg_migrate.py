@@ -14,6 +14,7 @@ from recallclient.types import JtiRef, TokenSpec, TokenType
 
 from recallcore import cli
 from recallcore.core.audit import AuditQuery
+from recallcore.core.operations import CUSTOM_JTI
 from recallcore.core.signals import Recall
 from recallcore.settings import Settings
 
@@ -35,6 +36,14 @@ def fill(client: RecallClient) -> list[int]:
     successor = client.rotate(refresh).successor.serial
     client.cutoff("client", "legacy", reason="retired client")
     return serials + [custom, refresh, successor]
+
+
+def caller_chosen(server) -> list[int]:
+    """The serials the store indexes as registered under a caller-chosen jti."""
+    def read():
+        with server.engine.store.read() as txn:
+            return list(txn.index(*CUSTOM_JTI))
+    return server.run(read)
 
 
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
@@ -68,6 +77,8 @@ def test_a_migrated_store_answers_as_before_and_its_replicas_resume_without_a_re
             old.call(old.server.presented.flush())  # the revoked tokens just checked: recorded now, not at the stop
             stats = client.stats()
         trail = old.call(old.engine.audit(AuditQuery()))
+        chosen = caller_chosen(old)
+        assert chosen == [serials[6]]  # carol-1 alone
         sub.wait_vouched(stats.seq)
         sub.pause()
         servers.stop(old)
@@ -82,6 +93,7 @@ def test_a_migrated_store_answers_as_before_and_its_replicas_resume_without_a_re
         with RecallClient(node.address) as client:
             moved = client.stats()
             assert (moved.store_id, moved.seq, moved.registered) == (stats.store_id, stats.seq, stats.registered)
+            assert caller_chosen(node) == chosen
             assert answers(client, serials) == before
             # The Shared Signals state came along: the SETs already applied are not applied
             # again (each answered with the change it made), and the receiver's cursor stands.
