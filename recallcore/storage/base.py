@@ -47,7 +47,13 @@ Rotation = tuple[int, int, int, bytes]
 
 
 class StoreFull(Exception):
-    """A write transaction ran out of space; nothing of it was kept."""
+    """A write transaction ran out of space; nothing of it was kept. The message says what is
+    full and what to do, for the caller; `grows`: Store.grow() may make room (LMDB's map can
+    grow to max_map_size; a full disk cannot)."""
+
+    def __init__(self, message: str, grows: bool = False) -> None:
+        super().__init__(message)
+        self.grows = grows
 
 
 class ReadTxn(abc.ABC):

@@ -633,7 +633,11 @@ class LmdbStore(Store):
                 yield ours
                 ours.flush()
         except lmdb.MapFullError as exc:
-            raise StoreFull(str(exc)) from exc
+            raise StoreFull(f"store is full: the LMDB map reached max_map_size ({self.max_map_size} bytes); "
+                            "raise --max-map-size", grows=True) from exc
+        except lmdb.DiskError as exc:  # ENOSPC: growing the map would not help
+            raise StoreFull(f"store is full: the disk holding {self.path} has no space left ({exc}); "
+                            "free some, nothing was written") from exc
 
     def grow(self) -> bool:
         """Double the map size up to the limit; False when already at the limit."""

@@ -608,7 +608,8 @@ class PostgresStore(Store):
                     _roll_back(conn)
                     raise
         except psycopg.errors.DiskFull as exc:
-            raise StoreFull(str(exc)) from exc
+            raise StoreFull(f"store is full: {self.where} has no space left ({_first_line(exc)}); "
+                            "free some on its disk, nothing was written") from exc
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
 

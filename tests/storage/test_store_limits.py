@@ -7,11 +7,13 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import lmdb
 import pytest
 from recallclient import RecallClient, RecallError, TokenSpec, TokenState, TokenType, canonical_jti
 
 from recallcore.core.mirror import COUNT_EVERY
 from recallcore.settings import Settings
+from recallcore.storage.lmdb import LmdbTxn
 
 from ..support import FakeClock, ServerThread
 
@@ -148,6 +150,30 @@ def test_tokens_that_expired_no_longer_hold_the_room_kept_to_revoke_them(start):
         assert not client.stats().registrations_refused
         assert client.register(specs(20, registered)).tokens[-1].serial == registered + 20
         assert client.check(registered + 20).state == TokenState.ACTIVE
+
+
+def test_a_full_disk_refuses_writes_saying_so_and_they_go_on_once_there_is_room(start, monkeypatch):
+    server = start(MIB, 64 * MIB)
+    flushes = []
+    real_flush = LmdbTxn.flush
+
+    def flush(txn):
+        flushes.append(1)
+        if disk_full:
+            raise lmdb.DiskError("mdb_txn_commit: No space left on device")
+        return real_flush(txn)
+
+    monkeypatch.setattr(LmdbTxn, "flush", flush)
+    disk_full = False
+    with RecallClient(server.address, timeout=CALL_TIMEOUT) as client:
+        serial = client.register_one("alice", "app").serial
+        disk_full = True
+        flushes.clear()
+        assert_full(client, lambda: client.revoke(serials=[serial]), "has no space left")
+        assert len(flushes) == 1  # one attempt: no growing the map, no retry one by one
+        disk_full = False
+        assert client.revoke(serials=[serial]).count == 1
+        assert client.check(serial).state == TokenState.REVOKED
 
 
 def test_the_map_grows_under_concurrent_writers_and_readers(start):
