@@ -48,7 +48,8 @@ _OPTIONS = (
     ("--rotation-grace", "rotation_grace", int, "seconds a retried rotation gets the same successor"),
     ("--follow", "follow", str, "HOST:PORT of a primary: run as a read-only follower (no data dir)"),
     ("--max-staleness", "max_staleness", float,
-     "follower: seconds without a vouch from the primary before it answers UNAVAILABLE"),
+     "follower: seconds without a vouch from the primary before it answers UNAVAILABLE; "
+     "cluster node: seconds without reading the database's change log"),
     ("--max-wait", "max_wait", float, "longest a read waits for its min_seq, whatever its deadline"),
     ("--tls-cert", "tls_cert", str, "PEM certificate chain of the server (TLS; reloaded when it changes)"),
     ("--tls-key", "tls_key", str, "PEM private key of the server"),

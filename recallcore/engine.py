@@ -167,10 +167,23 @@ class Engine(Node):
                               f"{self.staleness():.1f} s (the database is unreachable); retry, or ask another node")
 
     def require_ready(self) -> None:
-        """A primary always answers from memory; how stale it is goes into Stats and heartbeats."""
+        """A primary on a store of its own answers from memory: it is the store's only writer.
+
+        A cluster node answers while its tail reads the shared log within
+        max_staleness. Past that it refuses, as a stale follower does: other
+        nodes may have committed revocations it has not read (from here, a
+        partition looks like an outage), and a node that cannot vouch for
+        its state must not answer ACTIVE.
+        """
+        if self._tail is not None and (stale := self._tail.staleness()) > self.settings.max_staleness:
+            raise Unavailable(
+                f"this node has not read the change log of {self.store.where} for {stale:.1f} s "
+                f"(max_staleness {self.settings.max_staleness:g} s): revocations made on other nodes may be "
+                "missing here; ask another node or retry"
+            )
 
     def answering(self) -> bool:
-        return True  # as require_ready: a cluster node cut off from its database still answers from memory
+        return self._tail is None or self._tail.staleness() <= self.settings.max_staleness
 
     @property
     def ahead_wait(self) -> float:

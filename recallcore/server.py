@@ -176,7 +176,7 @@ class Server:
             self.transmission.start()
         await self.grpc.start()
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
-        if self.settings.follow:
+        if self.settings.follow or self.settings.store:  # nodes that answer only while current
             self._health_task = asyncio.create_task(self._track_health(), name="recallcore-health")
         else:
             await self._set_health(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -196,8 +196,8 @@ class Server:
             self.tls.fetch()
 
     async def _track_health(self) -> None:
-        """A follower's recall.v1.Recall is SERVING while it can answer: once synced, and
-        while within max_staleness; the server as a whole ("") follows it once synced."""
+        """A follower's or cluster node's recall.v1.Recall is SERVING while it can answer: once
+        synced, and while within max_staleness; the server as a whole ("") follows it once synced."""
         period = min(0.25, self.settings.max_staleness / 4)
         shown, served = None, False
         while True:
@@ -209,7 +209,7 @@ class Server:
                 for name in names:
                     await self._set_health(name, status)
                 if served:
-                    log.warning("follower %s: %s (staleness %.1f s)", self.address,
+                    log.warning("node %s: %s (staleness %.1f s)", self.address,
                                 "serving again" if answering else "too stale to answer: NOT_SERVING",
                                 self.engine.staleness())
                 shown, served = answering, served or answering

@@ -163,7 +163,8 @@ class Settings:
     follow: HOST:PORT of a primary to follow (a read-only node); empty for a primary.
     max_staleness: a follower whose primary has not vouched for it for this
         many seconds answers Check, CheckBatch and Introspect UNAVAILABLE and
-        reports NOT_SERVING, until a fresh vouch arrives.
+        reports NOT_SERVING, until a fresh vouch arrives; so does a cluster
+        node that has not read the database's change log for as long.
     max_wait: the longest a Check or CheckBatch waits for its min_seq on a
         follower, deadline or not (a primary refuses a min_seq above its head
         at once).

@@ -16,7 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from recallcore.server import Server
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recallcore.server import SERVICE_NAME, Server
 from recallcore.settings import Settings
 
 STARTUP_TIMEOUT = 30.0
@@ -361,3 +364,14 @@ class LocalHttp:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def health(address: str, service: str = SERVICE_NAME) -> str:
+    """What the gRPC health service of the server at `address` says of `service` (or the call's error)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -20,7 +20,7 @@ from recallcore.storage import pg_schema, postgresql
 
 from ..history import ServerLog, Subscriber, check_history, read_stream, server_state
 from ..pg_server import PostgresServer
-from ..support import FreezableProxy, ServerProcess, ServerThread, until
+from ..support import FreezableProxy, ServerProcess, ServerThread, health, until
 
 IDP = "https://idp.example"
 HEARTBEAT = 0.1
@@ -143,11 +143,12 @@ def test_a_database_link_gone_silent_fails_writes_within_the_store_timeout_and_h
     conninfo = pg_database.replace(f"port={port}", f"port={proxy.address.rpartition(':')[2]}")
     dbname = conninfo.rpartition("dbname=")[2].split()[0]
     node = ServerThread(Settings(store=conninfo, listen="127.0.0.1:0", sweep_interval=3600, store_timeout=1.0,
-                                 max_staleness=1.5))
+                                 max_staleness=2.0))
     try:
         with RecallClient(node.address, timeout=20) as client:
             kept, other = one_revoked_one_not(client, "before the silence")
             proxy.freeze()
+            assert client.check(other.serial).state == TokenState.ACTIVE  # within max_staleness: from memory
 
             with pytest.raises(RecallError) as cut:  # not DEADLINE_EXCEEDED: the node gave up, and says why
                 client.revoke(serials=[other.serial], reason="while the link is silent")
@@ -157,18 +158,23 @@ def test_a_database_link_gone_silent_fails_writes_within_the_store_timeout_and_h
             with pytest.raises(RecallError) as next_one:  # the next write is not held behind the first
                 client.revoke(serials=[other.serial], reason="still silent")
             assert next_one.value.code == grpc.StatusCode.UNAVAILABLE, next_one.value
-            assert client.check(kept.serial).state == TokenState.REVOKED  # reads go on from memory
-            assert client.check(other.serial).state == TokenState.ACTIVE
-            until(lambda: client.stats().staleness > 2.0, "staleness reported above 2 s", 30)
-            # past max_staleness it still answers (reads go on), and its gauge says so
-            assert client.check(kept.serial).state == TokenState.REVOKED
-            assert node.run(lambda: node.engine.answering())
+            until(lambda: client.stats().staleness > 2.5, "staleness reported above 2.5 s", 30)
+            # Past max_staleness it refuses, as a stale follower does: other nodes may have
+            # revoked what it has not read. Its gauge and its health say so.
+            with pytest.raises(RecallError) as stale:
+                client.check(other.serial)
+            assert stale.value.code == grpc.StatusCode.UNAVAILABLE, stale.value
+            assert f"PostgreSQL database '{dbname}'" in stale.value.details
+            assert "max_staleness 2 s" in stale.value.details, stale.value.details
+            assert not node.run(lambda: node.engine.answering())
+            until(lambda: health(node.address) == "NOT_SERVING", "the node reported NOT_SERVING", 30)
 
             proxy.thaw()
 
             until(accepted(client, other.serial, "after the silence"), "a write accepted once the link speaks", 60)
-            assert client.check(other.serial).state == TokenState.REVOKED
             until(lambda: client.stats().staleness < 1.0, "staleness back under 1 s", 30)
+            assert client.check(other.serial).state == TokenState.REVOKED
+            until(lambda: health(node.address) == "SERVING", "the node reported SERVING again", 30)
     finally:
         node.stop()
         proxy.close()
@@ -189,7 +195,8 @@ def test_with_the_database_down_a_follower_and_a_replica_answer_to_their_bound_t
     caplog.set_level(logging.WARNING, "recallclient")
     conninfo = migrated(own_postgres)
     dbname = conninfo.rpartition("dbname=")[2]
-    node = ServerProcess(tmp_path / "node", "--store", conninfo, "--heartbeat-interval", str(HEARTBEAT))
+    node = ServerProcess(tmp_path / "node", "--store", conninfo, "--heartbeat-interval", str(HEARTBEAT),
+                         "--max-staleness", str(MAX_STALENESS))
     follower = ServerProcess(tmp_path / "follower", "--follow", node.address, "--heartbeat-interval", str(HEARTBEAT),
                              "--max-staleness", str(MAX_STALENESS))
     try:
@@ -221,7 +228,7 @@ def test_with_the_database_down_a_follower_and_a_replica_answer_to_their_bound_t
             # Both are past their bound by their own reckoning, and the node says how stale it is.
             assert f.stats().staleness > MAX_STALENESS and replica.staleness > MAX_STALENESS
             until(lambda: on_node.stats().staleness > 2 * MAX_STALENESS, "the node's staleness growing", WAIT)
-            assert on_node.check(token.serial).state == TokenState.ACTIVE  # the node itself reads from memory
+            assert check_code(on_node, token.serial) == "UNAVAILABLE"  # the node itself, as stale, refuses too
             assert check_code(f, token.serial) == "UNAVAILABLE" and replica.is_revoked(token.serial)
             with pytest.raises(grpc.RpcError) as refused:  # a new subscriber is told why
                 read_stream(node.address, pb.WatchRequest(), lambda record: True, timeout=10)

@@ -13,13 +13,11 @@ import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recallclient import RecallClient, RecallError, Replica, TokenState
 
-from recallcore.server import SERVICE_NAME
 from recallcore.settings import Settings
 
-from ..support import FreezableProxy, ServerProcess, free_address, until
+from ..support import FreezableProxy, ServerProcess, free_address, health, until
 
 HEARTBEAT = 0.05
 MAX_STALENESS = 1.0
@@ -34,16 +32,6 @@ def follower_settings(tmp_path, primary: str, **fields) -> Settings:
 @pytest.fixture
 def primary(servers, settings):
     return servers.start(dataclasses.replace(settings, heartbeat_interval=HEARTBEAT))
-
-
-def health(address: str, service: str = SERVICE_NAME) -> str:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                              timeout=5)
-        except grpc.RpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def check_code(client: RecallClient, serial: int) -> str:
