@@ -48,7 +48,7 @@ from recallclient.revoked_set import Delta, RevokedSet
 from recallclient.transport import Transport
 from recallclient.types import JtiRef, TokenState
 
-from ..core.errors import FailedPrecondition, Unavailable
+from ..core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from ..core.mirror import ExpiryIndex, Mirror
 from ..core.operations import now_seconds
 from ..settings import Settings
@@ -286,9 +286,17 @@ class Follower(Node):
             answer = await self._stub.Introspect(pb.IntrospectRequest(issuer=ref.issuer, jti=ref.jti),
                                                  timeout=PRIMARY_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:  # the question's fault, not the link's
+                raise InvalidArgument(exc.details()) from None
+            if code in _REFUSED:  # this follower's configuration: a retry will not help
+                raise FailedPrecondition(
+                    f"the primary at {self.primary}, which resolves this token, refused this follower "
+                    f"({code.name} {exc.details()}): it needs the introspect role there"
+                ) from None
             raise Unavailable(
                 f"the primary at {self.primary}, which resolves this token, did not answer: "
-                f"{exc.code().name} {exc.details()}"
+                f"{code.name} {exc.details()}"
             ) from None
         out = {f.name: v for f, v in answer.ListFields()}
         out["state"], out["active"] = TokenState(answer.state), answer.active

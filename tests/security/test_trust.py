@@ -314,6 +314,21 @@ def test_a_follower_whose_credential_file_is_not_there_yet_keeps_trying(credenti
         assert f.check(serial, min_seq=1).state == TokenState.ACTIVE
 
 
+def test_a_follower_without_the_introspect_role_at_its_primary_says_so_not_unavailable(
+        credential_follower, tls_server, ca):
+    serial, token_file, start = credential_follower
+    with client(tls_server, ca, "issue") as issuer:
+        custom = issuer.register_one("bob", "web", jti="custom-of-bob").serial
+    token_file.write_text("secret-of-the-follower\n")  # its identity has "check" alone
+    follower = start()
+    with RecallClient(follower.address, timeout=10) as f:
+        assert f.check(serial, min_seq=custom).state == TokenState.ACTIVE
+        with pytest.raises(RecallError) as refused:
+            f.introspect(jti="custom-of-bob")  # resolved by the primary's index
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION  # a configuration error, not an outage
+    assert "PERMISSION_DENIED" in refused.value.details and "introspect role" in refused.value.details
+
+
 def test_streams_per_identity_are_capped(data_dir, files, ca):
     srv = ServerThread(Settings(data_dir=data_dir, listen="127.0.0.1:0", sweep_interval=3600,
                                 tls_cert=str(files.server.cert), tls_key=str(files.server.key),
