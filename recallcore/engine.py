@@ -459,16 +459,18 @@ class Engine(Node):
         return first - 1 if first else self.state.seq
 
     async def sizes(self) -> tuple[int, int, int, bool]:
-        unrevoked = self.state.unrevoked(int(self.clock()))
-
-        def read() -> tuple[int, int, int, bool]:
+        def read(unrevoked: int) -> tuple[int, int, int, bool]:
             try:
                 used, mapped = self.store.sizes()
             except Unavailable:  # Stats still answers from memory, with the staleness
                 return 0, 0, 0, False
             return used, mapped, self.store.limit(), bool(self.store.registrations_refused(unrevoked, 1))
 
-        return await asyncio.get_running_loop().run_in_executor(self._reader, read)
+        loop = asyncio.get_running_loop()
+        sizes = await loop.run_in_executor(self._reader, read, self.state.unrevoked_at_most)
+        if sizes[3]:  # by the quick bound: count the unexpired tokens (writer._refused does the same)
+            sizes = await loop.run_in_executor(self._reader, read, self.state.unrevoked(int(self.clock())))
+        return sizes
 
     async def introspect(self, ref: int | JtiRef) -> dict:
         """RFC 7662 fields plus the recall fields, for a token by serial or (issuer, jti).

@@ -110,23 +110,28 @@ class Mirror:
     def seq(self) -> int:
         return self.revocations.seq
 
+    @property
+    def unrevoked_at_most(self) -> int:
+        """Registered minus revoked: a quick bound of unrevoked(), and one that only grows (the
+        revoked set loses its serials once they expire)."""
+        return self.revocations.registered_through - len(self.revocations.revoked)
+
     def unrevoked(self, now: int) -> int:
         """At most how many registered tokens are neither revoked nor expired at `now`: what a kill
         switch would still revoke (it leaves expired tokens alone).
 
-        The lesser of two bounds: registered minus revoked (the revoked set
-        loses its serials once they expire, so alone this one only grows),
-        and the unexpired at the last count plus every serial registered
-        since. The count is one pass over the expiry array, made at most
-        once per COUNT_EVERY seconds.
+        The lesser of unrevoked_at_most and the unexpired at the last count
+        plus every serial registered since. The count is one pass over the
+        expiry array (23 ms at 10M serials), made at most once per
+        COUNT_EVERY seconds: callers ask this only when the quick bound says
+        the store is nearly full.
         """
-        revocations = self.revocations
-        through = revocations.registered_through
+        through = self.revocations.registered_through
         counted_at, counted_through, live = self._live
         if not counted_at <= now < counted_at + COUNT_EVERY or through < counted_through:
             live = through - self.expiry.count_expired(through, now)
             counted_through, self._live = through, (now, through, live)
-        return min(through - len(revocations.revoked), live + through - counted_through)
+        return min(self.unrevoked_at_most, live + through - counted_through)
 
     def copy(self) -> "Mirror":
         """An independent copy (the writer works on its own)."""

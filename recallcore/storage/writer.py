@@ -176,8 +176,11 @@ class Writer:
         self.state = mirror_of(txn, self.store.store_id)  # behind the log's retention, or a store that went back
 
     def _refused(self, new: int, now: int) -> str:
-        """Why `new` registrations must wait for room (the store keeps room to revoke everything)."""
-        return self.store.registrations_refused(self.state.unrevoked(now), self._registering + new)
+        """Why `new` registrations must wait for room (the store keeps room to revoke everything);
+        the unexpired tokens are counted only when the quick bound says there is none."""
+        wanted = self._registering + new
+        return self.store.registrations_refused(self.state.unrevoked_at_most, wanted) and \
+            self.store.registrations_refused(self.state.unrevoked(now), wanted)
 
     def _apply(self, txn: WriteTxn, op: Operation, now: int) -> tuple[Any, Delta | None]:
         if isinstance(op, Register):
