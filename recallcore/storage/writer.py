@@ -11,7 +11,8 @@ reader or a subscriber before it is durable.
 When the store is full (StoreFull) the transaction is rolled back, the store
 grows and the group is retried; when it cannot grow (LMDB: past
 `max_map_size`; a full disk, on either engine) every operation in the group
-fails with RESOURCE_EXHAUSTED saying what is full, and nothing changes. Before that, the store keeps a reserve: once what
+fails with RESOURCE_EXHAUSTED saying what is full, and nothing changes.
+Before that, the store keeps a reserve: once what
 is left is only enough to revoke every unrevoked token (and record it), a
 registration (or a rotation that would register a successor) fails with
 RESOURCE_EXHAUSTED saying so, while revocations and cut-offs go on: a store
@@ -115,7 +116,6 @@ class Writer:
                 if exc.grows and self.store.grow():
                     log.info("store grown to %d bytes", self.store.sizes()[1])
                     continue
-                log.warning("write refused: %s", exc)
                 full = ResourceExhausted(str(exc))
                 self.on_commit([], [(token, full) for _, token in group])
                 return
