@@ -197,3 +197,14 @@ def test_a_credential_of_bytes_past_utf8_is_refused_not_a_500(secured):
     with secured["http"]() as client:
         response = client.get("/v1/check", headers={"X-Recall-Authorization": b"Bearer \xff\xfe"})
         assert response.status_code == 403 and "not one this server knows" in response.json()["error_description"]
+
+
+def test_the_metadata_is_for_any_caller_known_here_whatever_its_roles(secured):
+    path = "/.well-known/oauth-authorization-server"
+    with secured["http"]() as client:
+        for headers in ({"Authorization": f"Bearer {SECRETS['introspector']}"},
+                        {"Authorization": f"Bearer {SECRETS['revoker']}"}, basic("app")):
+            answer = client.get(path, headers=headers)
+            assert answer.status_code == 200 and answer.json()["introspection_endpoint"].endswith("/oauth2/introspect")
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={"Authorization": "Bearer not-a-credential"}).status_code == 401

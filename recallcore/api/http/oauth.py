@@ -108,8 +108,12 @@ async def revoke(edge: Edge, request: web.Request) -> web.Response:
 
 
 async def metadata(edge: Edge, request: web.Request) -> web.Response:
-    if edge.gate.enforcing:  # any caller the policy knows; OAuth clients too
-        edge.oauth_caller(request, "check")
+    if edge.gate.enforcing:  # any caller known here, whatever its roles: an OAuth client too
+        authorization = request.headers.get("Authorization", "")
+        if authorization.strip().lower().startswith("basic "):
+            edge.oauth_caller(request, "check")  # the client authenticated; what it may do is not asked
+        else:
+            edge.identify(request, authorization)
     base = f"{request.scheme}://{request.host}"
     out = {
         "issuer": edge.settings.issuer,
