@@ -88,8 +88,7 @@ class Server:
         verifier = JwtVerifier(
             {issuer: KeySource(location, settings.jwks_cacert) for issuer, location in settings.issuer_keys.items()},
             algorithms=settings.jwt_algorithms, audience=settings.jwt_audience, skew=settings.clock_skew,
-            clock=engine_args.get("clock", time.time), max_lifetime=settings.max_token_lifetime,
-            max_string=settings.max_string,
+            clock=engine_args.get("clock", time.time), limits=settings,
         ) if settings.jwt_issuers else None
         clients = Reloading(settings.oauth_clients, Credentials.load_clients) if settings.oauth_clients else None
         signing_key = load_signing_key(settings.status_list_key) if settings.status_list_uri else None

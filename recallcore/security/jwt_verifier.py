@@ -27,8 +27,10 @@ from collections.abc import Callable
 from joserfc import jws
 from joserfc.errors import JoseError
 
+from ..core import validate
+from ..core.errors import InvalidArgument
 from ..settings import DEFAULT_JWT_ALGORITHMS as DEFAULT_ALGORITHMS
-from ..settings import DEFAULT_MAX_STRING, DEFAULT_MAX_TOKEN_LIFETIME
+from ..settings import Settings
 from .jwks import Key, KeySource
 
 ASYMMETRIC = frozenset(DEFAULT_ALGORITHMS)
@@ -100,7 +102,7 @@ class JwtVerifier:
 
     def __init__(self, issuers: dict[str, KeySource], *, algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
                  audience: str = "", skew: int = 60, clock: Callable[[], float],
-                 max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME, max_string: int = DEFAULT_MAX_STRING) -> None:
+                 limits: Settings | None = None) -> None:
         unsafe = [a for a in algorithms if a not in ASYMMETRIC]
         if unsafe:
             raise ValueError(f"jwt_algorithms: {unsafe} are not asymmetric signature algorithms")
@@ -109,7 +111,7 @@ class JwtVerifier:
         self.audience = audience
         self.skew = skew
         self.clock = clock
-        self.max_lifetime, self.max_string = max_lifetime, max_string
+        self.limits = limits or Settings()  # what a revocation takes: max_token_lifetime, max_string
         self._registry = jws.JWSRegistry(algorithms=list(algorithms))
         self._cache: collections.OrderedDict[bytes, tuple[Verified, KeySource, str, Key, tuple[int, int]]] = \
             collections.OrderedDict()
@@ -189,18 +191,21 @@ class JwtVerifier:
             if self.audience not in audiences:
                 raise InvalidToken("audience", f"the token is not meant for audience {self.audience!r}")
         for name, value in (("iss", issuer), ("jti", jti)):
-            if len(value.encode()) > self.max_string or "\x00" in value:
-                raise InvalidToken("malformed", f"the token's {name} is longer than {self.max_string} bytes or "
-                                                "holds a NUL, so it could not be recalled")
+            try:
+                validate.string(value, name, self.limits)  # as a revocation of it would be judged
+            except InvalidArgument:
+                raise InvalidToken("malformed", f"the token's {name} is longer than {self.limits.max_string} bytes "
+                                                "or holds a NUL, so it could not be recalled") from None
         verified = Verified(
             issuer=issuer, jti=jti, subject=_string(claims, "sub"),
             client_id=_string(claims, "client_id") or _string(claims, "azp"),
             issued_at=_number(claims, "iat"), expires_at=_number(claims, "exp", required=True),
             not_before=_number(claims, "nbf"), claims=claims,
         )
-        if verified.expires_at > self.clock() + self.max_lifetime + self.skew:
+        lifetime = self.limits.max_token_lifetime
+        if verified.expires_at > self.clock() + lifetime + self.skew:
             raise InvalidToken("lifetime", f"the token lives past the longest lifetime this server can recall "
-                                           f"a token for ({self.max_lifetime} s, max_token_lifetime)")
+                                           f"a token for ({lifetime} s, max_token_lifetime)")
         return verified
 
     def _window(self, v: Verified) -> tuple[int, int]:
