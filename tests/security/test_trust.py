@@ -7,6 +7,7 @@ whose callers are their certificates (SPIFFE ID, DNS SAN, CN).
 
 import dataclasses
 import json
+import logging
 import pathlib
 import socket
 import ssl
@@ -26,7 +27,7 @@ from recallcore.security.credentials import hash_secret
 from recallcore.security.policy import ROLES
 from recallcore.settings import Settings
 
-from ..support import ServerThread
+from ..support import ServerThread, until
 from .certs import CA
 
 WAIT = 30.0
@@ -292,11 +293,12 @@ def credential_follower(tmp_path, tls_server, ca, files):
         follower.stop()
 
 
-def test_a_follower_reads_its_credential_again_when_the_primary_refuses_it(credential_follower):
+def test_a_follower_reads_its_credential_again_when_the_primary_refuses_it(credential_follower, caplog):
+    caplog.set_level(logging.INFO, "recallcore.replication.follower")
     serial, token_file, start = credential_follower
     token_file.write_text("an-old-secret-since-rotated\n")
     follower = start()
-    time.sleep(0.5)  # it tries, and is refused
+    until(lambda: "UNAUTHENTICATED" in caplog.text, "the primary refusing the old credential", 10)
     with RecallClient(follower.address, timeout=10) as f:
         with pytest.raises(RecallError) as err:
             f.check(serial)
@@ -305,10 +307,11 @@ def test_a_follower_reads_its_credential_again_when_the_primary_refuses_it(crede
         assert f.check(serial, min_seq=1).state == TokenState.ACTIVE
 
 
-def test_a_follower_whose_credential_file_is_not_there_yet_keeps_trying(credential_follower):
+def test_a_follower_whose_credential_file_is_not_there_yet_keeps_trying(credential_follower, caplog):
     serial, token_file, start = credential_follower
     follower = start()
-    time.sleep(0.5)  # it cannot read the file, says so, and tries again
+    until(lambda: "following" in caplog.text and "failed; trying again" in caplog.text,
+          "the follower saying it cannot read the file", 10)
     token_file.write_text("secret-of-the-follower\n")  # say, a secrets volume mounted late
     with RecallClient(follower.address, timeout=10) as f:
         assert f.check(serial, min_seq=1).state == TokenState.ACTIVE
